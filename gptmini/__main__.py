@@ -1,0 +1,3 @@
+from gptmini.cli import main
+
+main()

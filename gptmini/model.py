@@ -1,0 +1,209 @@
+"""GPTMini: a small decoder-only transformer, as a plain ``nn.Module``.
+
+Pre-norm blocks (RMSNorm -> causal self-attention -> residual, RMSNorm -> MLP -> residual), rotary
+position embeddings, no biases, and the token embedding tied to the output head.
+
+Why RoPE rather than learned positions: it adds no parameters (so the 10m shape is exactly the
+10.6M non-embedding / 13.7M total the recipe quotes), it is what current small-model recipes
+(Llama, litgpt's defaults) use, and it lets attention see relative offsets directly.
+
+This module imports nothing from Lightning: it can be trained by any loop and loaded for inference
+from a checkpoint's ``state_dict`` alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a GPTMini model."""
+
+    vocab_size: int = 8000
+    """Number of token ids the embedding and the output head cover (must match the tokenizer)."""
+    block_size: int = 512
+    """Longest context (tokens) the model attends over; RoPE tables are built for this length."""
+    n_layer: int = 6
+    """Number of transformer blocks."""
+    n_head: int = 6
+    """Attention heads per block; ``n_embd`` must be divisible by it."""
+    n_embd: int = 384
+    """Width of the residual stream."""
+    mlp_ratio: int = 4
+    """Hidden width of the MLP as a multiple of ``n_embd``."""
+    rope_base: float = 10000.0
+    """Base of the rotary position frequencies."""
+    norm_eps: float = 1e-5
+    """Epsilon inside RMSNorm."""
+    init_std: float = 0.02
+    """Standard deviation of the normal init; residual projections use init_std / sqrt(2 * n_layer)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"pick n_head from the divisors of n_embd."
+            )
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(
+                f"model.n_embd / model.n_head = {self.n_embd // self.n_head} must be even for rotary "
+                f"embeddings; change n_embd or n_head."
+            )
+        if self.vocab_size > 65536:
+            # Token files are uint16 (see data.py).
+            raise ValueError(f"model.vocab_size ({self.vocab_size}) must be <= 65536.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (length, head_dim // 2) for rotary embeddings."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim of x (B, H, T, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.proj.is_residual_proj = True  # scaled init, see GPTMini._init_weights
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape  # (B, T, C)
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.mlp_ratio * cfg.n_embd
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=False)
+        self.proj.is_residual_proj = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm_attn = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm_mlp = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x), cos, sin)  # (B, T, C)
+        x = x + self.mlp(self.norm_mlp(x))  # (B, T, C)
+        return x
+
+
+class GPTMini(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_out = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one matrix, counted once
+        cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base)
+        # Derived from the config, so not saved in checkpoints.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_proj", False):
+                # GPT-2: keep the residual stream's variance from growing with depth.
+                std = std / math.sqrt(2 * self.cfg.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; the tied head is counted once. non_embedding drops the token table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+        return n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean CE loss."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(
+                f"sequence length {T} exceeds model.block_size {self.cfg.block_size}; "
+                f"crop the input or raise block_size."
+            )
+        x = self.tok_emb(idx)  # (B, T, C)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
+        for block in self.blocks:
+            x = block(x, cos, sin)  # (B, T, C)
+        x = self.norm_out(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # Under autocast cross_entropy runs in fp32 by itself; no explicit upcast copy needed.
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample max_new_tokens after idx (B, T); the context is cropped to block_size."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.cfg.block_size :]  # (B, <=block)
+            logits, _ = self(ctx)
+            logits = logits[:, -1, :].float()  # (B, V)
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)  # greedy
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.size(-1):
+                    kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx

@@ -1,0 +1,128 @@
+"""The LightningModule: wires model, loss, two-group AdamW and the per-step LambdaLR."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics.text import Perplexity
+
+from gptmini.model import GPTMini, ModelConfig
+from gptmini.optim import OptimConfig, build_adamw
+from gptmini.schedule import ScheduleConfig, build_scheduler
+
+
+def _as(cls: type, value: Any) -> Any:
+    """Accept a dataclass or the plain dict a checkpoint's hparams hold."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+class GPTMiniModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+        schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
+    ) -> None:
+        """GPTMini pretraining recipe.
+
+        Args:
+            model: Model shape; ``vocab_size`` and ``block_size`` are linked from ``data``.
+            optim: AdamW settings (two groups: decay on weight matrices only).
+            schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
+        """
+        super().__init__()
+        self.model_cfg: ModelConfig = _as(ModelConfig, model)
+        self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
+        self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
+        # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "model": asdict(self.model_cfg),
+                "optim": {**asdict(self.optim_cfg), "betas": list(self.optim_cfg.betas)},
+                "schedule": asdict(self.schedule_cfg),
+            }
+        )
+        self.model = GPTMini(self.model_cfg)
+        self.val_ppl = Perplexity()
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_vocab = getattr(dm, "vocab_size", None)
+        if data_vocab is not None and data_vocab != self.model_cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer vocab size ({data_vocab}, from data) != model.vocab_size "
+                f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.vocab_size) "
+                f"or retrain the tokenizer with data.vocab_size={self.model_cfg.vocab_size}."
+            )
+        data_block = getattr(dm, "block_size", None)
+        if data_block is not None and data_block > self.model_cfg.block_size:
+            raise ValueError(
+                f"data.block_size ({data_block}) is larger than model.block_size "
+                f"({self.model_cfg.block_size}); lower data.block_size or raise model.block_size."
+            )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, T), (B, T)
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits, loss = self.model(x, y)  # (B, T, V)
+        self.val_ppl.update(logits.float(), y)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", self.val_ppl)
+
+    def _use_fused(self) -> bool:
+        """Fused AdamW on CUDA unless a grad scaler is active (fp16 needs unscale before clipping)."""
+        if self.optim_cfg.fused is not None:
+            return self.optim_cfg.fused
+        on_cuda = self.device.type == "cuda"
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        return on_cuda and scaler is None
+
+    def configure_optimizers(self) -> dict:
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        optimizer = build_adamw(self.model, self.optim_cfg, fused=self._use_fused())
+        scheduler = build_scheduler(optimizer, self.schedule_cfg, max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "lr"},
+        }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm ourselves when no grad scaler is active, and log the pre-clip norm.
+
+        Lightning <= 2.6.6 refuses to clip for any optimizer that "handles unscaling" (fused
+        AdamW) under mixed precision, even for bf16 where there is no scaler and so nothing to
+        unscale. Without a scaler the grads are already true grads, so plain
+        ``clip_grad_norm_`` is correct. With a scaler (fp16) we defer to Lightning, which
+        unscales first.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        algorithm = gradient_clip_algorithm or "norm"
+        if scaler is not None or algorithm != "norm":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_val:
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.log("train/grad_norm", norm)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.checkpoint).
+        checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
