@@ -1,0 +1,105 @@
+"""Shared fixtures: a small corpus, a prepared token cache and tiny configs, all on CPU."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptmini.data import GPTMiniData, default_corpus
+from gptmini.model import ModelConfig
+
+# Small enough that tokenizer training + encoding take about a second.
+CORPUS_CHARS = 120_000
+TINY_VOCAB = 384
+TINY_BLOCK = 32
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # Two cores here; more threads than cores only adds contention.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    """The first CORPUS_CHARS of the embedded corpus as a plain .txt file."""
+    with gzip.open(default_corpus(), "rt", encoding="utf-8") as f:
+        text = f.read(CORPUS_CHARS)
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory, corpus_file) -> Path:
+    """A cache folder already holding the prepared tiny corpus (tokenizer + token files)."""
+    cache = tmp_path_factory.mktemp("cache")
+    GPTMiniData(
+        data=str(corpus_file), cache_dir=str(cache), vocab_size=TINY_VOCAB, block_size=TINY_BLOCK
+    ).prepare_data()
+    return cache
+
+
+@pytest.fixture
+def tiny_data(corpus_file, data_cache) -> GPTMiniData:
+    dm = GPTMiniData(
+        data=str(corpus_file),
+        cache_dir=str(data_cache),
+        vocab_size=TINY_VOCAB,
+        block_size=TINY_BLOCK,
+        batch_size=8,
+    )
+    dm.prepare_data()
+    return dm
+
+
+@pytest.fixture
+def tiny_model_cfg() -> ModelConfig:
+    return ModelConfig(vocab_size=TINY_VOCAB, block_size=TINY_BLOCK, n_layer=2, n_head=2, n_embd=32)
+
+
+def tiny_cli_args(tmp_path: Path, corpus_file: Path, data_cache: Path, max_steps: int = 30) -> list[str]:
+    """Arguments for `gptmini.cli fit` on the tiny setup, writing everything under tmp_path."""
+    return [
+        "fit",
+        "--config",
+        str(Path(__file__).parent.parent / "configs" / "tiny.yaml"),
+        f"--trainer.max_steps={max_steps}",
+        f"--trainer.val_check_interval={max(1, max_steps // 2)}",
+        "--trainer.limit_val_batches=4",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--model.model.n_layer=2",
+        "--model.model.n_head=2",
+        "--model.model.n_embd=32",
+        "--model.schedule.warmup_steps=3",
+        f"--data.data={corpus_file}",
+        f"--data.cache_dir={data_cache}",
+        f"--data.vocab_size={TINY_VOCAB}",
+        f"--data.block_size={TINY_BLOCK}",
+        "--data.batch_size=8",
+    ]
+
+
+@pytest.fixture
+def cli_args(tmp_path, corpus_file, data_cache):
+    """Factory: cli_args(max_steps=30) -> argument list for a tiny CLI fit in tmp_path."""
+
+    def make(max_steps: int = 30) -> list[str]:
+        return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps)
+
+    return make
