@@ -126,3 +126,9 @@ class GPTMiniModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Enough to rebuild a bare GPTMini without Lightning (see gptmini.checkpoint).
         checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
+        # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
+        # checkpoint, even after the data cache is deleted or moved.
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tok_path = getattr(dm, "tokenizer_path", None)
+        if tok_path is not None and tok_path.is_file():
+            checkpoint["gptmini_tokenizer"] = tok_path.read_text(encoding="utf-8")
