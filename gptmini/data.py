@@ -70,8 +70,9 @@ def _open_text(path: Path):
     return opener(path, "rt", encoding="utf-8", errors="strict", newline="")
 
 
-def _read_pieces(path: Path, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
-    """Yield the file as strings of about piece_chars, cut at line ends."""
+def _read_pieces(path: Path, piece_chars: int | None = None) -> Iterator[str]:
+    """Yield the file as strings of about piece_chars (default PIECE_CHARS), cut at line ends."""
+    piece_chars = piece_chars or PIECE_CHARS
     buf: list[str] = []
     size = 0
     try:

@@ -1,0 +1,93 @@
+"""End-to-end runs through the CLI, in tmp_path, on the tiny setup."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gptmini.cli import main
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_fit_end_to_end(cli_args, tmp_path):
+    main(cli_args(max_steps=40))
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    tags = scalars(run)
+    for tag in ("train/loss", "val/loss", "val/ppl", "train/grad_norm", "lr/decay", "lr/no_decay"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert len(tags["lr/decay"]) == 40  # one lr per optimizer step
+    assert max(tags["lr/decay"]) == pytest.approx(2e-3)  # tiny.yaml's peak, reached after warmup
+    loss = tags["train/loss"]
+    assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 0.5
+    assert tags["val/loss"][-1] < tags["val/loss"][0]
+    assert (run / "config.yaml").is_file()
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    assert ckpt_path.is_file()
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    (opt_state,) = ckpt["optimizer_states"]
+    groups = opt_state["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert ckpt["global_step"] == 40
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 40
+
+
+def test_smoke_overfit_one_batch(cli_args, tmp_path):
+    args = cli_args(max_steps=80) + [
+        "--trainer.overfit_batches=1",
+        "--model.model.n_embd=64",
+        "--model.optim.lr=1e-2",
+    ]
+    main(args)
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    loss = scalars(run)["train/loss"]
+    assert loss[0] > 5.0
+    assert loss[-1] < 1.0
+
+
+def test_optimizer_keys_of_lightningcli_are_rejected(cli_args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(cli_args() + ["--optimizer=torch.optim.SGD"])
+    assert exc.value.code != 0
+    assert "optimizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs write relative paths (runs/, data_cache/)
+    cli = main(["--config", str(config)], run=False)
+    assert cli.model.model_cfg.vocab_size == cli.datamodule.vocab_size
+    assert cli.model.model_cfg.block_size == cli.datamodule.block_size
+    assert cli.trainer.max_steps > 0
+
+
+def test_10m_config_is_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--config", str(Path(__file__).parent.parent / "configs" / "10m.yaml")], run=False)
+    m, o, s, d, t = (
+        cli.model.model_cfg,
+        cli.model.optim_cfg,
+        cli.model.schedule_cfg,
+        cli.datamodule,
+        cli.trainer,
+    )
+    assert (m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size) == (6, 6, 384, 8000, 512)
+    assert (o.lr, o.weight_decay, o.betas, o.eps) == (6e-4, 0.1, (0.9, 0.95), 1e-8)
+    assert (s.warmup_steps, s.min_lr_ratio) == (1000, 0.1)
+    assert (d.batch_size, t.max_steps, t.gradient_clip_val) == (32, 50000, 1.0)
+    assert t.precision == "bf16-mixed"
+
+
+def test_help_shows_field_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "Decoupled weight decay on weight matrices" in out
+    assert "Optimizer steps of linear warmup" in out
