@@ -91,3 +91,11 @@ def test_help_shows_field_docs(capsys):
     out = capsys.readouterr().out
     assert "Decoupled weight decay on weight matrices" in out
     assert "Optimizer steps of linear warmup" in out
+
+
+def test_print_config_shows_linked_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS[0].parent / "tiny.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "vocab_size: 2048" in out and "warmup_steps:" in out

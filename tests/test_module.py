@@ -118,3 +118,13 @@ def test_validation_logs_loss_and_perplexity(tiny_model_cfg, tiny_data):
     trainer = make_trainer(max_steps=2, limit_val_batches=3)
     metrics = trainer.validate(module, datamodule=tiny_data, verbose=False)[0]
     assert metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-3)
+
+
+def test_vocab_mismatch_between_data_and_model_is_a_clear_error(tiny_model_cfg, tiny_data):
+    from dataclasses import replace
+
+    module = GPTMiniModule(
+        replace(tiny_model_cfg, vocab_size=500), OptimConfig(), ScheduleConfig(warmup_steps=1)
+    )
+    with pytest.raises(ValueError, match=r"vocab size \(384.*model.vocab_size \(500\)"):
+        make_trainer(max_steps=2).fit(module, datamodule=tiny_data)
