@@ -21,7 +21,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 EOT = "<|endoftext|>"
 TOKEN_DTYPE = np.uint16
@@ -192,6 +193,78 @@ class TokenWindows(Dataset):
         return window[:-1], window[1:]  # (T,), (T,)
 
 
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffle per epoch (``seed + epoch``), split across ranks, resumable mid-epoch.
+
+    A ``DistributedSampler`` so that Lightning uses it as is under DDP (it only injects its own
+    sampler into loaders that lack one); with one process it is a plain seeded permutation.
+    ``skip`` drops the first indices of the next iteration only: that is how a resumed run
+    continues the interrupted epoch instead of restarting it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` whose position in the epoch is saved in checkpoints.
+
+    Lightning stores ``state_dict()`` of a train loader that has one in every checkpoint and
+    calls ``load_state_dict()`` before iterating on resume, so the resumed run sees exactly the
+    batches the interrupted run had not yet trained on. The count is of batches handed to the
+    training loop (not the sampler's position, which worker prefetching runs ahead of).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = 0  # batches handed out in the current epoch
+        self._resume_at = 0  # batches to skip at the next __iter__ (set by load_state_dict)
+
+    def __iter__(self) -> Iterator:
+        self._batches_done, self._resume_at = self._resume_at, 0
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        sampler = self.sampler
+        return {
+            "epoch": getattr(sampler, "epoch", 0),
+            "seed": getattr(sampler, "seed", 0),
+            "batches_done": self._batches_done,
+            "batch_size": self.batch_size,
+            "num_replicas": getattr(sampler, "num_replicas", 1),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):  # e.g. overfit_batches swapped it out
+            return
+        sampler.seed = state["seed"]
+        sampler.set_epoch(state["epoch"])
+        done = state["batches_done"]
+        if (state["batch_size"], state["num_replicas"]) != (self.batch_size, sampler.num_replicas):
+            # Another batch size or device count splits the permutation differently: keep the
+            # number of windows already seen this epoch, which is the closest exact equivalent.
+            seen = done * state["batch_size"] * state["num_replicas"]
+            done = seen // (self.batch_size * sampler.num_replicas)
+            rank_zero_warn(
+                f"resuming with data.batch_size x devices = {self.batch_size} x {sampler.num_replicas}, "
+                f"the checkpoint used {state['batch_size']} x {state['num_replicas']}: the data order "
+                f"continues approximately (at window {seen} of epoch {state['epoch']}), not exactly."
+            )
+        sampler.skip = done * self.batch_size
+        self._resume_at = done
+
+
 class GPTMiniData(pl.LightningDataModule):
     def __init__(
         self,
@@ -344,10 +417,22 @@ class GPTMiniData(pl.LightningDataModule):
         self.val_set = TokenWindows(self.cache_path / "val.bin", self.block_size)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
+        if not train:
+            sampler = None  # sequential; Lightning shards it under DDP
+        else:
+            # Our own distributed-aware sampler: resumable mid-epoch (see ResumableLoader). The
+            # seed is the run's seed_everything (Lightning exports it), saved with the position.
+            dist = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer else None
+            sampler = ResumableSampler(
+                dataset,
+                num_replicas=(dist or {}).get("num_replicas", 1),
+                rank=(dist or {}).get("rank", 0),
+                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            )
+        return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
