@@ -2,18 +2,69 @@
 
 from __future__ import annotations
 
-from jsonargparse import set_parsing_settings
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing import Any
 
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from gptmini import preflight
 from gptmini.data import GPTMiniData, vocab_of
 from gptmini.module import GPTMiniModule
+from gptmini.resilience import FaultGuard
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+class GPTMiniParser(LightningArgumentParser):
+    """Adds a did-you-mean to unknown-key errors and turns off argparse's prefix matching (which
+    would silently take ``--trainer.max_step`` for ``--trainer.max_steps``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+
+
+def _keys(parser: Any) -> list[str]:
+    """Every option name of a parser and of its subcommands' parsers."""
+    keys = []
+    for action in parser._actions:
+        if isinstance(action.dest, str):
+            keys.append(action.dest)
+        if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
+            keys += [k for sub in action.choices.values() if hasattr(sub, "_actions") for k in _keys(sub)]
+    return keys
+
+
+class SaveConfigToCheckpoint(SaveConfigCallback):
+    """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gptmini_config"] = self.parser.dump(self.config, skip_none=False)
+
+
 class GPTMiniCLI(LightningCLI):
+    def before_fit(self) -> None:
+        """Fail on bad settings now, before data preparation or any step (see gptmini.preflight)."""
+        model, trainer = self.model, self.trainer
+        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
+        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        if ckpt and ckpt.endswith(".ckpt"):
+            preflight.check_checkpoint(ckpt, model.model_cfg)
+        # `last` resolved across version folders; the saved config records the file actually used.
+        self.config_init[self.subcommand]["ckpt_path"] = ckpt
+        self.config[self.subcommand]["ckpt_path"] = ckpt
+        if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
+            preflight.check_log_dir_free(trainer)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
+        parser.add_lightning_class_args(FaultGuard, "guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
         parser.link_arguments("data.block_size", "model.model.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
@@ -28,6 +79,8 @@ def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
         # `optimizer:`/`lr_scheduler:` keys would replace it with one group stepped per epoch.
         auto_configure_optimizers=False,
         seed_everything_default=1337,
+        parser_class=GPTMiniParser,
+        save_config_callback=SaveConfigToCheckpoint,
         args=args,
         run=run,
     )

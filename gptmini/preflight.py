@@ -1,0 +1,191 @@
+"""Checks the CLI runs after building trainer, model and data but before ``fit`` does any work.
+
+Each raises a ``ValueError`` that names the setting and the fix, so a bad config fails in seconds
+(not after tokenizer training or an hour of steps) and before anything is written to disk.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from gptmini.checkpoint import model_config, read_checkpoint
+from gptmini.schedule import validate_horizon
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 (CPUs do, emulated where the ISA lacks it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type in ("cpu", "mps", "xla")
+
+
+def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
+    """Step budget, accumulation and precision settings the recipe cannot run with."""
+    validate_horizon(warmup_steps, trainer.max_steps)
+    acc = trainer.accumulate_grad_batches
+    if not isinstance(acc, int) or acc < 1:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches must be an integer >= 1 (micro-batches per optimizer "
+            f"step), got {acc!r}."
+        )
+    precision = str(trainer.precision)
+    device = trainer.strategy.root_device
+    if "bf16" in precision and not bf16_supported(device):
+        raise ValueError(
+            f"trainer.precision={precision} needs bfloat16, which this device ({device}, "
+            f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) does not "
+            f"support; use trainer.precision=16-mixed (fp16 with a grad scaler) or 32-true."
+        )
+
+
+def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
+    """Vocab and context the data will produce must fit the model (normally linked by the CLI)."""
+    vocab = getattr(datamodule, "vocab_size", None)
+    if vocab is not None and vocab != model_cfg.vocab_size:
+        raise ValueError(
+            f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.vocab_size "
+            f"({model_cfg.vocab_size}); let the CLI link them (do not set model.vocab_size)."
+        )
+    block = getattr(datamodule, "block_size", None)
+    if block is not None and block > model_cfg.block_size:
+        raise ValueError(
+            f"data.block_size ({block}) is larger than the model's context model.block_size "
+            f"({model_cfg.block_size}); lower data.block_size or raise model.block_size."
+        )
+
+
+def _checkpoint_dirs(trainer: pl.Trainer) -> list[Path]:
+    """Where this run's earlier checkpoints live: every version folder of the logger, and any
+    explicit ModelCheckpoint.dirpath (with a logger, each run gets a new version folder, so
+    Lightning's own ``ckpt_path="last"`` would only look in the new, empty one)."""
+    dirs = []
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            dirs.append(Path(cb.dirpath))
+    for logger in trainer.loggers:
+        root = getattr(logger, "root_dir", None)
+        if root:
+            dirs += sorted(Path(root).glob("*/checkpoints"))
+    if not trainer.loggers:
+        dirs.append(Path(trainer.default_root_dir) / "checkpoints")
+    return dirs
+
+
+def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
+    """``last`` -> the newest ``last*.ckpt`` of this run name; a path must exist. Else unchanged."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or ckpt_path.startswith("registry:"):
+        return ckpt_path
+    if ckpt_path == "last":
+        dirs = _checkpoint_dirs(trainer)
+        found = [p for d in dirs for p in d.glob("last*.ckpt") if p.is_file()]
+        if not found:
+            looked = ", ".join(str(d) for d in dirs) or trainer.default_root_dir
+            raise ValueError(
+                f"--ckpt_path last: no last.ckpt found (looked in {looked}); drop --ckpt_path to start "
+                f"a new run, or give the checkpoint file."
+            )
+        return str(max(found, key=lambda p: p.stat().st_mtime))
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
+        )
+    return str(path)
+
+
+def check_checkpoint(path: str, model_cfg: object) -> None:
+    """The checkpoint to resume from is readable and was trained with this model shape."""
+    try:
+        ckpt = read_checkpoint(path)
+        saved = model_config(ckpt, path)
+    except ValueError as e:
+        raise ValueError(f"--ckpt_path: {e}") from None
+    diffs = [
+        f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        if getattr(saved, k) != getattr(model_cfg, k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with another model shape ({'; '.join(diffs)}); resume "
+            f"with the run's own config (its config.yaml) or start a new run."
+        )
+
+
+def check_log_dir_free(trainer: pl.Trainer) -> None:
+    """Refuse to write into a folder that already holds a run (a fixed logger version)."""
+    log_dir = trainer.log_dir
+    if log_dir is None:
+        return
+    old = [p for p in (Path(log_dir) / "config.yaml", Path(log_dir) / "checkpoints") if p.exists()]
+    if old:
+        raise ValueError(
+            f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "
+            f"trainer.logger.init_args.version unset (a new version_N folder per run) or pick a new one."
+        )
+
+
+_KEY = re.compile(r"--([A-Za-z_][\w.]*)|'([A-Za-z_][\w.]*)'")
+# Names other trainers use for our settings: a typo check cannot find these by spelling.
+ALIASES = {
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "warmup": "warmup_steps",
+    "warmup_iters": "warmup_steps",
+    "max_iters": "max_steps",
+    "num_steps": "max_steps",
+    "grad_clip": "gradient_clip_val",
+    "clip_grad": "gradient_clip_val",
+    "grad_accum": "accumulate_grad_batches",
+    "gradient_accumulation_steps": "accumulate_grad_batches",
+    "context_length": "block_size",
+    "seq_len": "block_size",
+    "n_layers": "n_layer",
+    "n_heads": "n_head",
+    "d_model": "n_embd",
+    "batch": "batch_size",
+    "min_lr": "min_lr_ratio",
+}
+
+
+def _suggest(word: str, known: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    if match:
+        return match[0]
+    group, _, leaf = word.rpartition(".")
+    alias = ALIASES.get(leaf)
+    if alias:
+        same_leaf = [k for k in known if k == alias or k.endswith("." + alias)]
+        if same_leaf:  # prefer the one in the same group
+            return max(same_leaf, key=lambda k: len(_common_prefix(k, group)))
+    return None
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def did_you_mean(message: str, known: list[str]) -> str:
+    """' Did you mean ...?' for unknown keys in a jsonargparse error message, else ''."""
+    words = [a or b for a, b in _KEY.findall(message)]
+    # "Group 'model' does not accept option 'optim.learning_rate'" names the key in two parts.
+    group = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
+    if group:
+        words.append(f"{group.group(1)}.{group.group(2)}")
+    hints = []
+    for word in words:
+        if word in known:
+            continue
+        hint = _suggest(word, known)
+        if hint and hint not in hints:
+            hints.append(hint)
+    return f" Did you mean {' or '.join(hints)}?" if hints else ""

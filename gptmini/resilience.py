@@ -1,0 +1,123 @@
+"""Keep a run recoverable: stop (or skip) on non-finite losses, checkpoint on SIGTERM.
+
+``FaultGuard`` is a Lightning callback the CLI always adds (configured under ``guard:``):
+
+- **Non-finite loss or gradients.** Checked after backward and before the optimizer step, so a
+  bad update never reaches the weights and ``ModelCheckpoint`` (which saves after the step) never
+  writes a NaN checkpoint: the last good checkpoint on disk stays intact. The first bad step stops
+  training with an error naming the step and that checkpoint; ``max_skipped_steps: N`` instead
+  skips up to N bad updates (all gradients dropped, so AdamW leaves weights and moments alone).
+- **SIGTERM** (preemption, ``scancel``, ``kill``). Lightning finishes the current batch and raises;
+  the guard then saves ``last.ckpt`` next to the other checkpoints, so ``--ckpt_path last`` resumes
+  from the exact step (a hard kill resumes from the previous interval checkpoint instead).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient (more often than ``max_skipped_steps`` allows)."""
+
+
+def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest checkpoint file this run wrote or resumed from, if any."""
+    candidates = [trainer.ckpt_path]
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            candidates += [cb.last_model_path, cb.best_model_path, *cb.best_k_models]
+    files = {str(p) for p in candidates if p and Path(p).is_file()}
+    return max(files, key=os.path.getmtime) if files else None
+
+
+class FaultGuard(Callback):
+    def __init__(
+        self, max_skipped_steps: int = 0, check_every_n_steps: int = 1, save_on_sigterm: bool = True
+    ):
+        """Stop on non-finite losses; save a checkpoint on SIGTERM.
+
+        Args:
+            max_skipped_steps: Optimizer steps with a non-finite loss or gradient to skip (update
+                dropped) before stopping; 0 = stop at the first one.
+            check_every_n_steps: Check every n-th optimizer step (each check is one host sync; a
+                larger n saves it, but a NaN between checks reaches the weights).
+            save_on_sigterm: Save ``last.ckpt`` when SIGTERM stops the run.
+        """
+        if max_skipped_steps < 0:
+            raise ValueError(f"guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
+        if check_every_n_steps < 1:
+            raise ValueError(f"guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
+        self.max_skipped_steps = max_skipped_steps
+        self.check_every_n_steps = check_every_n_steps
+        self.save_on_sigterm = save_on_sigterm
+        self.skipped = 0
+
+    # -- non-finite ------------------------------------------------------------------------
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        step = trainer.global_step
+        if step % self.check_every_n_steps:
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
+        # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
+        if getattr(trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                checks.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not checks:
+            return
+        finite = bool(torch.stack(checks).all())  # the one host sync
+        # Every rank must take the same decision, or DDP/FSDP would deadlock.
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        loss_text = f"{loss.item():.4g}" if loss is not None else "n/a"
+        if self.skipped < self.max_skipped_steps:
+            self.skipped += 1
+            optimizer.zero_grad(set_to_none=True)  # AdamW skips params without grads entirely
+            rank_zero_warn(
+                f"non-finite loss or gradient at step {step} (train/loss={loss_text}): update skipped "
+                f"({self.skipped} of guard.max_skipped_steps={self.max_skipped_steps})."
+            )
+            return
+        last = last_good_checkpoint(trainer)
+        where = (
+            f"The last good checkpoint is {last} (left intact); resume with --ckpt_path {last}"
+            if last
+            else "No checkpoint was saved yet; restart"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step} (train/loss={loss_text}); training stopped "
+            f"before the update. {where} after lowering model.optim.lr or raising "
+            f"model.schedule.warmup_steps, or let guard.max_skipped_steps skip such steps."
+        )
+
+    # -- SIGTERM ---------------------------------------------------------------------------
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not (self.save_on_sigterm and isinstance(exception, SIGTERMException)):
+            return
+        cb = trainer.checkpoint_callback
+        if not isinstance(cb, ModelCheckpoint) or cb.dirpath is None:
+            return
+        path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
