@@ -1,0 +1,426 @@
+"""The chapter's four exercises (§8), one command each.
+
+    python -m gptmini.exercises lr       # lr sweep on a single-batch overfit, 200 steps
+    python -m gptmini.exercises min_lr   # min_lr / peak_lr = 0.0, 0.1, 0.5 on the same budget
+    python -m gptmini.exercises betas    # (0.9, 0.999) vs (0.9, 0.95), 1000 steps
+    python -m gptmini.exercises wd       # weight decay 0.0, 0.1, 0.5: val loss and parameter norm
+    python -m gptmini.exercises all
+
+Each variant is an ordinary gptmini run, built by the same LightningCLI as ``gptmini.cli fit`` from
+the same YAML configs plus a few overrides (the swept setting, the step budget, logging), and trained
+by a Lightning ``Trainer``. By default the configs are ``configs/tiny.yaml`` + ``configs/exercises_cpu.yaml``
+(a CPU preset, minutes on 2 cores); ``--config configs/10m.yaml`` runs the full-size model. Any
+further ``--section.key=value`` argument is passed on to every variant (e.g. ``--data.batch_size=8``).
+
+Each exercise writes, under ``--out`` (default ``runs/exercises``) in a new ``<exercise>/version_N``:
+one TensorBoard run per variant (``tensorboard --logdir runs/exercises/lr/version_0`` overlays them),
+``<exercise>.png`` with the variants side by side, and ``<exercise>.md``, the table it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from gptmini.curves import Series, last, read_scalars, tail_mean
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIGS = [CONFIG_DIR / "tiny.yaml", CONFIG_DIR / "exercises_cpu.yaml"]
+
+
+def param_norm(model: torch.nn.Module) -> float:
+    """The chapter's parameter norm: ``sum(p.norm() for p in model.parameters())``."""
+    with torch.no_grad():
+        return float(sum(p.norm() for p in model.parameters()))
+
+
+class ParamNorm(Callback):
+    """Logs ``train/param_norm`` (see :func:`param_norm`) every ``log_every_n_steps``."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.global_step == trainer.max_steps:
+            pl_module.log("train/param_norm", param_norm(pl_module.model))
+
+
+# -- exercise definitions -------------------------------------------------------------------------
+
+
+@dataclass
+class Column:
+    header: str
+    value: Callable[[dict[str, Series], dict[str, float]], float | None]
+    fmt: str = "{:.4f}"
+
+
+@dataclass
+class Panel:
+    title: str
+    tag: str  # a scalar tag, or a prefix ending in "/" (the first tag under it is plotted)
+    logy: bool = False
+    smooth: float = 0.0  # EMA factor for noisy per-step curves; 0 = raw
+
+
+@dataclass
+class Exercise:
+    name: str
+    title: str
+    setting: str  # the swept key, as on the gptmini command line
+    values: list
+    steps: int
+    fixed: list[str] = field(default_factory=list)  # extra overrides for every variant
+    panels: list[Panel] = field(default_factory=list)
+    columns: list[Column] = field(default_factory=list)
+    n_val: int = 5  # validations per run (the last at the final step)
+    param_norm: bool = False
+
+    def label(self, value) -> str:
+        short = self.setting.rsplit(".", 1)[-1]
+        if isinstance(value, float):
+            return f"{short}={value:g}"
+        if isinstance(value, (list, tuple)):
+            return f"{short}=({', '.join(f'{v:g}' for v in value)})"
+        return f"{short}={value}"
+
+
+def _tag(scalars: dict[str, Series], tag: str) -> str | None:
+    if not tag.endswith("/"):
+        return tag if tag in scalars else None
+    under = sorted(t for t in scalars if t.startswith(tag))
+    return under[0] if under else None
+
+
+def _get(
+    tag: str, fn: Callable[[Series], float]
+) -> Callable[[dict[str, Series], dict[str, float]], float | None]:
+    def value(scalars: dict[str, Series], extra: dict[str, float]) -> float | None:
+        t = _tag(scalars, tag)
+        return fn(scalars[t]) if t is not None else None
+
+    return value
+
+
+def _first_below(threshold: float) -> Callable[[Series], float]:
+    def fn(series: Series) -> float:
+        return next((s for s, v in zip(*series) if v < threshold), math.nan)
+
+    return fn
+
+
+EXERCISES: dict[str, Exercise] = {
+    e.name: e
+    for e in [
+        Exercise(
+            name="lr",
+            title="peak lr on a single-batch overfit",
+            setting="model.optim.lr",
+            values=[1e-3, 6e-4, 3e-4, 1e-4],
+            steps=200,
+            # One fixed batch; validation would only measure memorisation, so skip it.
+            fixed=["--trainer.overfit_batches=1", "--trainer.limit_val_batches=0"],
+            panels=[Panel("train loss (one batch)", "train/loss", logy=True), Panel("learning rate", "lr/")],
+            columns=[
+                Column("final train loss", _get("train/loss", last)),
+                Column("min train loss", _get("train/loss", lambda s: min(s[1]))),
+                Column("first step < 0.5", _get("train/loss", _first_below(0.5)), "{:.0f}"),
+            ],
+            n_val=0,
+        ),
+        Exercise(
+            name="min_lr",
+            title="min_lr / peak_lr at the same step budget",
+            setting="model.schedule.min_lr_ratio",
+            values=[0.0, 0.1, 0.5],
+            steps=600,
+            panels=[
+                Panel("train loss (EMA 0.9)", "train/loss", smooth=0.9),
+                Panel("val loss", "val/loss"),
+                Panel("learning rate", "lr/"),
+            ],
+            columns=[
+                Column("final val loss", _get("val/loss", last)),
+                Column("best val loss", _get("val/loss", lambda s: min(s[1]))),
+                Column("train loss (last 10%)", _get("train/loss", tail_mean)),
+                Column("final lr", _get("lr/", last), "{:.2e}"),
+            ],
+        ),
+        Exercise(
+            name="betas",
+            title="AdamW betas",
+            setting="model.optim.betas",
+            values=[[0.9, 0.999], [0.9, 0.95]],
+            steps=1000,
+            panels=[
+                Panel("train loss (EMA 0.9)", "train/loss", smooth=0.9),
+                Panel("val loss", "val/loss"),
+                Panel("grad norm (before clipping)", "train/grad_norm", logy=True, smooth=0.9),
+            ],
+            columns=[
+                Column("train loss (last 10%)", _get("train/loss", tail_mean)),
+                Column("final val loss", _get("val/loss", last)),
+                Column("max grad norm", _get("train/grad_norm", lambda s: max(s[1])), "{:.3f}"),
+            ],
+        ),
+        Exercise(
+            name="wd",
+            title="weight decay",
+            setting="model.optim.weight_decay",
+            values=[0.0, 0.1, 0.5],
+            steps=600,
+            panels=[
+                Panel("train loss (EMA 0.9)", "train/loss", smooth=0.9),
+                Panel("val loss", "val/loss"),
+                Panel("sum(p.norm() for p in model.parameters())", "train/param_norm"),
+            ],
+            columns=[
+                Column("final val loss", _get("val/loss", last)),
+                Column("train loss (last 10%)", _get("train/loss", tail_mean)),
+                Column("param norm", lambda scalars, extra: extra["param_norm"], "{:.2f}"),
+            ],
+            param_norm=True,
+        ),
+    ]
+}
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    label: str
+    logdir: Path
+    scalars: dict[str, Series]
+    extra: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class ExerciseResult:
+    exercise: str
+    out_dir: Path
+    runs: list[RunResult]
+    table: str
+    png: Path
+    series_per_panel: list[int]  # lines drawn in each panel of the PNG
+
+
+def _next_version(root: Path) -> Path:
+    """A fresh ``root/version_N``: a rerun never writes into (or mixes its curves with) an old one."""
+    n = 0
+    while (root / f"version_{n}").exists():
+        n += 1
+    return root / f"version_{n}"
+
+
+def _overrides(ex: Exercise, value, steps: int, warmup: int, save_dir: Path, label: str) -> list[str]:
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+            "init_args": {"logging_interval": "step"},
+        }
+    ]
+    if ex.param_norm:
+        callbacks.append({"class_path": "gptmini.exercises.ParamNorm"})
+    logger = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(save_dir), "name": "", "version": label, "default_hp_metric": False},
+    }
+    args = [
+        f"--trainer.max_steps={steps}",
+        f"--model.schedule.warmup_steps={warmup}",
+        f"--trainer.log_every_n_steps={max(1, steps // 100)}",
+        # The exercise's callbacks replace the config's: no checkpoints, no pre-flight checks per
+        # variant, only what the comparison needs.
+        f"--trainer.callbacks={json.dumps(callbacks)}",
+        f"--trainer.logger={json.dumps(logger)}",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+        f"--{ex.setting}={json.dumps(value)}",
+    ]
+    if ex.n_val > 0:
+        # Validate n_val times, the last at the final step; epochs do not matter here.
+        interval = max(1, steps // ex.n_val)
+        while steps % interval:
+            interval -= 1
+        args += [f"--trainer.val_check_interval={interval}", "--trainer.check_val_every_n_epoch=null"]
+    return args + ex.fixed
+
+
+def run_variant(
+    ex: Exercise,
+    value,
+    configs: list[str | Path],
+    extra_args: list[str],
+    steps: int,
+    warmup: int,
+    save_dir: Path,
+) -> RunResult:
+    from gptmini.cli import main as cli_main
+
+    label = ex.label(value)
+    args = [a for c in configs for a in ("--config", str(c))]
+    # The user's overrides first, then the exercise's: the swept setting and budget must win.
+    args += extra_args + _overrides(ex, value, steps, warmup, save_dir, label)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning warns when args= is used while sys.argv has arguments (ours, not the CLI's).
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = cli_main(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - t0
+    logdir = Path(cli.trainer.logger.log_dir)
+    extra = {"param_norm": param_norm(cli.model.model)}
+    return RunResult(label, logdir, read_scalars(logdir), extra, seconds)
+
+
+def markdown_table(ex: Exercise, runs: list[RunResult]) -> str:
+    headers = [ex.setting.rsplit(".", 1)[-1]] + [c.header for c in ex.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for run in runs:
+        cells = [run.label.split("=", 1)[1]]
+        for col in ex.columns:
+            v = col.value(run.scalars, run.extra)
+            cells.append("—" if v is None or (isinstance(v, float) and math.isnan(v)) else col.fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ema(values: list[float], factor: float) -> list[float]:
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else factor * acc + (1 - factor) * v
+        out.append(acc)
+    return out
+
+
+def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> list[int]:
+    """The variants side by side, one panel per quantity; returns the number of lines per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    n = len(ex.panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
+    counts = []
+    for ax, panel in zip(axes[0], ex.panels):
+        for run in runs:
+            tag = _tag(run.scalars, panel.tag)
+            if tag is None:
+                continue
+            steps, values = run.scalars[tag]
+            if panel.smooth:
+                values = _ema(values, panel.smooth)
+            ax.plot(steps, values, label=run.label, marker="o" if len(steps) <= 10 else None, markersize=3)
+        counts.append(len(ax.get_lines()))
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("step")
+        if panel.logy:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{ex.title} {subtitle}".strip())
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return counts
+
+
+def run_exercise(
+    name: str,
+    configs: list[str | Path] | None = None,
+    extra_args: list[str] | None = None,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+    out: str | Path = "runs/exercises",
+    verbose: bool = True,
+) -> ExerciseResult:
+    """Run every variant of exercise ``name``; write TensorBoard runs, the PNG and the table."""
+    if name not in EXERCISES:
+        raise ValueError(f"unknown exercise {name!r}; choose one of {', '.join(EXERCISES)} or 'all'.")
+    ex = EXERCISES[name]
+    configs = list(configs) if configs else list(DEFAULT_CONFIGS)
+    for c in configs:
+        if not Path(c).is_file():
+            raise ValueError(f"config file {c} does not exist; give --config with an existing YAML file.")
+    steps = ex.steps if steps is None else steps
+    if steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {steps}.")
+    # 5% warmup by default: inside the chapter's 1-5% rule and valid for any budget (the configs'
+    # own warmup, e.g. 1000 steps for 10m, can exceed a short exercise's whole budget).
+    warmup = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
+    if not 0 <= warmup < steps:
+        raise ValueError(f"--warmup_steps must be in [0, steps={steps}), got {warmup}.")
+    out_dir = _next_version(Path(out) / ex.name)
+    out_dir.mkdir(parents=True)
+    runs = []
+    for value in ex.values:
+        run = run_variant(ex, value, configs, list(extra_args or []), steps, warmup, out_dir)
+        runs.append(run)
+        if verbose:
+            print(
+                f"[{ex.name}] {run.label}: {steps} steps in {run.seconds:.1f} s -> {run.logdir}", flush=True
+            )
+    table = markdown_table(ex, runs)
+    png = out_dir / f"{ex.name}.png"
+    counts = plot(ex, runs, png, subtitle=f"({steps} steps, {', '.join(Path(c).stem for c in configs)})")
+    (out_dir / f"{ex.name}.md").write_text(f"{ex.title}, {steps} steps\n\n{table}\n")
+    if verbose:
+        print(f"\n{ex.title}, {steps} steps ({' + '.join(str(c) for c in configs)})\n\n{table}\n")
+        print(f"figure: {png}\ntensorboard --logdir {out_dir}\n", flush=True)
+    return ExerciseResult(ex.name, out_dir, runs, table, png, counts)
+
+
+def main(args: list[str] | None = None) -> list[ExerciseResult]:
+    p = argparse.ArgumentParser(
+        prog="python -m gptmini.exercises",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("exercise", choices=[*EXERCISES, "all"])
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="a gptmini YAML config, repeatable (default: configs/tiny.yaml + configs/exercises_cpu.yaml)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per variant (default: lr 200, min_lr 600, betas 1000, wd 600)",
+    )
+    p.add_argument(
+        "--warmup_steps", type=int, default=None, help="warmup per variant (default: 5%% of steps)"
+    )
+    p.add_argument("--out", default="runs/exercises", help="output root (default: runs/exercises)")
+    known, extra = p.parse_known_args(args)
+    bad = [a for a in extra if not a.startswith("--") and "=" not in a]
+    if bad:
+        p.error(f"unexpected arguments {bad}; pass config overrides as --section.key=value")
+    names = list(EXERCISES) if known.exercise == "all" else [known.exercise]
+    try:
+        return [
+            run_exercise(n, known.config, extra, known.steps, known.warmup_steps, known.out) for n in names
+        ]
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Sample text from a trained GPTMini: ``python -m gptmini.generate CHECKPOINT --prompt "ROMEO:"``.
+
+The checkpoint is all that is needed: ``GPTMiniModule`` stores the model config and the tokenizer
+JSON in every checkpoint it writes (``--tokenizer`` overrides the stored one, e.g. for checkpoints
+written before it did). ``--help`` lists every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptmini.checkpoint import CheckpointError, model_config, model_state_dict, read_checkpoint
+from gptmini.data import EOT, load_tokenizer
+from gptmini.model import GPTMini
+
+
+@dataclass
+class SampleConfig:
+    """How to sample continuations."""
+
+    max_new_tokens: int = 200
+    """Tokens to generate after the prompt."""
+    temperature: float = 0.8
+    """Softmax temperature; lower is more conservative, 0 is greedy (argmax)."""
+    top_k: int | None = 50
+    """Sample only among the k most likely next tokens; null samples from the whole vocabulary."""
+    seed: int = 1337
+    """Seed of the sampler's own random generator: the same seed gives the same text."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
+
+
+def tokenizer_from_json(text: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)
+
+
+def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
+    """Token ids of the prompt; an empty prompt starts a fresh document (the end-of-text token)."""
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        eot = tokenizer.token_to_id(EOT)
+        if eot is None:
+            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token; give a prompt.")
+        ids = [eot]
+    if len(ids) > block_size:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens but the model's context (block_size) is {block_size}; "
+            f"shorten the prompt to at most {block_size} tokens (roughly {block_size * 3} characters)."
+        )
+    return ids
+
+
+def sample_ids(model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: int = 1) -> torch.Tensor:
+    """(num_samples, len(ids) + max_new_tokens) token ids: the prompt ``ids`` and its continuations.
+
+    Uses its own ``torch.Generator`` seeded with ``cfg.seed``: repeatable, and the global RNG streams
+    (training's shuffling, dropout) are left untouched.
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)  # (N, T)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        return model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator)
+    finally:
+        model.train(was_training)
+
+
+def sample(model: GPTMini, tokenizer, prompt: str, cfg: SampleConfig, num_samples: int = 1) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (prompt excluded), decoded to text."""
+    ids = encode_prompt(tokenizer, prompt, model.cfg.block_size)
+    out = sample_ids(model, ids, cfg, num_samples)  # (N, T + new)
+    return [tokenizer.decode(row[len(ids) :].tolist()) for row in out]
+
+
+def load_for_generation(checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"):
+    """(model in eval mode on ``device``, tokenizer) from a gptmini checkpoint."""
+    ckpt = read_checkpoint(checkpoint, map_location="cpu")
+    model = GPTMini(model_config(ckpt, checkpoint))
+    try:
+        model.load_state_dict(model_state_dict(ckpt), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match its model config: {e}") from e
+    if tokenizer is not None:
+        tok = load_tokenizer(Path(tokenizer).expanduser())
+    elif "gptmini_tokenizer" in ckpt:
+        tok = tokenizer_from_json(ckpt["gptmini_tokenizer"])
+    else:
+        raise ValueError(
+            f"checkpoint {checkpoint} holds no tokenizer (written by an older gptmini); pass "
+            f"--tokenizer data_cache/<key>/tokenizer.json, the one the run trained with."
+        )
+    if tok.get_vocab_size() != model.cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tok.get_vocab_size()} tokens but the model in {checkpoint} has "
+            f"vocab_size {model.cfg.vocab_size}; use the tokenizer the model was trained with."
+        )
+    return model.to(device).eval(), tok
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
+    return device
+
+
+def generate(
+    checkpoint: str,
+    prompt: str = "",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    seed: int = 1337,
+    num_samples: int = 1,
+    device: str = "auto",
+    tokenizer: str | None = None,
+) -> list[str]:
+    """Sample text from a gptmini checkpoint and print it.
+
+    Args:
+        checkpoint: A ``.ckpt`` file written by ``gptmini.cli fit`` (e.g. runs/tiny/version_0/checkpoints/last.ckpt).
+        prompt: Text to continue; empty starts a new document.
+        max_new_tokens: Tokens to generate after the prompt.
+        temperature: Softmax temperature; 0 is greedy.
+        top_k: Sample among the k most likely tokens only; null for the whole vocabulary.
+        seed: Seed of the sampler: the same seed, checkpoint and options give the same text.
+        num_samples: Independent continuations to print.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
+    """
+    cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    model, tok = load_for_generation(checkpoint, tokenizer, resolve_device(device))
+    texts = sample(model, tok, prompt, cfg, num_samples)
+    for i, text in enumerate(texts):
+        if num_samples > 1:
+            print(f"----- sample {i} -----")
+        print(prompt + text)
+    return texts
+
+
+def main(args: list[str] | None = None) -> list[str]:
+    from jsonargparse import CLI
+
+    try:
+        return CLI(generate, args=args)
+    except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

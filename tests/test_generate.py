@@ -1,0 +1,165 @@
+"""Generation: repeatable for a seed, respects top-k and max tokens; the CLI; samples in TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptmini import generate as gen
+from gptmini.data import load_tokenizer
+from gptmini.model import GPTMini
+from gptmini.samples import TextSamples
+from tests.conftest import tiny_cli_args
+
+
+@pytest.fixture
+def model_and_tok(tiny_data, tiny_model_cfg):
+    torch.manual_seed(0)
+    model = GPTMini(tiny_model_cfg).eval()
+    return model, load_tokenizer(tiny_data.tokenizer_path)
+
+
+def test_same_seed_same_text_other_seed_other_text(model_and_tok):
+    model, tok = model_and_tok
+    cfg = gen.SampleConfig(max_new_tokens=20, temperature=1.0, top_k=None, seed=7)
+    a = gen.sample(model, tok, "ROMEO:", cfg, num_samples=2)
+    b = gen.sample(model, tok, "ROMEO:", cfg, num_samples=2)
+    c = gen.sample(model, tok, "ROMEO:", gen.SampleConfig(20, 1.0, None, seed=8), num_samples=2)
+    assert a == b
+    assert a != c
+    assert a[0] != a[1]  # samples within one call are independent draws
+
+
+def test_sampling_leaves_global_rng_alone(model_and_tok):
+    model, tok = model_and_tok
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    gen.sample(model, tok, "", gen.SampleConfig(max_new_tokens=5))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_respects_max_new_tokens(model_and_tok):
+    model, tok = model_and_tok
+    ids = gen.encode_prompt(tok, "KING:", model.cfg.block_size)
+    for n in (1, 9, 50):  # 50 > block_size 32: the context slides, the count still holds
+        out = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n), num_samples=3)
+        assert out.shape == (3, len(ids) + n)
+        assert out[:, : len(ids)].tolist() == [ids] * 3
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_respects_top_k(model_and_tok, k):
+    model, tok = model_and_tok
+    ids = gen.encode_prompt(tok, "To be", model.cfg.block_size)
+    n_new = model.cfg.block_size - len(ids)
+    out = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n_new, temperature=2.0, top_k=k, seed=3))
+    logits, _ = model(out[:, :-1])  # (1, T-1, V): position t predicts token t + 1
+    new_logits = logits[0, len(ids) - 1 :]  # (n_new, V)
+    new_tokens = out[0, len(ids) :]  # (n_new,)
+    ranks = (new_logits > new_logits.gather(1, new_tokens[:, None])).sum(dim=1)  # 0 = most likely
+    assert int(ranks.max()) < k
+    if k > 1:
+        assert int(ranks.max()) > 0  # at temperature 2 not every pick is the argmax
+    greedy = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n_new, temperature=0.0))
+    if k == 1:
+        assert torch.equal(out, greedy)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(model_and_tok):
+    model, tok = model_and_tok
+    with pytest.raises(
+        ValueError, match=r"prompt is \d+ tokens but the model's context \(block_size\) is 32"
+    ):
+        gen.sample(model, tok, "O Romeo, Romeo, wherefore art thou Romeo? " * 10, gen.SampleConfig())
+
+
+def test_empty_prompt_starts_a_document(model_and_tok):
+    model, tok = model_and_tok
+    assert gen.encode_prompt(tok, "", model.cfg.block_size) == [tok.token_to_id("<|endoftext|>")]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+    ],
+)
+def test_bad_sampling_settings(kwargs, setting):
+    with pytest.raises(ValueError, match=setting):
+        gen.SampleConfig(**kwargs)
+
+
+def test_bad_checkpoint_file_gets_a_message_naming_it(tmp_path, capsys):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        gen.main([str(bad), "--device=cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "broken.ckpt" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "missing.ckpt"), "--device=cpu"])
+    assert "missing.ckpt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, corpus_file, data_cache) -> Path:
+    """A 4-step tiny fit with TextSamples; returns its log folder (checkpoints/last.ckpt inside)."""
+    from gptmini.cli import main
+
+    tmp = tmp_path_factory.mktemp("genrun")
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+        {
+            "class_path": "gptmini.samples.TextSamples",
+            "init_args": {"prompts": ["ROMEO:", ""], "max_new_tokens": 8},
+        },
+    ]
+    args = tiny_cli_args(tmp, corpus_file, data_cache, max_steps=4) + [
+        f"--trainer.callbacks={json.dumps(callbacks)}"
+    ]
+    cli = main(args)
+    return Path(cli.trainer.logger.log_dir)
+
+
+def test_text_samples_in_tensorboard(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(trained_run), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["tensors"] if t.startswith("samples/")]
+    assert sorted(tags) == ["samples/0/text_summary", "samples/1/text_summary"]
+    events = acc.Tensors("samples/0/text_summary")
+    assert [e.step for e in events] == [2, 4]  # one per validation (the sanity check is skipped)
+    text = events[-1].tensor_proto.string_val[0].decode()
+    assert "step 4" in text and "ROMEO:" in text
+
+
+def test_generate_cli_from_checkpoint_alone(trained_run, capsys):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    assert "gptmini_tokenizer" in torch.load(ckpt, map_location="cpu", weights_only=True)
+    args = [
+        str(ckpt),
+        "--prompt=ROMEO:",
+        "--max_new_tokens=12",
+        "--seed=5",
+        "--device=cpu",
+        "--num_samples=2",
+    ]
+    first = gen.main(args)
+    out1 = capsys.readouterr().out
+    second = gen.main(args)
+    out2 = capsys.readouterr().out
+    assert out1 == out2 and first == second
+    assert out1.count("ROMEO:") >= 2 and "----- sample 1 -----" in out1
+
+
+def test_text_samples_rejects_no_prompts():
+    with pytest.raises(ValueError, match="prompts"):
+        TextSamples(prompts=[])
