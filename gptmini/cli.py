@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from jsonargparse import set_parsing_settings
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini import preflight
 from gptmini.data import GPTMiniData, vocab_of
 from gptmini.module import GPTMiniModule
+from gptmini.progress import LossProgressBar
 from gptmini.resilience import FaultGuard
 
 # Show each dataclass field's docstring in --help.
@@ -69,6 +72,17 @@ class GPTMiniCLI(LightningCLI):
         parser.link_arguments("data.block_size", "model.model.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
         parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.model.vocab_size", vocab_of)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
+        # for one that reads the loss only when it redraws (see gptmini.progress). Any other bar
+        # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.
+        callbacks = trainer.callbacks
+        for i, cb in enumerate(callbacks):
+            if type(cb) is TQDMProgressBar and cb.refresh_rate == 1 and not cb._leave:
+                callbacks[i] = LossProgressBar()
+        return trainer
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:

@@ -25,6 +25,8 @@ class GPTMiniModule(pl.LightningModule):
         model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
+        compile: bool | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         """GPTMini pretraining recipe.
 
@@ -32,6 +34,11 @@ class GPTMiniModule(pl.LightningModule):
             model: Model shape; ``vocab_size`` and ``block_size`` are linked from ``data``.
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
+            compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
+                hold no ``_orig_mod.``); null = on for CUDA, off for CPU (measured slower there,
+                see README "Speed").
+            compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
+                ``reduce-overhead`` (CUDA graphs); null = torch's default.
         """
         super().__init__()
         self.model_cfg: ModelConfig = _as(ModelConfig, model)
@@ -43,8 +50,12 @@ class GPTMiniModule(pl.LightningModule):
                 "model": asdict(self.model_cfg),
                 "optim": {**asdict(self.optim_cfg), "betas": list(self.optim_cfg.betas)},
                 "schedule": asdict(self.schedule_cfg),
+                "compile": compile,
+                "compile_mode": compile_mode,
             }
         )
+        self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
+        self.compile_mode = compile_mode
         self.model = GPTMini(self.model_cfg)
         self.val_ppl = Perplexity()
 
@@ -63,6 +74,14 @@ class GPTMiniModule(pl.LightningModule):
                 f"data.block_size ({data_block}) is larger than model.block_size "
                 f"({self.model_cfg.block_size}); lower data.block_size or raise model.block_size."
             )
+        if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
+            # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
+            self.model.compile(mode=self.compile_mode)
+
+    def _should_compile(self) -> bool:
+        if self.compile_setting is not None:
+            return self.compile_setting
+        return self._trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -70,7 +89,9 @@ class GPTMiniModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
-        self.log("train/loss", loss, prog_bar=True)
+        # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
+        # sync per step; gptmini.progress.LossProgressBar shows it at its refresh rate instead.
+        self.log("train/loss", loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

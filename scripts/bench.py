@@ -1,0 +1,352 @@
+"""Time gptmini's Lightning path against a plain PyTorch loop of the same model doing the same work.
+
+    python scripts/bench.py --config configs/tiny.yaml
+    python scripts/bench.py --config configs/10m.yaml --accelerator cpu --batch-size 4 --block-size 256
+    python scripts/bench.py --config configs/10m.yaml --accelerator cuda --json /tmp/bench-h100.json
+
+Both paths are built from the same config, in one process, and run alternately (round r runs
+lightning then plain, round r+1 plain then lightning) so that a neighbour's load on a shared
+machine hits both alike:
+
+- ``lightning``: the real path. ``GPTMiniCLI`` parses the config exactly as ``gptmini.cli fit``
+  does (trainer, callbacks, logger, datamodule, GPTMiniModule) and ``trainer.fit`` runs it; only
+  validation is switched off, the horizon shortened and the logs sent to a temp folder.
+- ``plain``: :func:`gptmini.plainloop.train_plain` with the same model config and seed, the same
+  DataLoader, precision, two-group AdamW (fused or not, as the module decides), clipping, LambdaLR
+  and compile setting. It never syncs with the host inside the loop.
+
+Timing: after ``--warmup`` steps, the clock reads (with a device sync) every ``--window`` steps;
+each window gives a mean step time and the median over all windows of all rounds is reported,
+with tokens/s, MFU against a matmul ceiling measured here on the same device and dtype (and the
+datasheet peak on H100/H200/A100), peak memory (CUDA: max allocated; CPU: peak RSS of a separate
+probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is faster). JSON
+goes to ``--json``; a short table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lightning.pytorch import Callback, seed_everything  # noqa: E402
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype  # noqa: E402
+
+from gptmini.cli import main as cli_main  # noqa: E402
+from gptmini.model import GPTMini  # noqa: E402
+from gptmini.plainloop import train_plain  # noqa: E402
+from gptmini.throughput import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
+
+PATHS = ("lightning", "plain")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"), help="gptmini fit config")
+    p.add_argument("--accelerator", help="override trainer.accelerator (cpu, cuda, auto)")
+    p.add_argument("--precision", help="override trainer.precision (32-true, bf16-mixed)")
+    p.add_argument("--batch-size", type=int, help="override data.batch_size")
+    p.add_argument("--block-size", type=int, help="override data.block_size")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds (each runs both paths)")
+    p.add_argument("--warmup", type=int, default=5, help="steps per run before the clock starts")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run (a multiple of --window)")
+    p.add_argument("--window", type=int, default=5, help="steps per timing window")
+    p.add_argument("--paths", default="lightning,plain", help="comma-separated subset of lightning,plain")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra gptmini CLI override for both paths, e.g. --set model.compile=true",
+    )
+    p.add_argument(
+        "--skip-callbacks",
+        default="",
+        help="comma-separated callback class names to drop from the Lightning path (e.g. pre-training checks)",
+    )
+    p.add_argument("--no-mem", action="store_true", help="CPU: skip the peak-RSS probe processes")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--json", help="write the results here (default: a temp file, path printed)")
+    p.add_argument("--probe", choices=PATHS, help=argparse.SUPPRESS)  # internal: peak-RSS probe
+    args = p.parse_args(argv)
+    if args.steps % args.window or args.steps <= 0 or args.window <= 0:
+        raise SystemExit(f"--steps ({args.steps}) must be a positive multiple of --window ({args.window}).")
+    if args.warmup < 1:
+        raise SystemExit("--warmup must be >= 1 (the first step holds allocation and compilation).")
+    bad = set(args.paths.split(",")) - set(PATHS)
+    if bad:
+        raise SystemExit(f"--paths: unknown {sorted(bad)}; choose from {PATHS}.")
+    return args
+
+
+class Clock:
+    """Reads the time (after a device sync) at the end of step warmup-1 and every window steps after."""
+
+    def __init__(self, device: torch.device, warmup: int, window: int) -> None:
+        self.device, self.warmup, self.window = device, warmup, window
+        self.stamps: list[float] = []
+        self.step = 0
+
+    def tick(self, *_: object) -> None:
+        k = self.step - (self.warmup - 1)
+        if k >= 0 and k % self.window == 0:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stamps.append(time.perf_counter())
+        self.step += 1
+
+    def windows_ms(self) -> list[float]:
+        return [1000.0 * (b - a) / self.window for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+class _ClockCallback(Callback):
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.losses: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].detach())
+        self.clock.tick()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.max_steps = args.warmup + args.steps
+        self.tmp = Path(tempfile.mkdtemp(prefix="gptmini-bench-"))
+        # Parse once to learn what both paths run: device, precision, shapes, settings.
+        cli = self._cli()
+        self.trainer, module, self.dm = cli.trainer, cli.model, cli.datamodule
+        self.device = self.trainer.strategy.root_device
+        self.precision = str(self.trainer.precision)
+        self.model_cfg, self.optim_cfg, self.schedule_cfg = (
+            module.model_cfg,
+            module.optim_cfg,
+            module.schedule_cfg,
+        )
+        self.compile = (
+            module.compile_setting if module.compile_setting is not None else self.device.type == "cuda"
+        )
+        self.compile_mode = module.compile_mode
+        self.clip = self.trainer.gradient_clip_val
+        self.dm.prepare_data()
+        self.dm.setup("fit")
+        self.tokens_per_step = self.dm.batch_size * self.dm.block_size * self.trainer.accumulate_grad_batches
+        self.seed = cli.config.get("seed_everything", 1337)
+        if self.trainer.accumulate_grad_batches != 1:
+            raise SystemExit("bench compares single-batch steps; set trainer.accumulate_grad_batches=1.")
+
+    def _cli_args(self) -> list[str]:
+        a = self.args
+        warmup = min(self.max_steps // 10, 10)
+        out = [
+            "--config",
+            a.config,
+            f"--trainer.max_steps={self.max_steps}",
+            "--trainer.limit_val_batches=0",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={self.tmp}",
+            f"--trainer.logger.init_args.save_dir={self.tmp / 'runs'}",  # never into the repo's runs/
+            f"--model.schedule.warmup_steps={warmup}",
+        ]
+        if a.accelerator:
+            out.append(f"--trainer.accelerator={a.accelerator}")
+        if a.precision:
+            out.append(f"--trainer.precision={a.precision}")
+        if a.batch_size:
+            out.append(f"--data.batch_size={a.batch_size}")
+        if a.block_size:
+            out.append(f"--data.block_size={a.block_size}")
+        out += [f"--{kv}" for kv in a.set]
+        return out
+
+    def _cli(self):
+        args = self._cli_args()
+        cli = cli_main(args=args, run=False)
+        skip = {s for s in self.args.skip_callbacks.split(",") if s}
+        if skip:
+            cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if type(c).__name__ not in skip]
+        return cli
+
+    def run(self, path: str) -> dict:
+        """One run of ``path``: warmup + timed steps; returns window times, peak memory, last loss."""
+        clock = Clock(self.device, self.args.warmup, self.args.window)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if path == "lightning":
+            cli = self._cli()
+            cb = _ClockCallback(clock)
+            cli.trainer.callbacks.append(cb)
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            losses = cb.losses
+        else:
+            seed_everything(self.seed, verbose=False)
+            model = GPTMini(self.model_cfg)
+            if self.compile:
+                model.compile(mode=self.compile_mode)
+            losses = train_plain(
+                model,
+                self.dm.train_dataloader(),
+                self.optim_cfg,
+                self.schedule_cfg,
+                self.max_steps,
+                precision=self.precision,
+                gradient_clip_val=self.clip,
+                device=self.device,
+                on_step_end=clock.tick,
+            )
+        out = {"windows_ms": clock.windows_ms(), "last_loss": float(losses[-1])}
+        if self.device.type == "cuda":
+            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return out
+
+
+def probe_rss(argv: list[str], path: str) -> float | None:
+    """Peak RSS (MiB) of a fresh process running one short round of ``path``."""
+    cmd = [sys.executable, __file__, *argv, "--probe", path]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    for line in res.stdout.splitlines():
+        if line.startswith("PROBE "):
+            return json.loads(line[6:])["peak_rss_mb"]
+    print(f"[bench] RSS probe for {path} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
+    return None
+
+
+def summarize(bench: Bench, results: dict[str, list[dict]], ceiling: float, mem: dict) -> dict:
+    fpt = flops_per_token(bench.model_cfg, bench.dm.block_size)
+    dtype = _plugin_to_compute_dtype(bench.trainer.precision_plugin)
+    peak = device_peak_flops(bench.device, dtype)
+    paths = {}
+    for path, runs in results.items():
+        windows = [w for r in runs for w in r["windows_ms"]]
+        ms = statistics.median(windows)
+        tps = bench.tokens_per_step / (ms / 1000.0)
+        q = statistics.quantiles(windows, n=4) if len(windows) > 1 else [ms, ms, ms]
+        paths[path] = {
+            "ms_per_step": ms,
+            "ms_per_step_iqr": [q[0], q[2]],
+            "round_medians_ms": [statistics.median(r["windows_ms"]) for r in runs],
+            "tokens_per_sec": tps,
+            "mfu_vs_measured_ceiling": tps * fpt / ceiling,
+            "mfu_vs_datasheet": tps * fpt / peak if peak else None,
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in runs) if "peak_mem_mb" in runs[0] else mem.get(path),
+            "peak_mem_kind": "cuda max_memory_allocated" if "peak_mem_mb" in runs[0] else "process peak RSS",
+            "last_loss": [r["last_loss"] for r in runs],
+        }
+    out = {
+        "device": _device_name(bench.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": bench.args.config,
+        "overrides": bench._cli_args()[2:],
+        "shape": {
+            "n_layer": bench.model_cfg.n_layer,
+            "n_head": bench.model_cfg.n_head,
+            "n_embd": bench.model_cfg.n_embd,
+            "vocab_size": bench.model_cfg.vocab_size,
+            "batch_size": bench.dm.batch_size,
+            "block_size": bench.dm.block_size,
+        },
+        "precision": bench.precision,
+        "compile": bench.compile,
+        "compile_mode": bench.compile_mode,
+        "flops_per_token": fpt,
+        "matmul_ceiling_flops": ceiling,
+        "datasheet_peak_flops": peak,
+        "rounds": bench.args.rounds,
+        "warmup": bench.args.warmup,
+        "steps": bench.args.steps,
+        "window": bench.args.window,
+        "paths": paths,
+    }
+    if "lightning" in paths and "plain" in paths:
+        out["ratio_tokens_per_sec"] = paths["lightning"]["tokens_per_sec"] / paths["plain"]["tokens_per_sec"]
+        pairs = zip(paths["plain"]["round_medians_ms"], paths["lightning"]["round_medians_ms"])
+        out["ratio_paired_rounds_median"] = statistics.median(p / lt for p, lt in pairs)
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def table(s: dict) -> str:
+    sh = s["shape"]
+    head = (
+        f"{s['device']} | d{sh['n_embd']} L{sh['n_layer']} H{sh['n_head']} V{sh['vocab_size']} "
+        f"B{sh['batch_size']} T{sh['block_size']} | {s['precision']} | compile={s['compile']} | "
+        f"matmul ceiling {s['matmul_ceiling_flops'] / 1e12:.3f} TFLOP/s"
+    )
+    rows = [head, f"{'path':<10} {'ms/step':>9} {'tokens/s':>11} {'MFU':>7} {'peak mem':>11} {'ratio':>6}"]
+    for path, r in s["paths"].items():
+        ratio = r["tokens_per_sec"] / s["paths"]["plain"]["tokens_per_sec"] if "plain" in s["paths"] else 1.0
+        mem = f"{r['peak_mem_mb']:.0f} MiB" if r["peak_mem_mb"] else "-"
+        rows.append(
+            f"{path:<10} {r['ms_per_step']:>9.2f} {r['tokens_per_sec']:>11.0f} "
+            f"{100 * r['mfu_vs_measured_ceiling']:>6.1f}% {mem:>11} {ratio:>6.3f}"
+        )
+    if "ratio_tokens_per_sec" in s:
+        rows.append(
+            f"lightning/plain tokens/s: {s['ratio_tokens_per_sec']:.3f} (median of per-round ratios "
+            f"{s['ratio_paired_rounds_median']:.3f}); MFU is against the measured matmul ceiling"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    if args.probe:  # one short run in a fresh process, for its peak RSS
+        args.steps = args.window
+        bench.max_steps = args.warmup + args.steps
+        bench.run(args.probe)
+        print(
+            "PROBE " + json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        )
+        return None
+    paths = args.paths.split(",")
+    dtype = _plugin_to_compute_dtype(bench.trainer.precision_plugin)
+    ceiling = measure_matmul_flops(bench.device, dtype)
+    results: dict[str, list[dict]] = {p: [] for p in paths}
+    for r in range(args.rounds):
+        order = paths if r % 2 == 0 else paths[::-1]
+        for path in order:
+            res = bench.run(path)
+            results[path].append(res)
+            print(
+                f"[bench] round {r} {path:<9} median {statistics.median(res['windows_ms']):8.2f} ms/step "
+                f"(windows {', '.join(f'{w:.1f}' for w in res['windows_ms'])})",
+                flush=True,
+            )
+    ceiling = max(ceiling, measure_matmul_flops(bench.device, dtype))
+    mem: dict[str, float | None] = {}
+    if bench.device.type == "cpu" and not args.no_mem:
+        mem = {p: probe_rss(argv, p) for p in paths}
+    summary = summarize(bench, results, ceiling, mem)
+    out = Path(args.json) if args.json else bench.tmp / "bench.json"
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"[bench] JSON: {out}")
+    print(table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
