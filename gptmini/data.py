@@ -226,10 +226,20 @@ class ResumableLoader(DataLoader):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._batches_done = 0  # batches handed out in the current epoch
-        self._resume_at = 0  # batches to skip at the next __iter__ (set by load_state_dict)
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) from load_state_dict
 
     def __iter__(self) -> Iterator:
-        self._batches_done, self._resume_at = self._resume_at, 0
+        # A generator: nothing below runs until the first batch is requested, which Lightning
+        # does after its set_epoch(), even though it calls iter() before. So the sampler (and any
+        # worker prefetch) starts with the right epoch, and the skip applies only if the loop
+        # continues the interrupted epoch: a checkpoint from an epoch's last batch resumes at
+        # the start of the next epoch, where nothing must be skipped.
+        resume, self._resume = self._resume, None
+        sampler = self.sampler
+        start = resume[1] if resume and resume[0] == getattr(sampler, "epoch", None) else 0
+        if isinstance(sampler, ResumableSampler):
+            sampler.skip = start * self.batch_size
+        self._batches_done = start
         for batch in super().__iter__():
             self._batches_done += 1
             yield batch
@@ -261,8 +271,7 @@ class ResumableLoader(DataLoader):
                 f"the checkpoint used {state['batch_size']} x {state['num_replicas']}: the data order "
                 f"continues approximately (at window {seen} of epoch {state['epoch']}), not exactly."
             )
-        sampler.skip = done * self.batch_size
-        self._resume_at = done
+        self._resume = (state["epoch"], done)
 
 
 class GPTMiniData(pl.LightningDataModule):
