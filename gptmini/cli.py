@@ -51,6 +51,12 @@ class SaveConfigToCheckpoint(SaveConfigCallback):
 
 
 class GPTMiniCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # GPTMiniModule has no test_step/predict_step, so `test`/`predict` could only fail; each
+        # subcommand parser also costs seconds to build on every start.
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.preflight)."""
         model, trainer = self.model, self.trainer
