@@ -34,7 +34,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be read (truncated or corrupt?): {first}. "
-            f"Use another checkpoint, e.g. an earlier step-*.ckpt in the same folder."
+            f"Use another checkpoint, e.g. an earlier *step=*.ckpt in the same folder."
         ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} holds no 'state_dict'; it is not a gptmini checkpoint.")

@@ -397,7 +397,10 @@ class GPTMiniData(pl.LightningDataModule):
             for piece in _read_pieces(src):
                 if piece.strip():
                     return
-        raise ValueError(f"corpus is empty: {', '.join(map(str, self.sources))} hold no text.")
+        raise ValueError(
+            f"corpus is empty: data.data ({', '.join(map(str, self.sources))}) holds no text; "
+            f"point data.data at files with text (or null for the embedded corpus)."
+        )
 
     def meta(self) -> dict:
         path = self.cache_path / "meta.json"
@@ -420,7 +423,8 @@ class GPTMiniData(pl.LightningDataModule):
             if actual != expected:
                 raise ValueError(
                     f"token file {path} is {actual} bytes, expected {expected} (truncated or "
-                    f"corrupt). Delete the folder {self.cache_path} and run again to rebuild it."
+                    f"corrupt). Delete the folder {self.cache_path} (under data.cache_dir) and run "
+                    f"again to rebuild it."
                 )
         self.train_set = TokenWindows(self.cache_path / "train.bin", self.block_size)
         self.val_set = TokenWindows(self.cache_path / "val.bin", self.block_size)

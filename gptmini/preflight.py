@@ -7,6 +7,7 @@ Each raises a ``ValueError`` that names the setting and the fix, so a bad config
 from __future__ import annotations
 
 import difflib
+import glob
 import re
 from pathlib import Path
 
@@ -37,9 +38,9 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
     precision = str(trainer.precision)
     device = trainer.strategy.root_device
     if "bf16" in precision and not bf16_supported(device):
+        name = f"{device}, {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
         raise ValueError(
-            f"trainer.precision={precision} needs bfloat16, which this device ({device}, "
-            f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) does not "
+            f"trainer.precision={precision} needs bfloat16, which this device ({name}) does not "
             f"support; use trainer.precision=16-mixed (fp16 with a grad scaler) or 32-true."
         )
 
@@ -60,21 +61,21 @@ def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
         )
 
 
-def _checkpoint_dirs(trainer: pl.Trainer) -> list[Path]:
-    """Where this run's earlier checkpoints live: every version folder of the logger, and any
-    explicit ModelCheckpoint.dirpath (with a logger, each run gets a new version folder, so
+def _last_checkpoint_globs(trainer: pl.Trainer) -> list[str]:
+    """Where this run's earlier ``last.ckpt`` files live: every version folder of the logger, and
+    any explicit ModelCheckpoint.dirpath (with a logger, each run gets a new version folder, so
     Lightning's own ``ckpt_path="last"`` would only look in the new, empty one)."""
-    dirs = []
+    globs = []
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
-            dirs.append(Path(cb.dirpath))
+            globs.append(str(Path(cb.dirpath) / "last*.ckpt"))
     for logger in trainer.loggers:
         root = getattr(logger, "root_dir", None)
         if root:
-            dirs += sorted(Path(root).glob("*/checkpoints"))
+            globs.append(str(Path(root) / "*" / "checkpoints" / "last*.ckpt"))
     if not trainer.loggers:
-        dirs.append(Path(trainer.default_root_dir) / "checkpoints")
-    return dirs
+        globs.append(str(Path(trainer.default_root_dir) / "checkpoints" / "last*.ckpt"))
+    return globs
 
 
 def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
@@ -82,13 +83,12 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
     if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or ckpt_path.startswith("registry:"):
         return ckpt_path
     if ckpt_path == "last":
-        dirs = _checkpoint_dirs(trainer)
-        found = [p for d in dirs for p in d.glob("last*.ckpt") if p.is_file()]
+        globs = _last_checkpoint_globs(trainer)
+        found = [Path(p) for g in globs for p in glob.glob(g) if Path(p).is_file()]
         if not found:
-            looked = ", ".join(str(d) for d in dirs) or trainer.default_root_dir
             raise ValueError(
-                f"--ckpt_path last: no last.ckpt found (looked in {looked}); drop --ckpt_path to start "
-                f"a new run, or give the checkpoint file."
+                f"--ckpt_path last: no last.ckpt found (looked for {', '.join(globs)}); drop "
+                f"--ckpt_path to start a new run, or give the checkpoint file."
             )
         return str(max(found, key=lambda p: p.stat().st_mtime))
     path = Path(ckpt_path).expanduser()

@@ -60,7 +60,7 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)]), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "gptmini.cli", *args],
         cwd=REPO,
@@ -71,8 +71,15 @@ def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a busy machine it costs 10x.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus_file, data_cache) -> dict:
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("reference")
     main(run_args(root, corpus_file, data_cache))
     (run,) = (root / "runs" / "tiny").iterdir()
