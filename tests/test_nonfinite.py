@@ -1,0 +1,68 @@
+"""A NaN loss stops training with the step and the last good checkpoint named, and that checkpoint
+stays intact; guard.max_skipped_steps skips such steps instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_cli_args
+
+from gptmini.checkpoint import load_model, read_checkpoint
+from gptmini.cli import main
+from gptmini.resilience import NonFiniteLossError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def args_with_nan(
+    tmp_path: Path, corpus_file: Path, data_cache: Path, max_steps: int, nan_at: int
+) -> list[str]:
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 4, "save_last": True, "save_top_k": -1},
+        },
+        {"class_path": "fault_injection.InjectFault", "init_args": {"at_step": nan_at, "kind": "nan"}},
+    ]
+    extra = tmp_path / "callbacks.yaml"
+    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps) + [
+        "--config",
+        str(extra),
+        "--trainer.limit_val_batches=0",
+    ]
+
+
+def test_nan_stops_at_the_step_and_keeps_last_good_checkpoint(tmp_path, corpus_file, data_cache):
+    with pytest.raises(NonFiniteLossError) as info:
+        main(args_with_nan(tmp_path, corpus_file, data_cache, max_steps=12, nan_at=6))
+    message = str(info.value)
+    print(f"\n{message}")
+    ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    last = ckpts / "last.ckpt"
+    assert "at step 6" in message and f"The last good checkpoint is {last}" in message
+    # Saved at step 4, before the NaN; nothing written after it.
+    assert read_checkpoint(last)["global_step"] == 4
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    model = load_model(last)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skipped_nan_step_keeps_training(tmp_path, corpus_file, data_cache):
+    with pytest.warns(UserWarning, match="at step 3 .*update skipped"):
+        main(
+            args_with_nan(tmp_path, corpus_file, data_cache, max_steps=8, nan_at=3)
+            + ["--guard.max_skipped_steps=1"]
+        )
+    ckpt = read_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 8
+    (guard_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("FaultGuard")]
+    assert guard_state == {"skipped": 1}
+    # Without the skip the NaN gradients would have reached every weight.
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
