@@ -45,3 +45,26 @@ def test_truncated_checkpoint_names_file(tmp_path, tiny_model_cfg):
         read_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         load_model(tmp_path / "missing.ckpt")
+
+
+def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
+    from gptmini.module import GPTMiniModule
+
+    module = GPTMiniModule(model=tiny_model_cfg, compile=True)
+    plain = set(module.state_dict())
+    module.setup("fit")  # compiles self.model in place (lazily: no compilation happens here)
+    assert module.model._compiled_call_impl is not None
+    assert set(module.state_dict()) == plain
+    assert not [k for k in plain if "_orig_mod." in k]
+
+
+def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg):
+    from dataclasses import replace
+
+    from gptmini.preflight import check_checkpoint
+
+    path = tmp_path / "m.ckpt"
+    _fake_ckpt(path, tiny_model_cfg)
+    check_checkpoint(str(path), tiny_model_cfg)  # same shape: fine
+    with pytest.raises(ValueError, match=r"model.n_embd: checkpoint 32 vs config 64"):
+        check_checkpoint(str(path), replace(tiny_model_cfg, n_embd=64))
