@@ -1,0 +1,69 @@
+"""The resumable train loader, without Lightning: same batches after a restore, workers or not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptmini.data import ResumableLoader, ResumableSampler
+
+
+def batches(loader, n: int | None = None) -> list[torch.Tensor]:
+    out = []
+    for x, _ in loader:
+        out.append(x)
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def make(dataset, num_workers: int = 0, rank: int = 0, replicas: int = 1) -> ResumableLoader:
+    sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, seed=7)
+    return ResumableLoader(dataset, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restored_loader_yields_the_rest_of_the_epoch(tiny_data, num_workers):
+    tiny_data.setup()
+    ds = tiny_data.train_set
+    full = make(ds)
+    full.sampler.set_epoch(3)
+    reference = batches(full, 10)
+
+    interrupted = make(ds)
+    interrupted.sampler.set_epoch(3)
+    batches(interrupted, 6)
+    state = interrupted.state_dict()
+    assert state["epoch"] == 3 and state["batches_done"] == 6 and state["seed"] == 7
+
+    resumed = make(ds, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # what Lightning does before it asks for the first batch
+    rest = batches(resumed, 4)
+    for a, b in zip(rest, reference[6:], strict=True):
+        assert torch.equal(a, b)
+    assert resumed.state_dict()["batches_done"] == 10
+
+
+def test_checkpoint_from_an_epochs_end_starts_the_next_epoch_whole(tiny_data):
+    tiny_data.setup()
+    ds = tiny_data.train_set
+    nxt = make(ds)
+    nxt.sampler.set_epoch(1)
+    reference = batches(nxt, 3)
+
+    resumed = make(ds)
+    resumed.load_state_dict({"epoch": 0, "seed": 7, "batches_done": 5, "batch_size": 4, "num_replicas": 1})
+    resumed.sampler.set_epoch(1)  # the loop moved on to the next epoch
+    for a, b in zip(batches(resumed, 3), reference, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ranks_split_one_permutation(tiny_data):
+    tiny_data.setup()
+    ds = tiny_data.train_set
+    one = list(ResumableSampler(ds, seed=7))
+    r0 = list(ResumableSampler(ds, num_replicas=2, rank=0, seed=7))
+    r1 = list(ResumableSampler(ds, num_replicas=2, rank=1, seed=7))
+    assert r0 == one[0 : 2 * len(r0) : 2] and r1 == one[1 : 2 * len(r1) : 2]
+    assert not set(r0) & set(r1)
