@@ -102,6 +102,23 @@ class FaultGuard(Callback):
             f"model.schedule.warmup_steps, or let guard.max_skipped_steps skip such steps."
         )
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Between checks (check_every_n_steps > 1) a NaN may have reached the weights: never let
+        # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        if bad:
+            last = last_good_checkpoint(trainer)
+            raise NonFiniteLossError(
+                f"weights are non-finite at step {trainer.global_step} ({bad[0]}, ...); checkpoint not "
+                f"saved. The last good checkpoint is {last} (left intact)."
+            )
+
     # -- SIGTERM ---------------------------------------------------------------------------
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

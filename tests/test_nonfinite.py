@@ -66,3 +66,13 @@ def test_skipped_nan_step_keeps_training(tmp_path, corpus_file, data_cache):
     assert guard_state == {"skipped": 1}
     # Without the skip the NaN gradients would have reached every weight.
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_unchecked_nan_never_reaches_a_checkpoint(tmp_path, corpus_file, data_cache):
+    # Checks only at step 0, so the NaN update at step 5 goes through; the save at step 8 refuses.
+    args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=12, nan_at=5)
+    with pytest.raises(NonFiniteLossError, match="weights are non-finite at step 8"):
+        main([*args, "--guard.check_every_n_steps=100"])
+    ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 4
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
