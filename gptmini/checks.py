@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -69,9 +70,12 @@ class CheckItem:
     title: str
     status: str
     detail: str
+    seconds: float | None = None
+    """Wall time the check took (for the ones that cost more than a glance)."""
 
     def line(self) -> str:
-        return f"  {MARKS[self.status]} {self.title:<18} {self.detail}"
+        took = f" [{self.seconds:.1f}s]" if self.seconds is not None else ""
+        return f"  {MARKS[self.status]} {self.title:<18} {self.detail}{took}"
 
 
 def _say(trainer: pl.Trainer, message: str) -> None:
@@ -169,7 +173,9 @@ class _FirstBatchCheck(Callback):
                     self.key, self.title, "skip", f"resumed at step {trainer.global_step}"
                 )
             else:
+                start = time.perf_counter()
                 self.result = self.run(trainer, pl_module, batch)
+                self.result.seconds = time.perf_counter() - start
         return self.result
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
@@ -518,7 +524,9 @@ class LRCurveCheck(Callback):
         self.path: Path | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
         self.result = self.check(trainer, pl_module)
+        self.result.seconds = time.perf_counter() - start
         if self.result.status == "fail":
             raise SanityCheckError(self.result.detail)
 
@@ -574,13 +582,13 @@ def decay_groups_item(module: nn.Module, optimizer: torch.optim.Optimizer) -> Ch
     """Two groups, embeddings and norms (and biases) at weight decay 0."""
     key, title = "decay_groups", "weight decay"
     wd = {id(p): g.get("weight_decay", 0.0) for g in optimizer.param_groups for p in g["params"]}
-    exempt: dict[int, str] = {}
+    exempt: dict[int, tuple[int, str]] = {}  # (kind, name): embeddings first in the message
     for mname, m in module.named_modules():
-        is_norm = "norm" in type(m).__name__.lower()
+        kind = 0 if isinstance(m, nn.Embedding) else 1 if "norm" in type(m).__name__.lower() else 2
         for pname, p in m.named_parameters(recurse=False):
-            if isinstance(m, nn.Embedding) or is_norm or pname == "bias":
-                exempt.setdefault(id(p), f"{mname}.{pname}")
-    decayed = sorted(name for pid, name in exempt.items() if wd.get(pid, 0.0) > 0)
+            if kind < 2 or pname == "bias":
+                exempt.setdefault(id(p), (kind, f"{mname}.{pname}"))
+    decayed = [name for pid, (_, name) in sorted(exempt.items(), key=lambda e: e[1]) if wd.get(pid, 0.0) > 0]
     if decayed:
         shown = ", ".join(decayed[:4]) + (f" and {len(decayed) - 4} more" if len(decayed) > 4 else "")
         return CheckItem(
@@ -768,6 +776,7 @@ class Checklist(Callback):
         )
         self.items: dict[str, CheckItem] = {}
         self.text = ""
+        self.guard_seconds = 0.0
         self._started = False
 
     # -- guards ---------------------------------------------------------------------------------
@@ -788,6 +797,7 @@ class Checklist(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.items, self.text, self._started = {}, "", False
+        start = time.perf_counter()
         items = [interval_item(trainer.lr_scheduler_configs)]
         if trainer.optimizers:
             opt = trainer.optimizers[0]
@@ -800,6 +810,7 @@ class Checklist(Callback):
                 curve = next(iter(lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps).values()))
                 items += warmup_items(curve, self.start_tolerance, *self.warmup_range)
         items.append(clipping_item(trainer.gradient_clip_val))
+        self.guard_seconds = time.perf_counter() - start
         self._apply(trainer, items)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -848,9 +859,9 @@ class Checklist(Callback):
             ordered.append(self.items["eval_mode"])
         for item in ordered:
             self.items[item.key] = item
-        self.text = "\n".join(
-            ["Pre-training checklist (gptmini.checks):"] + [item.line() for item in ordered]
-        )
+        lines = [item.line() for item in ordered]
+        lines.append(f"  (guards, items without a time: {self.guard_seconds:.2f}s)")
+        self.text = "\n".join(["Pre-training checklist (gptmini.checks):", *lines])
         _say(trainer, self.text)
         fails = [item.detail for item in ordered if item.status == "fail"]
         if fails:
