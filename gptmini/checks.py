@@ -521,10 +521,12 @@ class LRCurveCheck(Callback):
         self.min_lr_ratio, self.rtol = min_lr_ratio, rtol
         self.result: CheckItem | None = None
         self.curves: dict[str, np.ndarray] = {}
+        self.curves_for: tuple[int, int] | None = None
         self.path: Path | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.perf_counter()
+        self.curves_for = None
         self.result = self.check(trainer, pl_module)
         self.result.seconds = time.perf_counter() - start
         if self.result.status == "fail":
@@ -536,9 +538,11 @@ class LRCurveCheck(Callback):
             return CheckItem(key, title, "skip", "needs an optimizer and trainer.max_steps")
         opt = trainer.optimizers[0]
         self.curves = lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps)
+        self.curves_for = (id(opt), trainer.max_steps)  # lets the Checklist reuse them
         ratio = self.min_lr_ratio if self.min_lr_ratio is not None else _min_lr_ratio(pl_module)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank
         if trainer.is_global_zero:
-            self._render(trainer)
+            self._render(trainer, folder)
         by_problem: dict[str, list[str]] = {}  # one line per problem, naming the groups it hits
         for g, (name, lrs) in zip(opt.param_groups, self.curves.items()):
             peak = g.get("initial_lr")
@@ -562,9 +566,8 @@ class LRCurveCheck(Callback):
             )
         return CheckItem(key, title, "pass", detail)
 
-    def _render(self, trainer: pl.Trainer) -> None:
+    def _render(self, trainer: pl.Trainer, folder: Path) -> None:
         fig = render_lr_curve(self.curves, f"lr schedule: {trainer.max_steps} steps")
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         fig.savefig(self.path)
@@ -807,7 +810,15 @@ class Checklist(Callback):
                 peak_lr_item(pl_module, opt, self.peak_lr_limit, self.small_model_params),
             ]
             if trainer.max_steps and trainer.max_steps > 0:
-                curve = next(iter(lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps).values()))
+                drawn = [
+                    cb.curves
+                    for cb in trainer.callbacks
+                    if isinstance(cb, LRCurveCheck) and cb.curves_for == (id(opt), trainer.max_steps)
+                ]
+                curves = (
+                    drawn[0] if drawn else lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps)
+                )
+                curve = next(iter(curves.values()))
                 items += warmup_items(curve, self.start_tolerance, *self.warmup_range)
         items.append(clipping_item(trainer.gradient_clip_val))
         self.guard_seconds = time.perf_counter() - start
