@@ -385,3 +385,21 @@ def test_tiny_config_runs_the_checks_and_the_smoke_preset_combines(cli_args, tmp
     (run,) = (tmp_path / "runs" / "smoke").iterdir()
     assert (run / "lr_curve.png").is_file()
     assert "overfit_batches is set: smoke run" in capsys.readouterr().out
+
+
+def test_lr_curve_script_draws_any_config_without_training(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "lr_curve.py"
+    spec = importlib.util.spec_from_file_location("lr_curve_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "lr.png"
+    tiny = str(SMOKE.parent / "tiny.yaml")
+    logs = f"--trainer.logger.init_args.save_dir={tmp_path}"
+    assert script.main(["--config", tiny, "--out", str(out), "--", "--trainer.max_steps=2000", logs]) == 0
+    assert out.stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "step    2000" not in printed and "step    1999: 2.000e-04" in printed  # ends at min_lr
+    assert "✓ shape" in printed and "✓ warmup             30 steps = 1.5% of 2000" in printed
+    assert not (tmp_path / "tiny").exists()  # nothing trained, nothing logged
