@@ -42,6 +42,13 @@ def tail_mean(series: Series, frac: float = 0.1) -> float:
     return sum(values[-n:]) / n
 
 
+def _speed_tags(scalars: dict[str, Series]) -> list[str]:
+    # One speed curve: the whole job's tokens/s when logged, else whatever throughput/ holds.
+    if "throughput/tokens_per_sec" in scalars:
+        return ["throughput/tokens_per_sec"]
+    return sorted(t for t in scalars if t.startswith("throughput/"))
+
+
 def _panels(scalars: dict[str, Series]) -> list[tuple[str, list[str], bool]]:
     """(title, tags, log-y) for each panel the run has data for, in reading order."""
     tags = sorted(scalars)
@@ -53,7 +60,7 @@ def _panels(scalars: dict[str, Series]) -> list[tuple[str, list[str], bool]]:
             False,
         ),
         ("gradient norm (before clipping)", [t for t in ("train/grad_norm",) if t in scalars], True),
-        ("throughput", [t for t in tags if t.startswith("throughput/") and "token" in t], False),
+        ("throughput", _speed_tags(scalars), False),
     ]
     return [p for p in panels if p[1]]
 
@@ -64,6 +71,7 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     scalars = read_scalars(logdir)
     panels = _panels(scalars)
@@ -80,6 +88,8 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
         ax.set_xlabel("step")
         if logy:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:

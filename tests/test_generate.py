@@ -163,3 +163,18 @@ def test_generate_cli_from_checkpoint_alone(trained_run, capsys):
 def test_text_samples_rejects_no_prompts():
     with pytest.raises(ValueError, match="prompts"):
         TextSamples(prompts=[])
+
+
+def test_curves_from_the_runs_event_files(trained_run, tmp_path):
+    from gptmini.curves import main as plot_main
+    from gptmini.curves import read_scalars
+
+    scalars = read_scalars(trained_run)
+    steps, losses = scalars["train/loss"]
+    assert steps == [0, 1, 2, 3] and all(v > 0 for v in losses)
+    assert {"val/loss", "train/grad_norm"} <= set(scalars)
+    out = tmp_path / "docs" / "curves.png"
+    plot_main([str(trained_run), "-o", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="no TensorBoard event files"):
+        plot_main([str(tmp_path), "-o", str(tmp_path / "x.png")])
