@@ -81,14 +81,14 @@ def train_plain(
         x = x.to(device, non_blocking=non_blocking)  # (B, T)
         y = y.to(device, non_blocking=non_blocking)  # (B, T)
         with autocast_for(precision, device):
-            _, loss = model(x, y)
+            loss = model(x, y)[1]  # drop the logits now, as training_step does: 4 B x T x V
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if gradient_clip_val:
             nn.utils.clip_grad_norm_(params, gradient_clip_val)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.detach())
+        losses.append(loss.detach().clone())  # clone: a CUDA-graph replay would overwrite it
         if on_step_end is not None:
             on_step_end(step)
     return losses

@@ -18,14 +18,15 @@ machine hits both alike:
 Timing: after ``--warmup`` steps, the clock reads (with a device sync) every ``--window`` steps;
 each window gives a mean step time and the median over all windows of all rounds is reported,
 with tokens/s, MFU against a matmul ceiling measured here on the same device and dtype (and the
-datasheet peak on H100/H200/A100), peak memory (CUDA: max allocated; CPU: peak RSS of a separate
-probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is faster). JSON
+datasheet peak on H100/H200/A100), peak memory (CUDA: max allocated; CPU: the peak RSS growth
+during one short run in a separate probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is faster). JSON
 goes to ``--json``; a short table is printed last.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import resource
@@ -72,14 +73,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra gptmini CLI override for both paths, e.g. --set model.compile=true",
     )
     p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a lever setting to compare, e.g. bf16:trainer.precision=bf16-mixed (repeatable; all "
+        "variants x paths alternate in one process; default: one variant 'base' with no extra settings)",
+    )
+    p.add_argument(
         "--skip-callbacks",
-        default="",
-        help="comma-separated callback class names to drop from the Lightning path (e.g. pre-training checks)",
+        default="gptmini.checks",
+        help="comma-separated callback class or module names dropped from the Lightning path; default: "
+        "the pre-training checks, which only work before step 0 (a 100-step overfit each round); '' keeps all",
     )
     p.add_argument("--no-mem", action="store_true", help="CPU: skip the peak-RSS probe processes")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="write the results here (default: a temp file, path printed)")
     p.add_argument("--probe", choices=PATHS, help=argparse.SUPPRESS)  # internal: peak-RSS probe
+    p.add_argument("--probe-variant", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps % args.window or args.steps <= 0 or args.window <= 0:
         raise SystemExit(f"--steps ({args.steps}) must be a positive multiple of --window ({args.window}).")
@@ -88,7 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = set(args.paths.split(",")) - set(PATHS)
     if bad:
         raise SystemExit(f"--paths: unknown {sorted(bad)}; choose from {PATHS}.")
+    args.variants = [_parse_variant(v) for v in args.variant] or [("base", [])]
+    names = [n for n, _ in args.variants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--variant names must differ, got {names}.")
     return args
+
+
+def _parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    if not name:
+        raise SystemExit(f"--variant {text!r}: give NAME or NAME:KEY=VALUE,...")
+    return name, [kv for kv in sets.split(",") if kv]
 
 
 class Clock:
@@ -97,6 +119,7 @@ class Clock:
     def __init__(self, device: torch.device, warmup: int, window: int) -> None:
         self.device, self.warmup, self.window = device, warmup, window
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []  # this process's CPU time: what a busy neighbour cannot inflate
         self.step = 0
 
     def tick(self, *_: object) -> None:
@@ -105,10 +128,12 @@ class Clock:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stamps.append(time.perf_counter())
+            self.cpu_stamps.append(time.process_time())
         self.step += 1
 
-    def windows_ms(self) -> list[float]:
-        return [1000.0 * (b - a) / self.window for a, b in zip(self.stamps, self.stamps[1:])]
+    def windows_ms(self, cpu: bool = False) -> list[float]:
+        stamps = self.cpu_stamps if cpu else self.stamps
+        return [1000.0 * (b - a) / self.window for a, b in zip(stamps, stamps[1:])]
 
 
 class _ClockCallback(Callback):
@@ -117,13 +142,16 @@ class _ClockCallback(Callback):
         self.losses: list[torch.Tensor] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].detach())
+        # clone: under CUDA graphs (compile_mode=reduce-overhead) the next replay reuses the buffer
+        self.losses.append(outputs["loss"].detach().clone())
         self.clock.tick()
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    """One variant (config + overrides) and the state both of its paths share."""
+
+    def __init__(self, args: argparse.Namespace, name: str = "base", sets: list[str] | None = None) -> None:
+        self.args, self.name, self.sets = args, name, list(sets or [])
         self.max_steps = args.warmup + args.steps
         self.tmp = Path(tempfile.mkdtemp(prefix="gptmini-bench-"))
         # Parse once to learn what both paths run: device, precision, shapes, settings.
@@ -169,7 +197,7 @@ class Bench:
             out.append(f"--data.batch_size={a.batch_size}")
         if a.block_size:
             out.append(f"--data.block_size={a.block_size}")
-        out += [f"--{kv}" for kv in a.set]
+        out += [f"--{kv}" for kv in [*a.set, *self.sets]]
         return out
 
     def _cli(self):
@@ -177,7 +205,9 @@ class Bench:
         cli = cli_main(args=args, run=False)
         skip = {s for s in self.args.skip_callbacks.split(",") if s}
         if skip:
-            cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if type(c).__name__ not in skip]
+            cli.trainer.callbacks[:] = [
+                c for c in cli.trainer.callbacks if not {type(c).__name__, type(c).__module__} & skip
+            ]
         return cli
 
     def run(self, path: str) -> dict:
@@ -208,15 +238,39 @@ class Bench:
                 device=self.device,
                 on_step_end=clock.tick,
             )
-        out = {"windows_ms": clock.windows_ms(), "last_loss": float(losses[-1])}
+        out = {
+            "windows_ms": clock.windows_ms(),
+            "cpu_windows_ms": clock.windows_ms(cpu=True),
+            "last_loss": float(losses[-1]),
+        }
         if self.device.type == "cuda":
             out["peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return out
 
 
-def probe_rss(argv: list[str], path: str) -> float | None:
-    """Peak RSS (MiB) of a fresh process running one short round of ``path``."""
-    cmd = [sys.executable, __file__, *argv, "--probe", path]
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
+def rss_growth_of(run) -> float:
+    """Peak RSS (MiB) during ``run()`` above the RSS before it (Linux: VmHWM reset via clear_refs)."""
+    gc.collect()
+    before = _status_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    except OSError:  # not Linux, or not allowed: the process-lifetime peak is the best we have
+        run()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    run()
+    return _status_mb("VmHWM") - before
+
+
+def probe_rss(argv: list[str], path: str, variant: int) -> float | None:
+    """Peak RSS growth (MiB) of a fresh process running one short round of ``path``."""
+    cmd = [sys.executable, __file__, *argv, "--probe", path, f"--probe-variant={variant}"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("PROBE "):
@@ -239,14 +293,21 @@ def summarize(bench: Bench, results: dict[str, list[dict]], ceiling: float, mem:
             "ms_per_step": ms,
             "ms_per_step_iqr": [q[0], q[2]],
             "round_medians_ms": [statistics.median(r["windows_ms"]) for r in runs],
+            # Host CPU time (all threads of this process): on a shared CPU it is far less noisy
+            # than wall time; on CUDA it is the host's work per step, not the step time.
+            "cpu_ms_per_step": statistics.median(w for r in runs for w in r["cpu_windows_ms"]),
             "tokens_per_sec": tps,
             "mfu_vs_measured_ceiling": tps * fpt / ceiling,
             "mfu_vs_datasheet": tps * fpt / peak if peak else None,
             "peak_mem_mb": max(r["peak_mem_mb"] for r in runs) if "peak_mem_mb" in runs[0] else mem.get(path),
-            "peak_mem_kind": "cuda max_memory_allocated" if "peak_mem_mb" in runs[0] else "process peak RSS",
+            "peak_mem_kind": "cuda max_memory_allocated"
+            if "peak_mem_mb" in runs[0]
+            else "peak RSS above the pre-run RSS, separate process",
             "last_loss": [r["last_loss"] for r in runs],
         }
     out = {
+        "variant": bench.name,
+        "variant_settings": bench.sets,
         "device": _device_name(bench.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -276,6 +337,7 @@ def summarize(bench: Bench, results: dict[str, list[dict]], ceiling: float, mem:
         out["ratio_tokens_per_sec"] = paths["lightning"]["tokens_per_sec"] / paths["plain"]["tokens_per_sec"]
         pairs = zip(paths["plain"]["round_medians_ms"], paths["lightning"]["round_medians_ms"])
         out["ratio_paired_rounds_median"] = statistics.median(p / lt for p, lt in pairs)
+        out["ratio_cpu_time"] = paths["plain"]["cpu_ms_per_step"] / paths["lightning"]["cpu_ms_per_step"]
     return out
 
 
@@ -288,22 +350,28 @@ def _device_name(device: torch.device) -> str:
 def table(s: dict) -> str:
     sh = s["shape"]
     head = (
-        f"{s['device']} | d{sh['n_embd']} L{sh['n_layer']} H{sh['n_head']} V{sh['vocab_size']} "
+        f"[{s['variant']}] {s['device']} | d{sh['n_embd']} L{sh['n_layer']} H{sh['n_head']} V{sh['vocab_size']} "
         f"B{sh['batch_size']} T{sh['block_size']} | {s['precision']} | compile={s['compile']} | "
         f"matmul ceiling {s['matmul_ceiling_flops'] / 1e12:.3f} TFLOP/s"
     )
-    rows = [head, f"{'path':<10} {'ms/step':>9} {'tokens/s':>11} {'MFU':>7} {'peak mem':>11} {'ratio':>6}"]
+    rows = [
+        head,
+        f"{'path':<10} {'ms/step':>9} {'cpu ms':>8} {'tokens/s':>11} {'MFU':>7} {'peak mem':>11} {'ratio':>6} {'vs 1st':>7}",
+    ]
     for path, r in s["paths"].items():
         ratio = r["tokens_per_sec"] / s["paths"]["plain"]["tokens_per_sec"] if "plain" in s["paths"] else 1.0
         mem = f"{r['peak_mem_mb']:.0f} MiB" if r["peak_mem_mb"] else "-"
         rows.append(
-            f"{path:<10} {r['ms_per_step']:>9.2f} {r['tokens_per_sec']:>11.0f} "
-            f"{100 * r['mfu_vs_measured_ceiling']:>6.1f}% {mem:>11} {ratio:>6.3f}"
+            f"{path:<10} {r['ms_per_step']:>9.2f} {r['cpu_ms_per_step']:>8.2f} {r['tokens_per_sec']:>11.0f} "
+            f"{100 * r['mfu_vs_measured_ceiling']:>6.1f}% {mem:>11} {ratio:>6.3f} "
+            f"{r.get('speedup_vs_first_variant', 1.0):>6.2f}x"
         )
     if "ratio_tokens_per_sec" in s:
         rows.append(
             f"lightning/plain tokens/s: {s['ratio_tokens_per_sec']:.3f} (median of per-round ratios "
-            f"{s['ratio_paired_rounds_median']:.3f}); MFU is against the measured matmul ceiling"
+            f"{s['ratio_paired_rounds_median']:.3f}; in host CPU time {s['ratio_cpu_time']:.3f}); "
+            f"MFU vs the measured matmul ceiling; "
+            f"'vs 1st': tokens/s against the first --variant"
         )
     return "\n".join(rows)
 
@@ -313,39 +381,49 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = Bench(args)
     if args.probe:  # one short run in a fresh process, for its peak RSS
         args.steps = args.window
-        bench.max_steps = args.warmup + args.steps
-        bench.run(args.probe)
-        print(
-            "PROBE " + json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-        )
+        bench = Bench(args, *args.variants[args.probe_variant])
+        print("PROBE " + json.dumps({"peak_rss_mb": rss_growth_of(lambda: bench.run(args.probe))}))
         return None
+    benches = [Bench(args, name, sets) for name, sets in args.variants]
     paths = args.paths.split(",")
-    dtype = _plugin_to_compute_dtype(bench.trainer.precision_plugin)
-    ceiling = measure_matmul_flops(bench.device, dtype)
-    results: dict[str, list[dict]] = {p: [] for p in paths}
+    dtypes = {b.name: _plugin_to_compute_dtype(b.trainer.precision_plugin) for b in benches}
+    ceilings: dict[torch.dtype, float] = {}
+
+    def measure_ceilings() -> None:
+        for dtype in set(dtypes.values()):
+            best = measure_matmul_flops(benches[0].device, dtype)
+            ceilings[dtype] = max(ceilings.get(dtype, 0.0), best)
+
+    measure_ceilings()
+    combos = [(b, p) for b in benches for p in paths]
+    results: dict[str, dict[str, list[dict]]] = {b.name: {p: [] for p in paths} for b in benches}
     for r in range(args.rounds):
-        order = paths if r % 2 == 0 else paths[::-1]
-        for path in order:
+        for bench, path in combos if r % 2 == 0 else combos[::-1]:
             res = bench.run(path)
-            results[path].append(res)
+            results[bench.name][path].append(res)
             print(
-                f"[bench] round {r} {path:<9} median {statistics.median(res['windows_ms']):8.2f} ms/step "
-                f"(windows {', '.join(f'{w:.1f}' for w in res['windows_ms'])})",
+                f"[bench] round {r} {bench.name}/{path:<9} median {statistics.median(res['windows_ms']):8.2f} "
+                f"ms/step (windows {', '.join(f'{w:.1f}' for w in res['windows_ms'])})",
                 flush=True,
             )
-    ceiling = max(ceiling, measure_matmul_flops(bench.device, dtype))
-    mem: dict[str, float | None] = {}
-    if bench.device.type == "cpu" and not args.no_mem:
-        mem = {p: probe_rss(argv, p) for p in paths}
-    summary = summarize(bench, results, ceiling, mem)
-    out = Path(args.json) if args.json else bench.tmp / "bench.json"
-    out.write_text(json.dumps(summary, indent=2))
+    measure_ceilings()  # the best of before and after: the machine may be shared
+    summaries = {}
+    for i, bench in enumerate(benches):
+        mem: dict[str, float | None] = {}
+        if bench.device.type == "cpu" and not args.no_mem:
+            mem = {p: probe_rss(argv, p, i) for p in paths}
+        summaries[bench.name] = summarize(bench, results[bench.name], ceilings[dtypes[bench.name]], mem)
+    first = summaries[benches[0].name]
+    for s in summaries.values():  # each lever against the first variant, path by path
+        for path, r in s["paths"].items():
+            r["speedup_vs_first_variant"] = r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
+    out = Path(args.json) if args.json else benches[0].tmp / "bench.json"
+    out.write_text(json.dumps({"variants": summaries}, indent=2))
     print(f"[bench] JSON: {out}")
-    print(table(summary))
-    return summary
+    print("\n".join(table(s) for s in summaries.values()))
+    return summaries
 
 
 if __name__ == "__main__":

@@ -113,8 +113,10 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
         spy(name)
     cli = _fit(args, Where())
     assert isinstance(cli.trainer.progress_bar_callback, LossProgressBar)
-    guard = [r for r in state["reads"] if r[2].endswith("resilience.py")]
-    assert len(guard) <= 2  # FaultGuard: one check per 5 steps, at the step's start
+    # FaultGuard (issue 5) checks for a finite loss every guard.check_every_n_steps, at a step's
+    # start, and its final checkpoint at the end: a few steps, not every step.
+    guard_steps = {r[0] for r in state["reads"] if r[2].endswith("resilience.py")}
+    assert len(guard_steps) <= 3, guard_steps
     steps = {step for step, _, caller in state["reads"] if not caller.endswith("resilience.py")}
     assert steps <= {5, 10}, [r for r in state["reads"] if r[0] not in (5, 10)]
     assert steps == {5, 10}  # the spy works: log steps do read the loss
@@ -132,7 +134,7 @@ def test_compiled_module_checkpoint_has_no_orig_mod(cli_args, tmp_path, monkeypa
     monkeypatch.setattr(
         torch.nn.Module, "compile", functools.partialmethod(torch.nn.Module.compile, backend="eager")
     )
-    cli = _fit(cli_args(max_steps=4) + ["--model.compile=true", "--trainer.limit_val_batches=0"])
+    cli = _fit(cli_args(max_steps=8) + ["--model.compile=true", "--trainer.limit_val_batches=0"])
     assert cli.model.model._compiled_call_impl is not None  # it really was compiled
     path = tmp_path / "compiled.ckpt"
     cli.trainer.save_checkpoint(path)
@@ -269,7 +271,7 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path):
             "--set=trainer.enable_progress_bar=false",
         ]
     )
-    saved = json.loads(out.read_text())
+    saved = json.loads(out.read_text())["variants"]["base"]
     assert saved["paths"].keys() == {"lightning", "plain"}
     for path in saved["paths"].values():
         assert len(path["round_medians_ms"]) == 2
@@ -280,4 +282,4 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path):
     assert saved["paths"]["lightning"]["last_loss"] == pytest.approx(
         saved["paths"]["plain"]["last_loss"], rel=1e-4
     )
-    assert summary["shape"]["n_layer"] == 1
+    assert summary["base"]["shape"]["n_layer"] == 1
