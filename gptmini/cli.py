@@ -8,6 +8,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini import preflight
@@ -92,6 +93,15 @@ class GPTMiniCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
+    try:
+        return _cli(args, run)
+    except SIGTERMException:
+        # Lightning exits with status 0 after SIGTERM; a scheduler or requeue script must be able
+        # to tell "stopped" from "finished", so use the conventional 128 + 15.
+        raise SystemExit(143) from None
+
+
+def _cli(args: list[str] | None, run: bool) -> GPTMiniCLI:
     return GPTMiniCLI(
         GPTMiniModule,
         GPTMiniData,

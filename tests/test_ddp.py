@@ -19,6 +19,8 @@ from gptmini.cli import main
 REPO = Path(__file__).parent.parent
 MAX_STEPS = 6
 
+pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
+
 
 def args(root: Path, corpus_file: Path, data_cache: Path, batch_size: int) -> list[str]:
     callbacks = [

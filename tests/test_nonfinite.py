@@ -14,6 +14,8 @@ from gptmini.checkpoint import load_model, read_checkpoint
 from gptmini.cli import main
 from gptmini.resilience import NonFiniteLossError
 
+pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -11,6 +11,8 @@ from conftest import tiny_cli_args
 
 from gptmini.cli import main
 
+pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
