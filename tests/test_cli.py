@@ -59,10 +59,17 @@ def test_optimizer_keys_of_lightningcli_are_rejected(cli_args, capsys):
     assert "optimizer" in capsys.readouterr().err
 
 
+# Presets layered on a full config (`-c base -c preset`), with the base they are documented with.
+OVERLAYS = {"smoke.yaml": "10m.yaml", "exercises_cpu.yaml": "tiny.yaml"}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs write relative paths (runs/, data_cache/)
-    cli = main(["--config", str(config)], run=False)
+    args = ["--config", str(config)]
+    if config.name in OVERLAYS:
+        args = ["--config", str(config.parent / OVERLAYS[config.name])] + args
+    cli = main(args, run=False)
     assert cli.model.model_cfg.vocab_size == cli.datamodule.vocab_size
     assert cli.model.model_cfg.block_size == cli.datamodule.block_size
     assert cli.trainer.max_steps > 0
