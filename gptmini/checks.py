@@ -442,6 +442,14 @@ def _starts_near_zero(s: CurveShape, start_tolerance: float) -> bool:
     return s.start <= max(start_tolerance, 1.0 / max(s.warmup_steps, 1)) * s.peak * (1 + 1e-6)
 
 
+def _warmup_unfinished(s: CurveShape, n: int, peak_lr: float | None, rtol: float = 1e-3) -> bool:
+    """Still warming up at the last step: the peak is the last step and below the configured peak
+    (reaching it exactly at the last step, warmup = max_steps - 1, is a zero-length decay, allowed)."""
+    if n <= 1 or s.warmup_steps < n - 1 or s.start >= s.peak:
+        return False
+    return peak_lr is None or s.peak < peak_lr * (1 - rtol)
+
+
 def lr_curve_problems(
     lrs: np.ndarray,
     peak_lr: float | None,
@@ -466,9 +474,11 @@ def lr_curve_problems(
             f"({lrs[s.rises_at - 1]:.3e} -> {lrs[s.rises_at]:.3e}); it must only decay after the peak "
             f"at step {s.warmup_steps}"
         )
-    if n > 1 and s.warmup_steps >= n - 1 and s.start < s.peak:
-        problems.append(f"warmup never ends: the peak is at the last step ({n - 1}); warmup >= total steps")
-    elif min_lr is not None and abs(s.end - min_lr) > rtol * max(s.peak, 1e-30):
+    if _warmup_unfinished(s, n, peak_lr, rtol):
+        problems.append(
+            f"warmup never ends: the lr still rises at the last step ({n - 1}); warmup >= total steps"
+        )
+    elif s.warmup_steps < n - 1 and min_lr is not None and abs(s.end - min_lr) > rtol * max(s.peak, 1e-30):
         problems.append(
             f"it ends at {s.end:.3e}, not min_lr {min_lr:.3e}: the decay horizon differs from "
             f"trainer.max_steps ({n})"
@@ -684,12 +694,15 @@ def interval_item(scheduler_configs: Sequence[Any]) -> CheckItem:
     )
 
 
-def warmup_items(lrs: np.ndarray, start_tolerance: float, lo: float, hi: float) -> list[CheckItem]:
-    """no_warmup (warn), warmup_total (fail) and the warmup fraction (note)."""
+def warmup_items(
+    lrs: np.ndarray, start_tolerance: float, lo: float, hi: float, peak_lr: float | None = None
+) -> list[CheckItem]:
+    """no_warmup (warn), warmup_total (fail) and the warmup fraction (note); ``peak_lr`` is the
+    configured peak (null: unknown)."""
     s = curve_shape(lrs)
     n = len(lrs)
     items = []
-    if n > 1 and s.warmup_steps >= n - 1 and s.start < s.peak:
+    if _warmup_unfinished(s, n, peak_lr):
         items.append(
             CheckItem(
                 "warmup_total",
@@ -819,7 +832,8 @@ class Checklist(Callback):
                     drawn[0] if drawn else lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps)
                 )
                 curve = next(iter(curves.values()))
-                items += warmup_items(curve, self.start_tolerance, *self.warmup_range)
+                peak = opt.param_groups[0].get("initial_lr")
+                items += warmup_items(curve, self.start_tolerance, *self.warmup_range, peak_lr=peak)
         items.append(clipping_item(trainer.gradient_clip_val))
         self.guard_seconds = time.perf_counter() - start
         self._apply(trainer, items)

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  step {step:>7}: {lrs[step]:.3e}")
     # The config's own Checklist settings (thresholds, disabled guards), else the defaults.
     cl = next((cb for cb in trainer.callbacks if isinstance(cb, Checklist)), None) or Checklist()
-    items = [interval_item(scheduler_configs), *warmup_items(lrs, cl.start_tolerance, *cl.warmup_range)]
+    peak = optimizers[0].param_groups[0].get("initial_lr")
+    warmup = warmup_items(lrs, cl.start_tolerance, *cl.warmup_range, peak_lr=peak)
+    items = [interval_item(scheduler_configs), *warmup]
     items.append(peak_lr_item(module, optimizers[0], cl.peak_lr_limit, cl.small_model_params))
     items = [
         CheckItem(i.key, i.title, "off", "disabled by config") if i.key in cl.disable else i for i in items

@@ -261,6 +261,11 @@ def test_lr_curve_shape_checks():
     high_start = _curve(600, 30) * 0.5 + 0.5
     assert any("not near 0" in p for p in lr_curve_problems(high_start, 1.0, None))
     assert any("warmup >= total" in p for p in lr_curve_problems(_curve(100, 200), None, 0.1))
+    assert any("warmup >= total" in p for p in lr_curve_problems(_curve(100, 200), 1.0, 0.1))
+    # warmup = max_steps - 1 reaches the peak at the last step: a zero-length decay, not an error.
+    assert lr_curve_problems(_curve(4, 3), 1.0, 0.1) == []
+    assert warmup_items(_curve(4, 3), 0.1, 0.01, 0.05, peak_lr=1.0)[0].status == "pass"
+    assert warmup_items(_curve(4, 10), 0.1, 0.01, 0.05, peak_lr=1.0)[0].status == "fail"
     assert any("not the configured lr" in p for p in lr_curve_problems(_curve(600, 30) * 0.5, 1.0, 0.05))
 
 
