@@ -287,8 +287,8 @@ class OverfitCheck(_FirstBatchCheck):
             steps: Most optimizer steps to train.
             threshold: The check passes when the loss ends below this.
             warmup_steps: Linear warmup to the peak lr over this many steps (0 = peak from step 0).
-            rows: Use only the first ``rows`` samples of the batch (null = all): a smaller batch is
-                memorised sooner, for a cheap check on CPU.
+            rows: Use only the first ``rows`` samples of the batch (null = all): cheaper steps, for
+                a check that takes seconds on CPU.
             log_every: Print the loss every this many steps.
             stop_early: Stop as soon as the loss is below ``threshold`` (the check has passed).
         """
@@ -524,7 +524,7 @@ class LRCurveCheck(Callback):
                 TensorBoard as the image ``checks/lr_curve``.
             start_tolerance: With a warmup, step 0's lr must be below this fraction of the peak.
             min_lr_ratio: Expected final lr / peak; null = the module's ``schedule_cfg.min_lr_ratio``
-                (the curve must then end at least below its peak only if that is unknown).
+                (when neither is known, the end of the curve is not checked).
             rtol: Relative tolerance (of the peak) for "reaches the peak" and "ends at min_lr".
         """
         self.filename, self.start_tolerance = filename, start_tolerance
