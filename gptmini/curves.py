@@ -71,7 +71,7 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     scalars = read_scalars(logdir)
     panels = _panels(scalars)
@@ -88,8 +88,9 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
         ax.set_xlabel("step")
         if logy:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:

@@ -334,7 +334,7 @@ def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     n = len(ex.panels)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
@@ -353,8 +353,9 @@ def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> 
         ax.set_xlabel("step")
         if panel.logy:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{ex.title} {subtitle}".strip())
