@@ -36,6 +36,13 @@ from gptmini.schedule import ScheduleConfig, lr_multiplier
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Toy models gain nothing from a second thread, and on a shared 2-core machine two OpenMP
+    # threads per process thrash (see tests/test_speed.py).
+    torch.set_num_threads(1)
+
+
 def make_module(cfg: ModelConfig, lr: float = 3e-3, warmup: int = 2, **optim) -> GPTMiniModule:
     pl.seed_everything(1234, verbose=False)
     return GPTMiniModule(
