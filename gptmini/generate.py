@@ -74,7 +74,10 @@ def sample_ids(model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: i
     was_training = model.training
     model.eval()
     try:
-        return model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator)
+        # Eager even when training compiled the model in place (GPTMiniModule's `compile`): every new
+        # context length would otherwise recompile, or re-capture CUDA graphs.
+        with torch.compiler.set_stance("force_eager"):
+            return model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator)
     finally:
         model.train(was_training)
 

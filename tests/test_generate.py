@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def test_sampling_leaves_global_rng_alone(model_and_tok):
     torch.manual_seed(123)
     gen.sample(model, tok, "", gen.SampleConfig(max_new_tokens=5))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_compiled_model_samples_eagerly_and_identically(model_and_tok):
+    model, tok = model_and_tok
+    cfg = gen.SampleConfig(max_new_tokens=6, seed=2)
+    expected = gen.sample(model, tok, "KING:", cfg)
+    model.compile()  # as GPTMiniModule does on CUDA; generation must not trigger compilation
+    t0 = time.perf_counter()
+    assert gen.sample(model, tok, "KING:", cfg) == expected
+    assert time.perf_counter() - t0 < 5.0  # an inductor compile takes far longer
 
 
 def test_respects_max_new_tokens(model_and_tok):
