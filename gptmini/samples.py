@@ -13,7 +13,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptmini.generate import SampleConfig, sample
 
@@ -54,6 +54,7 @@ class TextSamples(Callback):
         )
         self.print_to_console = print_to_console
         self._tokenizer = None
+        self._warned = False
 
     def _get_tokenizer(self, trainer: pl.Trainer):
         if self._tokenizer is None:
@@ -67,6 +68,12 @@ class TextSamples(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if "FSDP" in type(trainer.strategy).__name__:
+            # Sharded weights: a forward on rank 0 alone would wait forever for the other ranks.
+            if not self._warned:
+                rank_zero_warn("TextSamples is skipped under FSDP; sample from a checkpoint instead.")
+                self._warned = True
             return
         tok = self._get_tokenizer(trainer)
         if tok is None:
