@@ -74,6 +74,36 @@ def test_lightning_path_trains_to_the_plain_loops_losses(cli_args):
     assert cli.trainer.logged_metrics["throughput/tokens_per_sec"] > 0
 
 
+@pytest.mark.gpu
+def test_lightning_path_matches_plain_loop_on_gpu_in_bf16(cli_args):
+    """CUDA, bf16-mixed, fused AdamW, compiled: the same losses within bf16 noise."""
+    args = cli_args(max_steps=20) + [
+        "--trainer.limit_val_batches=0",
+        "--trainer.accelerator=cuda",
+        "--trainer.precision=bf16-mixed",
+    ]
+    rec = _Losses()
+    cli = _fit(args, rec)
+    lightning = torch.stack(rec.losses).float().cpu()
+    m, dm = cli.model, cli.datamodule
+    seed_everything(1337)
+    model = GPTMini(m.model_cfg)
+    model.compile()  # compile is on by default for CUDA, as in the module
+    plain = torch.stack(
+        train_plain(
+            model,
+            dm.train_dataloader(),
+            m.optim_cfg,
+            m.schedule_cfg,
+            20,
+            precision="bf16-mixed",
+            device="cuda",
+        )
+    )
+    rel = ((lightning - plain.float().cpu()).abs() / plain.float().cpu()).max().item()
+    assert rel <= 2e-2, (lightning, plain)
+
+
 def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
     """Lightning, the module, the configs' callbacks and LossProgressBar read tensors only on log
     steps (every 5 here), never on the steps between: on a GPU each read is a sync."""
