@@ -5,22 +5,25 @@
     python scripts/bench.py --config configs/10m.yaml --accelerator cuda --json /tmp/bench-h100.json
 
 Both paths are built from the same config, in one process, and run alternately (round r runs
-lightning then plain, round r+1 plain then lightning) so that a neighbour's load on a shared
+every variant x path in order, round r+1 in reverse) so that a neighbour's load on a shared
 machine hits both alike:
 
 - ``lightning``: the real path. ``GPTMiniCLI`` parses the config exactly as ``gptmini.cli fit``
   does (trainer, callbacks, logger, datamodule, GPTMiniModule) and ``trainer.fit`` runs it; only
-  validation is switched off, the horizon shortened and the logs sent to a temp folder.
+  validation is switched off, the horizon shortened, the logs sent to a temp folder and the
+  pre-training checks (``gptmini.checks``, work done before step 0) dropped (``--skip-callbacks``).
 - ``plain``: :func:`gptmini.plainloop.train_plain` with the same model config and seed, the same
   DataLoader, precision, two-group AdamW (fused or not, as the module decides), clipping, LambdaLR
   and compile setting. It never syncs with the host inside the loop.
 
 Timing: after ``--warmup`` steps, the clock reads (with a device sync) every ``--window`` steps;
 each window gives a mean step time and the median over all windows of all rounds is reported,
-with tokens/s, MFU against a matmul ceiling measured here on the same device and dtype (and the
-datasheet peak on H100/H200/A100), peak memory (CUDA: max allocated; CPU: the peak RSS growth
-during one short run in a separate probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is faster). JSON
-goes to ``--json``; a short table is printed last.
+with the host CPU time per step (the steadier figure on a shared CPU), tokens/s, MFU against a
+matmul ceiling measured here on the same device and dtype (and the datasheet peak on
+H100/H200/A100), peak memory (CUDA: max allocated; CPU: the peak RSS growth during one short run
+in a separate probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is
+faster). ``--variant NAME:KEY=VALUE,...`` adds lever settings to compare in the same alternation.
+JSON goes to ``--json``; a short table is printed last.
 """
 
 from __future__ import annotations
