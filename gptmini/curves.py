@@ -31,6 +31,21 @@ def read_scalars(logdir: str | Path) -> dict[str, Series]:
     return out
 
 
+def style_axis(ax, title: str, logy: bool) -> None:
+    """Shared look of every curve panel: step on x, readable ticks on a log y axis, a legend."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    if logy:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def last(series: Series) -> float:
     return series[1][-1]
 
@@ -71,7 +86,6 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     scalars = read_scalars(logdir)
     panels = _panels(scalars)
@@ -84,15 +98,7 @@ def plot_run(logdir: str | Path, out: str | Path, title: str | None = None, dpi:
         for tag in tags:
             steps, values = scalars[tag]
             ax.plot(steps, values, label=tag, marker="o" if len(steps) < 20 else None, markersize=3)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        if logy:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        style_axis(ax, name, logy)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title or str(logdir))

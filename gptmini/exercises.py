@@ -33,7 +33,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gptmini.curves import Series, last, read_scalars, tail_mean
+from gptmini.curves import Series, last, read_scalars, style_axis, tail_mean
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIGS = [CONFIG_DIR / "tiny.yaml", CONFIG_DIR / "exercises_cpu.yaml"]
@@ -334,7 +334,6 @@ def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     n = len(ex.panels)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
@@ -349,15 +348,7 @@ def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> 
                 values = _ema(values, panel.smooth)
             ax.plot(steps, values, label=run.label, marker="o" if len(steps) <= 10 else None, markersize=3)
         counts.append(len(ax.get_lines()))
-        ax.set_title(panel.title, fontsize=10)
-        ax.set_xlabel("step")
-        if panel.logy:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        style_axis(ax, panel.title, panel.logy)
     fig.suptitle(f"{ex.title} {subtitle}".strip())
     fig.tight_layout()
     fig.savefig(out, dpi=80)
