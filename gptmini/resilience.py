@@ -7,6 +7,8 @@
   writes a NaN checkpoint: the last good checkpoint on disk stays intact. The first bad step stops
   training with an error naming the step and that checkpoint; ``max_skipped_steps: N`` instead
   skips up to N bad updates (all gradients dropped, so AdamW leaves weights and moments alone).
+  With fused AdamW this costs no host sync per step: fused AdamW honours a ``found_inf`` flag and
+  drops the update on the device; the flag counters are read every ``check_every_n_steps``.
 - **SIGTERM** (preemption, ``scancel``, ``kill``). Lightning finishes the current batch and raises;
   the guard then saves ``last.ckpt`` next to the other checkpoints, so ``--ckpt_path last`` resumes
   from the exact step (a hard kill resumes from the previous interval checkpoint instead).
@@ -48,8 +50,9 @@ class FaultGuard(Callback):
         Args:
             max_skipped_steps: Optimizer steps with a non-finite loss or gradient to skip (update
                 dropped) before stopping; 0 = stop at the first one.
-            check_every_n_steps: Check every n-th optimizer step (each check is one host sync; a
-                larger n saves it, but a NaN between checks reaches the weights).
+            check_every_n_steps: Check every n-th optimizer step. Unfused AdamW: each check is one
+                host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
+                guarded on the device and the verdict is read (one sync) every n steps.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM stops the run.
         """
         if max_skipped_steps < 0:
@@ -66,12 +69,16 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
+        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        if no_scaler and optimizer.defaults.get("fused"):
+            self._flag_on_device(trainer, pl_module, optimizer, step)
+            return
         if step % self.check_every_n_steps:
             return
         loss = trainer.callback_metrics.get("train/loss")
         checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
-        if getattr(trainer.precision_plugin, "scaler", None) is None:
+        if no_scaler:
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if grads:
                 checks.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
@@ -90,6 +97,51 @@ class FaultGuard(Callback):
                 f"({self.skipped} of guard.max_skipped_steps={self.max_skipped_steps})."
             )
             return
+        self._stop(trainer, step, f"train/loss={loss_text}")
+
+    def _flag_on_device(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+    ) -> None:
+        """Fused AdamW: skip bad updates on the device, read the verdict every n steps.
+
+        Fused AdamW honours a ``found_inf`` tensor (the hook GradScaler uses): when it is 1 the
+        kernel leaves weights, moments and step count alone. So every step is guarded without a
+        host sync, and only every ``check_every_n_steps`` the counters are read to stop or warn.
+        """
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            bad = bad | ~torch.isfinite(loss.detach().to(bad.device)).all()
+        optimizer.found_inf = bad.float()
+        if getattr(self, "_bad_total", None) is None or self._bad_total.device != bad.device:
+            # Starts from the count a resumed checkpoint carried.
+            self._bad_total = torch.full((), self.skipped, dtype=torch.long, device=bad.device)
+            self._first_new_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self._bad_total += bad.long()
+        first_unset = self._first_new_bad < 0
+        self._first_new_bad = torch.where(bad & first_unset, step, self._first_new_bad)
+        if step % self.check_every_n_steps:
+            return
+        total, first = torch.stack([self._bad_total, self._first_new_bad]).tolist()  # the host sync
+        self._first_new_bad.fill_(-1)
+        stop = total > self.max_skipped_steps
+        if not trainer.strategy.reduce_boolean_decision(not stop, all=True):
+            self._stop(trainer, first, "update skipped on the device, weights unchanged")
+        if first >= 0:  # new skips since the last read
+            rank_zero_warn(
+                f"non-finite loss or gradient at step {first}: update skipped "
+                f"({total} of guard.max_skipped_steps={self.max_skipped_steps})."
+            )
+        self.skipped = total
+
+    def _stop(self, trainer: pl.Trainer, step: int, detail: str) -> None:
         last = last_good_checkpoint(trainer)
         where = (
             f"The last good checkpoint is {last} (left intact); resume with --ckpt_path {last}"
@@ -97,7 +149,7 @@ class FaultGuard(Callback):
             else "No checkpoint was saved yet; restart"
         )
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at step {step} (train/loss={loss_text}); training stopped "
+            f"non-finite loss or gradient at step {step} ({detail}); training stopped "
             f"before the update. {where} after lowering model.optim.lr or raising "
             f"model.schedule.warmup_steps, or let guard.max_skipped_steps skip such steps."
         )
@@ -134,7 +186,10 @@ class FaultGuard(Callback):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        if getattr(self, "_bad_total", None) is not None:  # device counter, read at save time only
+            self.skipped = int(self._bad_total)
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+        self._bad_total = None

@@ -78,3 +78,31 @@ def test_unchecked_nan_never_reaches_a_checkpoint(tmp_path, corpus_file, data_ca
     ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
     assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 4
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+
+
+def test_fused_adamw_skips_on_device_and_stops_at_the_next_check(tmp_path, corpus_file, data_cache):
+    # Fused AdamW: the NaN update at step 5 is dropped on the device (no host sync); the verdict
+    # is read at step 8, naming step 5, and the step-8 checkpoint holds finite weights.
+    args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=12, nan_at=5)
+    args += ["--model.optim.fused=true", "--guard.check_every_n_steps=4"]
+    with pytest.raises(NonFiniteLossError, match="at step 5 .*update skipped on the device"):
+        main(args)
+    ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    ckpt = read_checkpoint(ckpts / "last.ckpt")
+    assert ckpt["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    # The skipped step left AdamW's step count behind the loop's by one.
+    steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {7}
+
+
+def test_fused_adamw_skip_budget(tmp_path, corpus_file, data_cache):
+    args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=8, nan_at=3)
+    args += ["--model.optim.fused=true", "--guard.check_every_n_steps=4", "--guard.max_skipped_steps=1"]
+    with pytest.warns(UserWarning, match="at step 3: update skipped"):
+        main(args)
+    ckpt = read_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 8
+    (guard_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("FaultGuard")]
+    assert guard_state == {"skipped": 1}
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
