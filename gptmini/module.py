@@ -19,6 +19,14 @@ def _as(cls: type, value: Any) -> Any:
     return cls(**value) if isinstance(value, dict) else value
 
 
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
 class GPTMiniModule(pl.LightningModule):
     def __init__(
         self,
@@ -137,11 +145,17 @@ class GPTMiniModule(pl.LightningModule):
         if scaler is not None or algorithm != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if gradient_clip_val:
-            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        wrapped = self.trainer.model
+        if _is_fsdp(wrapped):
+            # FSDP(1) shards flat grads: only its own method computes the global norm (Lightning's
+            # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
+            norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_val:
+                norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.log("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
