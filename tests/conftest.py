@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from gptmini.curves import read_scalars
 from gptmini.data import GPTMiniData, default_corpus
 from gptmini.model import ModelConfig
 
@@ -125,3 +127,16 @@ def cli_args(tmp_path, corpus_file, data_cache):
         return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps)
 
     return make
+
+
+def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:
+    """CLI args that replace trainer.callbacks (lists do not merge across config files)."""
+    root.mkdir(parents=True, exist_ok=True)
+    extra = root / "callbacks.yaml"
+    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return ["--config", str(extra)]
+
+
+def scalars_by_step(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar a run's event files hold, as tag -> {step: value}."""
+    return {tag: dict(zip(steps, values)) for tag, (steps, values) in read_scalars(run_dir).items()}

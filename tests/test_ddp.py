@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_cli_args
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import callbacks_args, scalars_by_step, tiny_cli_args
 
 from gptmini.checkpoint import load_model
 from gptmini.cli import main
@@ -31,22 +29,12 @@ def args(root: Path, corpus_file: Path, data_cache: Path, batch_size: int) -> li
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
         {"class_path": "gptmini.throughput.ThroughputLogger"},
     ]
-    root.mkdir(parents=True, exist_ok=True)
-    extra = root / "callbacks.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return tiny_cli_args(root, corpus_file, data_cache, MAX_STEPS) + [
-        "--config",
-        str(extra),
+        *callbacks_args(root, callbacks),
         f"--data.batch_size={batch_size}",
         "--trainer.val_check_interval=6",
         "--trainer.limit_val_batches=4",
     ]
-
-
-def scalars(run: Path) -> dict[str, dict[int, float]]:
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
 
 
 @pytest.mark.slow
@@ -73,7 +61,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, corpus_file, data_cache):
     a = load_model(single / "checkpoints" / "last.ckpt").state_dict()
     b = load_model(multi / "checkpoints" / "last.ckpt").state_dict()
     weight_diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    s, m = scalars(single), scalars(multi)
+    s, m = scalars_by_step(single), scalars_by_step(multi)
     val_diff = abs(s["val/loss"][MAX_STEPS - 1] - m["val/loss"][MAX_STEPS - 1])
     print(
         f"\nDDP 2x4 vs 1x8 after {MAX_STEPS} steps: max |weight diff| {weight_diff:.3g}, |val loss diff| {val_diff:.3g}"

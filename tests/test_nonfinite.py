@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_cli_args
+from conftest import callbacks_args, tiny_cli_args
 
 from gptmini.checkpoint import load_model, read_checkpoint
 from gptmini.cli import main
@@ -32,11 +31,8 @@ def args_with_nan(
         },
         {"class_path": "fault_injection.InjectFault", "init_args": {"at_step": nan_at, "kind": "nan"}},
     ]
-    extra = tmp_path / "callbacks.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps) + [
-        "--config",
-        str(extra),
+        *callbacks_args(tmp_path, callbacks),
         "--trainer.limit_val_batches=0",
     ]
 

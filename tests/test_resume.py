@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import attribute_docstrings_off, tiny_cli_args
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import attribute_docstrings_off, callbacks_args, scalars_by_step, tiny_cli_args
 
 from gptmini.checkpoint import load_model, read_checkpoint
 from gptmini.cli import main
@@ -41,22 +40,12 @@ def run_args(root: Path, corpus_file: Path, data_cache: Path, fault: dict | None
     ]
     if fault:
         callbacks.append({"class_path": "fault_injection.InjectFault", "init_args": fault})
-    root.mkdir(parents=True, exist_ok=True)
-    extra = root / "callbacks.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return tiny_cli_args(root, corpus_file, data_cache, MAX_STEPS) + [
-        "--config",
-        str(extra),
+        *callbacks_args(root, callbacks),
         "--trainer.limit_train_batches=6",
         "--trainer.val_check_interval=5",
         "--trainer.limit_val_batches=2",
     ]
-
-
-def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
@@ -84,11 +73,11 @@ def reference(tmp_path_factory, corpus_file, data_cache) -> dict:
     with attribute_docstrings_off():
         main(run_args(root, corpus_file, data_cache))
     (run,) = (root / "runs" / "tiny").iterdir()
-    return {"run": run, "scalars": scalars(run)}
+    return {"run": run, "scalars": scalars_by_step(run)}
 
 
 def compare(reference: dict, resumed_run: Path, resumed_from: int) -> float:
-    ref, got = reference["scalars"], scalars(resumed_run)
+    ref, got = reference["scalars"], scalars_by_step(resumed_run)
     steps = sorted(got["train/loss"])
     # The resumed run logs exactly the steps after the checkpoint: none repeated, none skipped.
     assert steps == [s for s in sorted(ref["train/loss"]) if s >= resumed_from], steps
