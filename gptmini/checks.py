@@ -603,7 +603,7 @@ def decay_groups_item(module: nn.Module, optimizer: torch.optim.Optimizer) -> Ch
                 exempt.setdefault(id(p), (kind, f"{mname}.{pname}"))
     decayed = [name for pid, (_, name) in sorted(exempt.items(), key=lambda e: e[1]) if wd.get(pid, 0.0) > 0]
     if decayed:
-        shown = ", ".join(decayed[:4]) + (f" and {len(decayed) - 4} more" if len(decayed) > 4 else "")
+        shown = _shorten(decayed, 4)
         return CheckItem(
             key,
             title,
@@ -738,11 +738,16 @@ def warmup_items(
     return items
 
 
+def _shorten(names: list[str], n: int) -> str:
+    """The first n names, and how many more there are."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def eval_mode_item(module: nn.Module) -> CheckItem:
     key, title = "eval_mode", "train mode"
     names = [name or "<root>" for name, m in module.named_modules() if not m.training]
     if names:
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        shown = _shorten(names, 5)
         return CheckItem(
             key,
             title,
