@@ -11,11 +11,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from gptmini import preflight
-from gptmini.data import GPTMiniData, vocab_of
-from gptmini.module import GPTMiniModule
-from gptmini.progress import LossProgressBar
-from gptmini.resilience import FaultGuard
+from gptmini.callbacks.fault_guard import FaultGuard
+from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.tokenizer import vocab_of
+from gptmini.train import preflight
+from gptmini.train.datamodule import GPTMiniData
+from gptmini.train.module import GPTMiniModule
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -59,7 +60,7 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.preflight)."""
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
         model, trainer = self.model, self.trainer
         preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
         preflight.check_data_matches_model(self.datamodule, model.model_cfg)
@@ -83,7 +84,7 @@ class GPTMiniCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
-        # for one that reads the loss only when it redraws (see gptmini.progress). Any other bar
+        # for one that reads the loss only when it redraws (see gptmini.callbacks.progress). Any other bar
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.
         callbacks = trainer.callbacks
         for i, cb in enumerate(callbacks):

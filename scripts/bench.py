@@ -11,8 +11,8 @@ machine hits both alike:
 - ``lightning``: the real path. ``GPTMiniCLI`` parses the config exactly as ``gptmini.cli fit``
   does (trainer, callbacks, logger, datamodule, GPTMiniModule) and ``trainer.fit`` runs it; only
   validation is switched off, the horizon shortened, the logs sent to a temp folder and the
-  pre-training checks (``gptmini.checks``, work done before step 0) dropped (``--skip-callbacks``).
-- ``plain``: :func:`gptmini.plainloop.train_plain` with the same model config and seed, the same
+  pre-training checks (``gptmini.callbacks``, work done before step 0) dropped (``--skip-callbacks``).
+- ``plain``: :func:`gptmini.core.plainloop.train_plain` with the same model config and seed, the same
   DataLoader, precision, two-group AdamW (fused or not, as the module decides), clipping, LambdaLR
   and compile setting. It never syncs with the host inside the loop.
 
@@ -49,9 +49,9 @@ from lightning.pytorch import Callback, seed_everything  # noqa: E402
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype  # noqa: E402
 
 from gptmini.cli import main as cli_main  # noqa: E402
-from gptmini.model import GPTMini  # noqa: E402
-from gptmini.plainloop import train_plain  # noqa: E402
-from gptmini.throughput import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
+from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
+from gptmini.core.model import GPTMini  # noqa: E402
+from gptmini.core.plainloop import train_plain  # noqa: E402
 
 PATHS = ("lightning", "plain")
 
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--skip-callbacks",
-        default="gptmini.checks",
+        default="gptmini.callbacks",
         help="comma-separated callback class or module names dropped from the Lightning path; default: "
         "the pre-training checks, which only work before step 0 (a 100-step overfit each round); '' keeps all",
     )

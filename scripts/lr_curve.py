@@ -6,7 +6,7 @@
 
 The config is parsed exactly as ``gptmini.cli fit`` parses it (anything after ``--`` is passed on as
 overrides); the module's own ``configure_optimizers`` builds the real optimizer and scheduler, and a
-copy of the scheduler is stepped to ``trainer.max_steps``, as :class:`gptmini.checks.LRCurveCheck`
+copy of the scheduler is stepped to ``trainer.max_steps``, as :class:`gptmini.callbacks.lr_curve.LRCurveCheck`
 does at fit start. It writes the PNG, prints the shape checks and the warmup/peak-lr guards, and
 exits 1 when the curve has a shape error.
 """
@@ -19,17 +19,10 @@ from pathlib import Path
 
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 
-from gptmini.checks import (
-    CheckItem,
-    Checklist,
-    curve_shape,
-    interval_item,
-    lr_curve_problems,
-    lr_curves,
-    peak_lr_item,
-    render_lr_curve,
-    warmup_items,
-)
+from gptmini.callbacks.checklist import Checklist
+from gptmini.callbacks.guards import interval_item, peak_lr_item, warmup_items
+from gptmini.callbacks.lr_curve import curve_shape, lr_curve_problems, lr_curves, render_lr_curve
+from gptmini.callbacks.report import CheckItem
 from gptmini.cli import main as cli_main
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from gptmini.curves import read_scalars
-from gptmini.data import GPTMiniData, default_corpus
-from gptmini.model import ModelConfig
+from gptmini.core.model import ModelConfig
+from gptmini.core.tokens import default_corpus
+from gptmini.tools.curves import read_scalars
+from gptmini.train.datamodule import GPTMiniData
 
 # Small enough that tokenizer training + encoding take about a second.
 CORPUS_CHARS = 120_000

@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import tiny_cli_args
 
-from gptmini import preflight
 from gptmini.cli import main
+from gptmini.train import preflight
 
 pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
 

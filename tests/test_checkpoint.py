@@ -1,4 +1,4 @@
-"""gptmini.checkpoint: Lightning checkpoints -> a bare GPTMini, and clear errors for bad files."""
+"""gptmini.core.checkpoint: Lightning checkpoints -> a bare GPTMini, and clear errors for bad files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gptmini.checkpoint import CheckpointError, load_model, read_checkpoint
-from gptmini.model import GPTMini
+from gptmini.core.checkpoint import CheckpointError, load_model, read_checkpoint
+from gptmini.core.model import GPTMini
 
 
 def _fake_ckpt(path, cfg, compiled: bool = False) -> GPTMini:
@@ -48,7 +48,7 @@ def test_truncated_checkpoint_names_file(tmp_path, tiny_model_cfg):
 
 
 def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
-    from gptmini.module import GPTMiniModule
+    from gptmini.train.module import GPTMiniModule
 
     module = GPTMiniModule(model=tiny_model_cfg, compile=True)
     plain = set(module.state_dict())
@@ -61,7 +61,7 @@ def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
 def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg):
     from dataclasses import replace
 
-    from gptmini.preflight import check_checkpoint
+    from gptmini.train.preflight import check_checkpoint
 
     path = tmp_path / "m.ckpt"
     _fake_ckpt(path, tiny_model_cfg)

@@ -12,26 +12,24 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gptmini.checks import (
-    Checklist,
-    InitialLossCheck,
-    LRCurveCheck,
-    OverfitCheck,
-    SanityCheckError,
+from gptmini.callbacks.checklist import Checklist
+from gptmini.callbacks.first_batch import InitialLossCheck, OverfitCheck
+from gptmini.callbacks.guards import (
     betas_item,
     clipping_item,
     decay_groups_item,
     eval_mode_item,
     interval_item,
-    lr_curve_problems,
     peak_lr_item,
     warmup_items,
 )
+from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curve_problems
+from gptmini.callbacks.report import SanityCheckError
 from gptmini.cli import main
-from gptmini.model import GPTMini, ModelConfig
-from gptmini.module import GPTMiniModule
-from gptmini.optim import OptimConfig, build_adamw
-from gptmini.schedule import ScheduleConfig, lr_multiplier
+from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.optim import OptimConfig, build_adamw
+from gptmini.core.schedule import ScheduleConfig, lr_multiplier
+from gptmini.train.module import GPTMiniModule
 
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptmini.cli import main
-from gptmini.curves import read_scalars
+from gptmini.tools.curves import read_scalars
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import gptmini.data as data_mod
-from gptmini.data import EOT, GPTMiniData, TokenWindows, load_tokenizer, resolve_sources
+import gptmini.core.tokens as data_mod
+import gptmini.train.datamodule as dm_mod
+from gptmini.core.tokenizer import load_tokenizer
+from gptmini.core.tokens import EOT, TokenWindows, resolve_sources
+from gptmini.train.datamodule import GPTMiniData
 
 
 def test_prepare_writes_cache_with_meta(tiny_data):
@@ -21,7 +24,7 @@ def test_prepare_writes_cache_with_meta(tiny_data):
 
 def test_second_run_reuses_cache(tiny_data, monkeypatch):
     before = (tiny_data.cache_path / "train.bin").stat().st_mtime_ns
-    monkeypatch.setattr(data_mod, "train_tokenizer", lambda *a: pytest.fail("retrained the tokenizer"))
+    monkeypatch.setattr(dm_mod, "train_tokenizer", lambda *a: pytest.fail("retrained the tokenizer"))
     GPTMiniData(
         data=[str(s) for s in tiny_data.sources],
         cache_dir=str(tiny_data.cache_root),

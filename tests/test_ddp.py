@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import callbacks_args, scalars_by_step, tiny_cli_args
 
-from gptmini.checkpoint import load_model
 from gptmini.cli import main
+from gptmini.core.checkpoint import load_model
 
 REPO = Path(__file__).parent.parent
 MAX_STEPS = 6
@@ -27,7 +27,7 @@ def args(root: Path, corpus_file: Path, data_cache: Path, batch_size: int) -> li
             "init_args": {"logging_interval": "step"},
         },
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-        {"class_path": "gptmini.throughput.ThroughputLogger"},
+        {"class_path": "gptmini.callbacks.throughput.ThroughputLogger"},
     ]
     return tiny_cli_args(root, corpus_file, data_cache, MAX_STEPS) + [
         *callbacks_args(root, callbacks),

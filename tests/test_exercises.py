@@ -9,8 +9,8 @@ import matplotlib.image
 import pytest
 import yaml
 
-from gptmini import exercises as exe
-from gptmini.curves import read_scalars
+from gptmini.tools import exercises as exe
+from gptmini.tools.curves import read_scalars
 from tests.conftest import tiny_cli_args
 
 TINY_LR = 2e-3  # configs/tiny.yaml's peak lr

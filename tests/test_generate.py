@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from gptmini import generate as gen
-from gptmini.data import load_tokenizer
-from gptmini.model import GPTMini
-from gptmini.samples import TextSamples
+from gptmini.callbacks.samples import TextSamples
+from gptmini.core import sampling
+from gptmini.core.model import GPTMini
+from gptmini.core.tokenizer import load_tokenizer
 from tests.conftest import tiny_cli_args
 
 
@@ -25,10 +26,10 @@ def model_and_tok(tiny_data, tiny_model_cfg):
 
 def test_same_seed_same_text_other_seed_other_text(model_and_tok):
     model, tok = model_and_tok
-    cfg = gen.SampleConfig(max_new_tokens=20, temperature=1.0, top_k=None, seed=7)
-    a = gen.sample(model, tok, "ROMEO:", cfg, num_samples=2)
-    b = gen.sample(model, tok, "ROMEO:", cfg, num_samples=2)
-    c = gen.sample(model, tok, "ROMEO:", gen.SampleConfig(20, 1.0, None, seed=8), num_samples=2)
+    cfg = sampling.SampleConfig(max_new_tokens=20, temperature=1.0, top_k=None, seed=7)
+    a = sampling.sample(model, tok, "ROMEO:", cfg, num_samples=2)
+    b = sampling.sample(model, tok, "ROMEO:", cfg, num_samples=2)
+    c = sampling.sample(model, tok, "ROMEO:", sampling.SampleConfig(20, 1.0, None, seed=8), num_samples=2)
     assert a == b
     assert a != c
     assert a[0] != a[1]  # samples within one call are independent draws
@@ -39,25 +40,25 @@ def test_sampling_leaves_global_rng_alone(model_and_tok):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    gen.sample(model, tok, "", gen.SampleConfig(max_new_tokens=5))
+    sampling.sample(model, tok, "", sampling.SampleConfig(max_new_tokens=5))
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_compiled_model_samples_eagerly_and_identically(model_and_tok):
     model, tok = model_and_tok
-    cfg = gen.SampleConfig(max_new_tokens=6, seed=2)
-    expected = gen.sample(model, tok, "KING:", cfg)
+    cfg = sampling.SampleConfig(max_new_tokens=6, seed=2)
+    expected = sampling.sample(model, tok, "KING:", cfg)
     model.compile()  # as GPTMiniModule does on CUDA; generation must not trigger compilation
     t0 = time.perf_counter()
-    assert gen.sample(model, tok, "KING:", cfg) == expected
+    assert sampling.sample(model, tok, "KING:", cfg) == expected
     assert time.perf_counter() - t0 < 5.0  # an inductor compile takes far longer
 
 
 def test_respects_max_new_tokens(model_and_tok):
     model, tok = model_and_tok
-    ids = gen.encode_prompt(tok, "KING:", model.cfg.block_size)
+    ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
     for n in (1, 9, 50):  # 50 > block_size 32: the context slides, the count still holds
-        out = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n), num_samples=3)
+        out = sampling.sample_ids(model, ids, sampling.SampleConfig(max_new_tokens=n), num_samples=3)
         assert out.shape == (3, len(ids) + n)
         assert out[:, : len(ids)].tolist() == [ids] * 3
 
@@ -65,9 +66,9 @@ def test_respects_max_new_tokens(model_and_tok):
 @pytest.mark.parametrize("k", [1, 5])
 def test_respects_top_k(model_and_tok, k):
     model, tok = model_and_tok
-    ids = gen.encode_prompt(tok, "To be", model.cfg.block_size)
+    ids = sampling.encode_prompt(tok, "To be", model.cfg.block_size)
     n_new = model.cfg.block_size - len(ids)
-    out = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n_new, temperature=2.0, top_k=k, seed=3))
+    out = sampling.sample_ids(model, ids, sampling.SampleConfig(max_new_tokens=n_new, temperature=2.0, top_k=k, seed=3))
     logits, _ = model(out[:, :-1])  # (1, T-1, V): position t predicts token t + 1
     new_logits = logits[0, len(ids) - 1 :]  # (n_new, V)
     new_tokens = out[0, len(ids) :]  # (n_new,)
@@ -75,7 +76,7 @@ def test_respects_top_k(model_and_tok, k):
     assert int(ranks.max()) < k
     if k > 1:
         assert int(ranks.max()) > 0  # at temperature 2 not every pick is the argmax
-    greedy = gen.sample_ids(model, ids, gen.SampleConfig(max_new_tokens=n_new, temperature=0.0))
+    greedy = sampling.sample_ids(model, ids, sampling.SampleConfig(max_new_tokens=n_new, temperature=0.0))
     if k == 1:
         assert torch.equal(out, greedy)
 
@@ -85,12 +86,12 @@ def test_prompt_longer_than_context_is_a_clear_error(model_and_tok):
     with pytest.raises(
         ValueError, match=r"prompt is \d+ tokens but the model's context \(block_size\) is 32"
     ):
-        gen.sample(model, tok, "O Romeo, Romeo, wherefore art thou Romeo? " * 10, gen.SampleConfig())
+        sampling.sample(model, tok, "O Romeo, Romeo, wherefore art thou Romeo? " * 10, sampling.SampleConfig())
 
 
 def test_empty_prompt_starts_a_document(model_and_tok):
     model, tok = model_and_tok
-    assert gen.encode_prompt(tok, "", model.cfg.block_size) == [tok.token_to_id("<|endoftext|>")]
+    assert sampling.encode_prompt(tok, "", model.cfg.block_size) == [tok.token_to_id("<|endoftext|>")]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_empty_prompt_starts_a_document(model_and_tok):
 )
 def test_bad_sampling_settings(kwargs, setting):
     with pytest.raises(ValueError, match=setting):
-        gen.SampleConfig(**kwargs)
+        sampling.SampleConfig(**kwargs)
 
 
 def test_bad_checkpoint_file_gets_a_message_naming_it(tmp_path, capsys):
@@ -128,7 +129,7 @@ def trained_run(tmp_path_factory, corpus_file, data_cache) -> Path:
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
         {
-            "class_path": "gptmini.samples.TextSamples",
+            "class_path": "gptmini.callbacks.samples.TextSamples",
             "init_args": {"prompts": ["ROMEO:", ""], "max_new_tokens": 8},
         },
     ]
@@ -177,8 +178,8 @@ def test_text_samples_rejects_no_prompts():
 
 
 def test_curves_from_the_runs_event_files(trained_run, tmp_path):
-    from gptmini.curves import main as plot_main
-    from gptmini.curves import read_scalars
+    from gptmini.tools.curves import main as plot_main
+    from gptmini.tools.curves import read_scalars
 
     scalars = read_scalars(trained_run)
     steps, losses = scalars["train/loss"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptmini.model import GPTMini, ModelConfig
+from gptmini.core.model import GPTMini, ModelConfig
 
 
 def reference_logits(model: GPTMini, idx: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from gptmini.module import GPTMiniModule
-from gptmini.optim import OptimConfig
-from gptmini.schedule import ScheduleConfig, lr_multiplier
+from gptmini.core.optim import OptimConfig
+from gptmini.core.schedule import ScheduleConfig, lr_multiplier
+from gptmini.train.module import GPTMiniModule
 
 
 def make_trainer(**kwargs) -> pl.Trainer:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import callbacks_args, tiny_cli_args
 
-from gptmini.checkpoint import load_model, read_checkpoint
+from gptmini.callbacks.fault_guard import NonFiniteLossError
 from gptmini.cli import main
-from gptmini.resilience import NonFiniteLossError
+from gptmini.core.checkpoint import load_model, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
 

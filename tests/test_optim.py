@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from gptmini.model import GPTMini, ModelConfig
-from gptmini.optim import OptimConfig, build_adamw, param_groups
+from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.optim import OptimConfig, build_adamw, param_groups
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptmini.data import ResumableLoader, ResumableSampler
+from gptmini.train.loader import ResumableLoader, ResumableSampler
 
 
 def batches(loader, n: int | None = None) -> list[torch.Tensor]:

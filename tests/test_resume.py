@@ -18,8 +18,8 @@ import torch
 import yaml
 from conftest import attribute_docstrings_off, callbacks_args, scalars_by_step, tiny_cli_args
 
-from gptmini.checkpoint import load_model, read_checkpoint
 from gptmini.cli import main
+from gptmini.core.checkpoint import load_model, read_checkpoint
 
 MAX_STEPS = 16
 EVERY = 4

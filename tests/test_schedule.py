@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gptmini.schedule import ScheduleConfig, build_scheduler, lr_multiplier
+from gptmini.core.schedule import ScheduleConfig, build_scheduler, lr_multiplier
 
 # warmup 10, max_steps 110 (last step 109), min ratio 0.1: hand-computed multipliers.
 GOLDEN = [

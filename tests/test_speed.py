@@ -15,12 +15,13 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from gptmini.callbacks.progress import LossProgressBar
+from gptmini.callbacks.throughput import ThroughputLogger
 from gptmini.cli import main
-from gptmini.model import GPTMini, ModelConfig
-from gptmini.module import GPTMiniModule
-from gptmini.plainloop import train_plain
-from gptmini.progress import LossProgressBar
-from gptmini.throughput import ThroughputLogger, chip_of, device_peak_flops, flops_per_token
+from gptmini.core.flops import chip_of, device_peak_flops, flops_per_token
+from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.plainloop import train_plain
+from gptmini.train.module import GPTMiniModule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def _fit(args: list[str], *callbacks: Callback):
 
 
 def test_lightning_path_trains_to_the_plain_loops_losses(cli_args):
-    """fp32, same seed, 20 steps: GPTMiniModule in the Trainer == gptmini.plainloop, within 1e-4."""
+    """fp32, same seed, 20 steps: GPTMiniModule in the Trainer == gptmini.core.plainloop, within 1e-4."""
     rec = _Losses()
     cli = _fit(cli_args(max_steps=20) + ["--trainer.limit_val_batches=0"], rec)
     lightning = torch.stack(rec.losses)
@@ -111,10 +112,10 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
     args += [
         "--trainer.log_every_n_steps=5",
         "--trainer.limit_val_batches=0",
-        "--trainer.callbacks+=gptmini.progress.LossProgressBar",
+        "--trainer.callbacks+=gptmini.callbacks.progress.LossProgressBar",
         "--trainer.callbacks.refresh_rate=5",
     ]
-    if importlib.util.find_spec("gptmini.resilience"):
+    if importlib.util.find_spec("gptmini.callbacks.fault_guard"):
         # FaultGuard's finite-loss check is one sync per check (issue 5); align it with logging.
         args.append("--guard.check_every_n_steps=5")
     state = {"step": None, "reads": []}
@@ -145,9 +146,9 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
     assert isinstance(cli.trainer.progress_bar_callback, LossProgressBar)
     # FaultGuard (issue 5) checks for a finite loss every guard.check_every_n_steps, at a step's
     # start, and its final checkpoint at the end: a few steps, not every step.
-    guard_steps = {r[0] for r in state["reads"] if r[2].endswith("resilience.py")}
+    guard_steps = {r[0] for r in state["reads"] if r[2].endswith("fault_guard.py")}
     assert len(guard_steps) <= 3, guard_steps
-    steps = {step for step, _, caller in state["reads"] if not caller.endswith("resilience.py")}
+    steps = {step for step, _, caller in state["reads"] if not caller.endswith("fault_guard.py")}
     assert steps <= {5, 10}, [r for r in state["reads"] if r[0] not in (5, 10)]
     assert steps == {5, 10}  # the spy works: log steps do read the loss
 

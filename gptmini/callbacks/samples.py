@@ -4,7 +4,7 @@ Reading samples next to the loss curve shows what a given loss means: at 5 nats 
 frequent tokens, near 2 it writes names, line breaks and verse. Configure it in the YAML:
 
     callbacks:
-      - class_path: gptmini.samples.TextSamples
+      - class_path: gptmini.callbacks.samples.TextSamples
         init_args: {prompts: ["ROMEO:", ""], max_new_tokens: 64}
 """
 
@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from gptmini.generate import SampleConfig, sample
+from gptmini.core.sampling import SampleConfig, sample
 
 
 def _markdown_block(text: str) -> str:
@@ -61,7 +61,7 @@ class TextSamples(Callback):
             path = getattr(getattr(trainer, "datamodule", None), "tokenizer_path", None)
             if path is None or not path.is_file():
                 return None
-            from gptmini.data import load_tokenizer
+            from gptmini.core.tokenizer import load_tokenizer
 
             self._tokenizer = load_tokenizer(path)
         return self._tokenizer

@@ -1,6 +1,6 @@
 """Read gptmini checkpoints without Lightning: ``load_model("last.ckpt")`` -> a ready ``GPTMini``.
 
-A Lightning checkpoint of :class:`gptmini.module.GPTMiniModule` holds the module's ``state_dict``
+A Lightning checkpoint of :class:`gptmini.train.module.GPTMiniModule` holds the module's ``state_dict``
 (keys ``model.<param>``) and ``gptmini_model_config`` (the :class:`ModelConfig` as a dict), which is
 all a bare model needs. Keys from a ``torch.compile``d model (``_orig_mod.``) are stripped here too,
 so checkpoints written before that was fixed upstream still load.
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gptmini.model import GPTMini, ModelConfig
+from gptmini.core.model import GPTMini, ModelConfig
 
 MODEL_PREFIX = "model."
 COMPILED_PREFIX = "_orig_mod."

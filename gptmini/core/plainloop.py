@@ -1,7 +1,7 @@
 """A plain PyTorch training loop for GPTMini: the yardstick gptmini's Lightning path is held to.
 
 It does the same work as ``GPTMiniModule`` in a ``Trainer``: the same two-group AdamW
-(:func:`gptmini.optim.build_adamw`), the same per-step LambdaLR (:func:`gptmini.schedule.build_scheduler`),
+(:func:`gptmini.core.optim.build_adamw`), the same per-step LambdaLR (:func:`gptmini.core.schedule.build_scheduler`),
 gradient clipping by norm, the same autocast for ``bf16-mixed``, and at most one host sync per step
 (none, in fact: losses stay on the device until the caller reads them). ``scripts/bench.py`` times it
 against the Lightning path and ``tests/test_plainloop.py`` checks that both train to the same losses.
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from gptmini.model import GPTMini
-from gptmini.optim import OptimConfig, build_adamw
-from gptmini.schedule import ScheduleConfig, build_scheduler
+from gptmini.core.model import GPTMini
+from gptmini.core.optim import OptimConfig, build_adamw
+from gptmini.core.schedule import ScheduleConfig, build_scheduler
 
 # Lightning precision names this loop reproduces (fp16 would need a GradScaler: not a GPTMini recipe).
 PRECISIONS = ("32-true", "32", "bf16-mixed")
@@ -53,7 +53,7 @@ def train_plain(
     Args:
         model: The model, already initialised (and compiled, if wanted); it is moved to ``device``.
         batches: (x, y) pairs of token ids, (B, T) each, e.g. ``GPTMiniData.train_dataloader()``.
-        optim: AdamW settings; groups as :func:`gptmini.optim.param_groups`.
+        optim: AdamW settings; groups as :func:`gptmini.core.optim.param_groups`.
         schedule: Warmup + cosine, horizon ``max_steps``, stepped after every optimizer step.
         max_steps: Optimizer steps to take.
         precision: ``32-true`` or ``bf16-mixed`` (autocast), as Lightning names them.

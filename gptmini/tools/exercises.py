@@ -1,10 +1,10 @@
 """The chapter's four exercises (§8), one command each.
 
-    python -m gptmini.exercises lr       # lr sweep on a single-batch overfit, 200 steps
-    python -m gptmini.exercises min_lr   # min_lr / peak_lr = 0.0, 0.1, 0.5 on the same budget
-    python -m gptmini.exercises betas    # (0.9, 0.999) vs (0.9, 0.95), 1000 steps
-    python -m gptmini.exercises wd       # weight decay 0.0, 0.1, 0.5: val loss and parameter norm
-    python -m gptmini.exercises all
+    python -m gptmini.tools.exercises lr       # lr sweep on a single-batch overfit, 200 steps
+    python -m gptmini.tools.exercises min_lr   # min_lr / peak_lr = 0.0, 0.1, 0.5 on the same budget
+    python -m gptmini.tools.exercises betas    # (0.9, 0.999) vs (0.9, 0.95), 1000 steps
+    python -m gptmini.tools.exercises wd       # weight decay 0.0, 0.1, 0.5: val loss and parameter norm
+    python -m gptmini.tools.exercises all
 
 Each variant is an ordinary gptmini run, built by the same LightningCLI as ``gptmini.cli fit`` from
 the same YAML configs plus a few overrides (the swept setting, the step budget, logging), and trained
@@ -27,15 +27,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gptmini.curves import Series, last, read_scalars, style_axis, tail_mean
+from gptmini.tools.curves import Series, last, read_scalars, style_axis, tail_mean
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Shipped inside the package (configs/ at the repo root links here), so an installed copy finds them.
+CONFIG_DIR = Path(str(resources.files("gptmini") / "configs"))
 DEFAULT_CONFIGS = [CONFIG_DIR / "tiny.yaml", CONFIG_DIR / "exercises_cpu.yaml"]
 
 
@@ -231,7 +233,7 @@ def _overrides(ex: Exercise, value, steps: int, warmup: int, save_dir: Path, lab
         }
     ]
     if ex.param_norm:
-        callbacks.append({"class_path": "gptmini.exercises.ParamNorm"})
+        callbacks.append({"class_path": "gptmini.tools.exercises.ParamNorm"})
     logger = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": str(save_dir), "name": "", "version": label, "default_hp_metric": False},
@@ -403,7 +405,7 @@ def run_exercise(
 
 def main(args: list[str] | None = None) -> list[ExerciseResult]:
     p = argparse.ArgumentParser(
-        prog="python -m gptmini.exercises",
+        prog="python -m gptmini.tools.exercises",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

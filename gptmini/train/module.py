@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics.text import Perplexity
 
-from gptmini.model import GPTMini, ModelConfig
-from gptmini.optim import OptimConfig, build_adamw
-from gptmini.schedule import ScheduleConfig, build_scheduler
+from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.optim import OptimConfig, build_adamw
+from gptmini.core.schedule import ScheduleConfig, build_scheduler
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -98,7 +98,7 @@ class GPTMiniModule(pl.LightningModule):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
-        # sync per step; gptmini.progress.LossProgressBar shows it at its refresh rate instead.
+        # sync per step; gptmini.callbacks.progress.LossProgressBar shows it at its refresh rate instead.
         self.log("train/loss", loss)
         return loss
 
@@ -159,7 +159,7 @@ class GPTMiniModule(pl.LightningModule):
         self.log("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.checkpoint).
+        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
         checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.

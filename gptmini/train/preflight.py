@@ -15,8 +15,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from gptmini.checkpoint import model_config, read_checkpoint
-from gptmini.schedule import validate_horizon
+from gptmini.core.checkpoint import model_config, read_checkpoint
+from gptmini.core.schedule import validate_horizon
 
 
 def bf16_supported(device: torch.device) -> bool:

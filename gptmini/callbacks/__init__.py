@@ -1,0 +1,1 @@
+"""Lightning callbacks, one file per family: pre-training checks, throughput, samples, progress bar, fault guard."""

@@ -1,0 +1,257 @@
+"""Checks on the first training batch, before step 0: initial loss near ln(V), one-batch overfit."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+from lightning.pytorch.utilities.seed import isolate_rng
+
+from gptmini.callbacks.report import (
+    CheckItem,
+    SanityCheckError,
+    _log_metrics,
+    _say,
+    _take_rows,
+    _training_loss,
+    _vocab_size,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Batch checks: run at the first training batch, before step 0.
+# --------------------------------------------------------------------------------------------------
+
+
+class _FirstBatchCheck(Callback):
+    """Runs once, at the first training batch of a fresh run (global step 0).
+
+    On its own it raises when it fails; with a :class:`Checklist` among the callbacks the checklist
+    runs it (cheapest first, stopping at the first failure) and raises after printing.
+    """
+
+    key = "check"
+    title = "check"
+
+    def __init__(self) -> None:
+        self.result: CheckItem | None = None
+        self._started = False
+
+    def ensure_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
+        if self.result is None:
+            if trainer.global_step > 0:
+                self.result = CheckItem(
+                    self.key, self.title, "skip", f"resumed at step {trainer.global_step}"
+                )
+            else:
+                start = time.perf_counter()
+                self.result = self.run(trainer, pl_module, batch)
+                self.result.seconds = time.perf_counter() - start
+        return self.result
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.result, self._started = None, False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._started:
+            return
+        self._started = True
+        if any(getattr(cb, "runs_first_batch_checks", False) for cb in trainer.callbacks):
+            return  # the checklist runs us, prints, then raises
+        item = self.ensure_run(trainer, pl_module, batch)
+        if item.status == "fail":
+            raise SanityCheckError(item.detail)
+
+
+class InitialLossCheck(_FirstBatchCheck):
+    key = "initial_loss"
+    title = "initial loss"
+
+    def __init__(self, tolerance: float = 1.0, vocab_size: int | None = None) -> None:
+        """At init the model should predict a near-uniform distribution: loss ~ ln(vocab_size).
+
+        Args:
+            tolerance: Largest accepted |initial loss - ln(vocab_size)|. A gap of 1-2 can still be
+                fine; 0 or 100 means the model (init, output head) or the loss is broken.
+            vocab_size: Vocabulary for ln(V); null = the module's ``model_cfg.vocab_size`` or the
+                datamodule's ``vocab_size``.
+        """
+        super().__init__()
+        if not tolerance > 0:
+            raise ValueError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
+        self.tolerance = tolerance
+        self.vocab_size = vocab_size
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
+        vocab = self.vocab_size or _vocab_size(trainer, pl_module)
+        if not vocab:
+            return CheckItem(
+                self.key, self.title, "skip", "vocab size unknown; set InitialLossCheck.vocab_size"
+            )
+        modes = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        try:
+            with isolate_rng(), torch.no_grad(), trainer.precision_plugin.forward_context():
+                loss = float(_training_loss(pl_module, batch))
+        finally:  # exactly the train/eval mode each submodule had
+            for m, mode in modes.items():
+                m.train(mode)
+        expected = math.log(vocab)
+        gap = loss - expected
+        self.loss, self.expected = loss, expected
+        _log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
+        detail = f"{loss:.3f} vs ln({vocab}) = {expected:.3f} (gap {gap:+.2f}, tolerance {self.tolerance})"
+        _say(trainer, f"[checks] initial loss {detail}")
+        if not math.isfinite(loss):
+            return CheckItem(
+                self.key,
+                self.title,
+                "fail",
+                f"initial loss is {loss}: the forward pass or the loss is broken.",
+            )
+        if abs(gap) <= self.tolerance:
+            return CheckItem(self.key, self.title, "pass", detail)
+        if gap > 0:
+            why = (
+                "the logits at init are far from uniform: check the init scale (model.init_std, "
+                "the embedding / output head init), a missing final norm, or the loss inputs"
+            )
+        else:
+            why = (
+                "the model predicts better than chance before training: it probably sees the targets "
+                "(causal mask, labels not shifted by one) or the loss is scaled/averaged wrongly"
+            )
+        return CheckItem(
+            self.key,
+            self.title,
+            "fail",
+            f"initial loss check failed: {detail}; {why}. "
+            f"(Raise InitialLossCheck.tolerance or remove the callback to skip this check.)",
+        )
+
+
+class OverfitCheck(_FirstBatchCheck):
+    key = "overfit"
+    title = "overfit one batch"
+
+    def __init__(
+        self,
+        steps: int = 100,
+        threshold: float = 0.5,
+        warmup_steps: int = 10,
+        rows: int | None = None,
+        log_every: int = 20,
+        stop_early: bool = True,
+    ) -> None:
+        """Train a copy of the model on the first batch; the loss must fall below ``threshold``.
+
+        The copy gets a fresh optimizer from the module's own ``configure_optimizers`` (same
+        parameter groups and hyper-parameters); the schedule is replaced by a short linear warmup to
+        each group's peak lr. The real model, optimizer and random generators are left untouched.
+
+        Args:
+            steps: Most optimizer steps to train.
+            threshold: The check passes when the loss ends below this.
+            warmup_steps: Linear warmup to the peak lr over this many steps (0 = peak from step 0).
+            rows: Use only the first ``rows`` samples of the batch (null = all): cheaper steps, for
+                a check that takes seconds on CPU.
+            log_every: Print the loss every this many steps.
+            stop_early: Stop as soon as the loss is below ``threshold`` (the check has passed).
+        """
+        super().__init__()
+        if steps <= 0 or warmup_steps < 0 or log_every <= 0 or (rows is not None and rows <= 0):
+            raise ValueError(
+                "OverfitCheck: steps and log_every must be > 0, warmup_steps >= 0, rows null or > 0; "
+                f"got steps={steps}, warmup_steps={warmup_steps}, log_every={log_every}, rows={rows}."
+            )
+        self.steps, self.threshold, self.warmup_steps = steps, threshold, warmup_steps
+        self.rows, self.log_every, self.stop_early = rows, log_every, stop_early
+        self.losses: list[float] = []
+
+    def _fail(self, what: str, peak: float | None = None) -> CheckItem:
+        lr = f" (peak lr {peak:.2e})" if peak is not None else ""
+        return CheckItem(
+            self.key,
+            self.title,
+            "fail",
+            f"single-batch overfit check failed: {what}. Likely causes: the lr{lr} is 0 or far too "
+            f"low/high; the model cannot learn (frozen or detached parameters, a bug in forward); "
+            f"the loss does not match the targets. (Tune OverfitCheck.steps/threshold or remove the "
+            f"callback to skip this check.)",
+        )
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
+        if not pl_module.automatic_optimization:
+            return CheckItem(self.key, self.title, "skip", "manual optimization")
+        batch = _take_rows(batch, self.rows)
+        self.losses = []
+        with isolate_rng():
+            clone = copy.deepcopy(pl_module)  # LightningModule drops its trainer when copied...
+            clone.trainer = trainer  # ...but configure_optimizers reads max_steps, precision from it
+            optimizers, _ = _init_optimizers_and_lr_schedulers(clone)
+            opt = optimizers[0]
+            peaks = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if not any(p.requires_grad for p in params):
+                return self._fail(
+                    "the optimizer holds no trainable parameter (frozen model)", max(peaks, default=None)
+                )
+            scaler = (
+                torch.amp.GradScaler(pl_module.device.type)
+                if getattr(trainer.precision_plugin, "scaler", None) is not None
+                else None
+            )
+            clip = trainer.gradient_clip_val
+            for k in range(self.steps):
+                ramp = min(1.0, (k + 1) / (self.warmup_steps + 1))
+                for g, peak in zip(opt.param_groups, peaks):
+                    g["lr"] = peak * ramp
+                with trainer.precision_plugin.forward_context():
+                    loss = _training_loss(clone, batch)
+                if not loss.requires_grad:
+                    return self._fail("the loss does not depend on any trainable parameter", max(peaks))
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(opt)
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                self.losses.append(value)
+                _log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
+                done = self.stop_early and value < self.threshold
+                if k % self.log_every == 0 or k == self.steps - 1 or done:
+                    _say(
+                        trainer,
+                        f"[checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
+                    )
+                if not math.isfinite(value):
+                    return self._fail(f"the loss became {value} at step {k}", max(peaks))
+                if done:
+                    break
+            del clone, opt, optimizers
+        first, last = self.losses[0], self.losses[-1]
+        detail = f"{first:.3f} -> {last:.4f} in {len(self.losses)} steps on {self._shape(batch)} (threshold {self.threshold})"
+        if last < self.threshold:
+            return CheckItem(self.key, self.title, "pass", detail)
+        return self._fail(f"loss {detail}", max(peaks))
+
+    @staticmethod
+    def _shape(batch: Any) -> str:
+        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return "x".join(map(str, first.shape)) + " tokens" if isinstance(first, torch.Tensor) else "one batch"

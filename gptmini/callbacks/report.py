@@ -1,0 +1,117 @@
+"""What the pre-training checks share: a checklist line, the error they raise, console/log helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+GuardName = Literal[
+    "peak_lr",
+    "decay_groups",
+    "no_warmup",
+    "no_clipping",
+    "betas",
+    "scheduler_interval",
+    "warmup_total",
+    "eval_mode",
+]
+GUARDS: tuple[str, ...] = GuardName.__args__  # type: ignore[attr-defined]
+
+# pass: as the recipe says; note: differs, printed only; warn: printed + warning; fail: stops the run;
+# off: disabled by config; skip: not applicable / not run.
+MARKS = {"pass": "✓", "note": "✗", "warn": "✗", "fail": "✗", "off": "–", "skip": "–"}
+
+
+class SanityCheckError(RuntimeError):
+    """A pre-training check failed; the message names the problem, the likely causes and the fix."""
+
+
+@dataclass
+class CheckItem:
+    """One line of the checklist."""
+
+    key: str
+    title: str
+    status: str
+    detail: str
+    seconds: float | None = None
+    """Wall time the check took (for the ones that cost more than a glance)."""
+
+    def line(self) -> str:
+        took = f" [{self.seconds:.1f}s]" if self.seconds is not None else ""
+        return f"  {MARKS[self.status]} {self.title:<18} {self.detail}{took}"
+
+
+def _say(trainer: pl.Trainer, message: str) -> None:
+    # print, not logging: the checklist must reach the console whatever logging is configured.
+    if trainer.is_global_zero:
+        print(message, flush=True)
+
+
+def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def _num(x: float) -> str:
+    """Human count: 13.7M, 819M, 4,096."""
+    for unit, scale in (("B", 1e9), ("M", 1e6)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:,.0f}"
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextmanager
+def _muted_logging(module: pl.LightningModule) -> Iterator[None]:
+    """Call ``training_step`` outside the loop: its ``self.log`` calls go nowhere."""
+    module.log, module.log_dict = _noop, _noop
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
+    """The loss ``training_step`` returns for ``batch`` (tensor or ``{"loss": tensor}``)."""
+    with _muted_logging(module):
+        out = module.training_step(batch, 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise SanityCheckError(
+            f"training_step returned {type(out).__name__}, not a loss tensor; the checks need the loss."
+        )
+    return loss
+
+
+def _take_rows(batch: Any, rows: int | None) -> Any:
+    """The first ``rows`` samples of every tensor in the batch (all of it for None)."""
+    if rows is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch[:rows]
+    if isinstance(batch, dict):
+        return {k: _take_rows(v, rows) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_take_rows(v, rows) for v in batch)
+    return batch
+
+
+def _vocab_size(trainer: pl.Trainer, module: pl.LightningModule) -> int | None:
+    cfg = getattr(module, "model_cfg", None)
+    if cfg is not None and getattr(cfg, "vocab_size", None):
+        return int(cfg.vocab_size)
+    return getattr(trainer.datamodule, "vocab_size", None)
+
+
+def _unique_params(module: nn.Module) -> list[nn.Parameter]:
+    return list({id(p): p for p in module.parameters()}.values())  # tied weights once

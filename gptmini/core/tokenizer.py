@@ -1,0 +1,47 @@
+"""The byte-level BPE tokenizer: train on text pieces, load from a file or a checkpoint's JSON. No Lightning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptmini.core.tokens import EOT, _read_pieces
+
+
+def train_tokenizer(sources: list[Path], vocab_size: int):
+    """Byte-level BPE (GPT-2 style) trained on the sources, with one end-of-text special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((piece for src in sources for piece in _read_pieces(src)), trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise ValueError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
+
+
+def vocab_of(vocab_size: int, tokenizer: str | None) -> int:
+    """The vocab a run will have: the given tokenizer's size, else the BPE size to train."""
+    return load_tokenizer(Path(tokenizer).expanduser()).get_vocab_size() if tokenizer else vocab_size
+
+
+def tokenizer_from_json(text: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)

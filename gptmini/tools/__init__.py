@@ -1,0 +1,1 @@
+"""Tools beside the library: the exercises and the curve plots."""
