@@ -44,7 +44,7 @@ def _one_thread():
 def make_module(cfg: ModelConfig, lr: float = 3e-3, warmup: int = 2, **optim) -> GPTMiniModule:
     pl.seed_everything(1234, verbose=False)
     return GPTMiniModule(
-        model=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
+        arch=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
     )
 
 

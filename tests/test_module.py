@@ -126,5 +126,5 @@ def test_vocab_mismatch_between_data_and_model_is_a_clear_error(tiny_model_cfg, 
     module = GPTMiniModule(
         replace(tiny_model_cfg, vocab_size=500), OptimConfig(), ScheduleConfig(warmup_steps=1)
     )
-    with pytest.raises(ValueError, match=r"vocab size \(384.*model.vocab_size \(500\)"):
+    with pytest.raises(ValueError, match=r"vocab size \(384.*model.arch.vocab_size \(500\)"):
         make_trainer(max_steps=2).fit(module, datamodule=tiny_data)

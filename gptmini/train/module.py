@@ -30,7 +30,7 @@ def _is_fsdp(model: torch.nn.Module) -> bool:
 class GPTMiniModule(pl.LightningModule):
     def __init__(
         self,
-        model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
+        arch: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
         compile: bool | None = None,
@@ -39,7 +39,8 @@ class GPTMiniModule(pl.LightningModule):
         """GPTMini pretraining recipe.
 
         Args:
-            model: Model shape; ``vocab_size`` and ``block_size`` are linked from ``data``.
+            arch: Model architecture (layers, heads, width); ``vocab_size`` and ``block_size`` are
+                linked from ``data``. Was ``model.model`` before 0.2 (README "What changed").
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
@@ -49,13 +50,13 @@ class GPTMiniModule(pl.LightningModule):
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
         """
         super().__init__()
-        self.model_cfg: ModelConfig = _as(ModelConfig, model)
+        self.model_cfg: ModelConfig = _as(ModelConfig, arch)
         self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
         self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
         # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
-                "model": asdict(self.model_cfg),
+                "arch": asdict(self.model_cfg),
                 "optim": {**asdict(self.optim_cfg), "betas": list(self.optim_cfg.betas)},
                 "schedule": asdict(self.schedule_cfg),
                 "compile": compile,
@@ -72,15 +73,15 @@ class GPTMiniModule(pl.LightningModule):
         data_vocab = getattr(dm, "vocab_size", None)
         if data_vocab is not None and data_vocab != self.model_cfg.vocab_size:
             raise ValueError(
-                f"tokenizer vocab size ({data_vocab}, from data) != model.vocab_size "
-                f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.vocab_size) "
+                f"tokenizer vocab size ({data_vocab}, from data) != model.arch.vocab_size "
+                f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.arch.vocab_size) "
                 f"or retrain the tokenizer with data.vocab_size={self.model_cfg.vocab_size}."
             )
         data_block = getattr(dm, "block_size", None)
         if data_block is not None and data_block > self.model_cfg.block_size:
             raise ValueError(
-                f"data.block_size ({data_block}) is larger than model.block_size "
-                f"({self.model_cfg.block_size}); lower data.block_size or raise model.block_size."
+                f"data.block_size ({data_block}) is larger than model.arch.block_size "
+                f"({self.model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
             )
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
