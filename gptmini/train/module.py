@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics.text import Perplexity
+from torchmetrics import MeanMetric
 
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
@@ -66,7 +66,10 @@ class GPTMiniModule(pl.LightningModule):
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
         self.model = GPTMini(self.model_cfg)
-        self.val_ppl = Perplexity()
+        # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
+        # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
+        # copy of the (B, T, V) logits, while the loss is already computed.
+        self.val_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -105,10 +108,14 @@ class GPTMiniModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, loss = self.model(x, y)  # (B, T, V)
-        self.val_ppl.update(logits.float(), y)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/ppl", self.val_ppl)
+        _, loss = self.model(x, y)  # mean over the batch's B * T tokens
+        self.val_loss.update(loss.detach(), weight=y.numel())
+        # The metric object: Lightning syncs it across ranks, computes it at epoch end and resets it.
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
+        self.log("val/ppl", self.val_loss.compute().exp(), sync_dist=True)
 
     def _use_fused(self) -> bool:
         """Fused AdamW on CUDA unless a grad scaler is active (fp16 needs unscale before clipping)."""
