@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
@@ -75,14 +76,14 @@ class GPTMiniModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_vocab = getattr(dm, "vocab_size", None)
         if data_vocab is not None and data_vocab != self.model_cfg.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer vocab size ({data_vocab}, from data) != model.arch.vocab_size "
                 f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.arch.vocab_size) "
                 f"or retrain the tokenizer with data.vocab_size={self.model_cfg.vocab_size}."
             )
         data_block = getattr(dm, "block_size", None)
         if data_block is not None and data_block > self.model_cfg.block_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.block_size ({data_block}) is larger than model.arch.block_size "
                 f"({self.model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
             )
