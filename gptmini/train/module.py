@@ -9,10 +9,11 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
-from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
+from gptmini.core.step import compile_by_default
+from gptmini.train.preflight import check_data_matches_model
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -46,7 +47,8 @@ class GPTMiniModule(pl.LightningModule):
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
                 hold no ``_orig_mod.``); null = on for CUDA, off for CPU, where minutes of
-                compilation outweigh a ~20% faster step on short runs (README "Speed").
+                compilation outweigh a ~20% faster step on short runs (README "Speed"; the rule
+                is ``gptmini.core.step.compile_by_default``).
             compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
         """
@@ -74,27 +76,15 @@ class GPTMiniModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_vocab = getattr(dm, "vocab_size", None)
-        if data_vocab is not None and data_vocab != self.model_cfg.vocab_size:
-            raise ConfigError(
-                f"tokenizer vocab size ({data_vocab}, from data) != model.arch.vocab_size "
-                f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.arch.vocab_size) "
-                f"or retrain the tokenizer with data.vocab_size={self.model_cfg.vocab_size}."
-            )
-        data_block = getattr(dm, "block_size", None)
-        if data_block is not None and data_block > self.model_cfg.block_size:
-            raise ConfigError(
-                f"data.block_size ({data_block}) is larger than model.arch.block_size "
-                f"({self.model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
-            )
+        # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
+        check_data_matches_model(dm, self.model_cfg)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
             self.model.compile(mode=self.compile_mode)
 
     def _should_compile(self) -> bool:
-        if self.compile_setting is not None:
-            return self.compile_setting
-        return self._trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+        return compile_by_default(self.compile_setting, device)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -118,17 +108,10 @@ class GPTMiniModule(pl.LightningModule):
         # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
         self.log("val/ppl", self.val_loss.compute().exp(), sync_dist=True)
 
-    def _use_fused(self) -> bool:
-        """Fused AdamW on CUDA unless a grad scaler is active (fp16 needs unscale before clipping)."""
-        if self.optim_cfg.fused is not None:
-            return self.optim_cfg.fused
-        on_cuda = self.device.type == "cuda"
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
-        return on_cuda and scaler is None
-
     def configure_optimizers(self) -> dict:
         max_steps = self.trainer.max_steps if self._trainer is not None else -1
-        optimizer = build_adamw(self.model, self.optim_cfg, fused=self._use_fused())
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        optimizer = build_adamw(self.model, self.optim_cfg, self.device, grad_scaler=scaler is not None)
         scheduler = build_scheduler(optimizer, self.schedule_cfg, max_steps)
         return {
             "optimizer": optimizer,
