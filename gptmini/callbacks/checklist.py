@@ -42,6 +42,7 @@ from gptmini.callbacks.guards import (
 )
 from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curves
 from gptmini.callbacks.report import GUARDS, CheckItem, GuardName, SanityCheckError, _num, _say
+from gptmini.core.config import ConfigError
 
 
 class Checklist(Callback):
@@ -77,7 +78,7 @@ class Checklist(Callback):
         self.disable = list(disable or [])
         unknown = sorted(set(self.disable) - set(GUARDS))
         if unknown:
-            raise ValueError(f"Checklist.disable: unknown guard(s) {unknown}; choose from {list(GUARDS)}.")
+            raise ConfigError(f"Checklist.disable: unknown guard(s) {unknown}; choose from {list(GUARDS)}.")
         self.peak_lr_limit, self.small_model_params = peak_lr_limit, small_model_params
         self.warmup_range, self.start_tolerance, self.max_epochs = (
             tuple(warmup_range),

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gptmini.core.config import ConfigError
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
 from gptmini.core.tokenizer import load_tokenizer, train_tokenizer
 from gptmini.core.tokens import (
@@ -110,14 +111,14 @@ def prepare_tokens(
         field = (
             f" under data.text_field={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
         )
-        raise ValueError(
+        raise ConfigError(
             f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}; point "
             f"data.data at files with text (or null for the embedded corpus)."
         )
     need = block_size + 1
     if n_train < need or n_val < need:
         where = f"the {VAL_SPLIT} split" if separate_val else "data.val_fraction of the stream"
-        raise ValueError(
+        raise ConfigError(
             f"corpus too short: {n_train} train / {n_val} val tokens (val = {where}), but one window "
             f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
         )

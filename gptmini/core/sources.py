@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gptmini.core.config import ConfigError
+
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -98,7 +100,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
         return [Source("text", str(default_corpus()))]
     entries = [data] if isinstance(data, str) else list(data)
     if not entries:
-        raise ValueError(
+        raise ConfigError(
             "data.data is an empty list; give files or folders, or null for the embedded corpus."
         )
     out: list[Source] = []
@@ -106,7 +108,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
         if entry.startswith(HF_PREFIX):
             name = entry[len(HF_PREFIX) :].strip()
             if not name:
-                raise ValueError(
+                raise ConfigError(
                     f"data.data entry {entry!r} names no dataset; write e.g. hf:roneneldan/TinyStories."
                 )
             out.append(Source("hf", name))
@@ -117,7 +119,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.name.endswith(SUFFIXES))
             if not found:
-                raise ValueError(
+                raise ConfigError(
                     f"data.data folder {path} holds no {', '.join(SUFFIXES)} files (nor a dataset saved "
                     f"with datasets' save_to_disk)."
                 )
@@ -125,7 +127,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
         elif path.is_file():
             out.append(Source(_kind_of(path), str(path)))
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"data.data path {path} does not exist; give existing files or folders, hf:NAME for a "
                 f"Hugging Face dataset, or null for the embedded corpus."
             )
@@ -151,17 +153,17 @@ def _text_stream(path: Path, progress: Progress) -> Stream:
                 progress(now - done)
                 done = now
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise ConfigError(
             f"corpus file {path} is not valid UTF-8 (byte offset ~{e.start} of a chunk: {e.reason}). "
             f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`, or drop it from data.data."
         ) from None
     except (OSError, EOFError) as e:
-        raise ValueError(f"corpus file {path} cannot be read: {e}") from None
+        raise ConfigError(f"corpus file {path} cannot be read: {e}") from None
     yield None
 
 
-def _field_error(where: str, field: str, found: Any) -> ValueError:
-    return ValueError(
+def _field_error(where: str, field: str, found: Any) -> ConfigError:
+    return ConfigError(
         f"{where} has no text under data.text_field={field!r} (found: {found}); set data.text_field "
         f"to the name of the text column."
     )
@@ -176,8 +178,8 @@ def _jsonl_stream(path: Path, field: str, progress: Progress) -> Stream:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as e:
-                raise ValueError(
+            except ValueError as e:  # json's error
+                raise ConfigError(
                     f"{path}:{lineno} is not valid JSON ({e}); a .jsonl file holds one JSON object per line."
                 ) from None
             text = record.get(field) if isinstance(record, dict) else None
@@ -197,7 +199,7 @@ def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError(f"reading .parquet files needs pyarrow: {EXTRA_HINT}.") from None
+        raise ConfigError(f"reading .parquet files needs pyarrow: {EXTRA_HINT}.") from None
     return pq
 
 
@@ -223,7 +225,7 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise ValueError(
+        raise ConfigError(
             f"Hugging Face datasets in data.data need the `datasets` library: {EXTRA_HINT}."
         ) from None
     return datasets
@@ -242,7 +244,7 @@ def hf_splits(source: Source, opts: ReadOptions) -> dict[str, Any]:
 def hf_split(source: Source, opts: ReadOptions, split: str) -> Any:
     splits = hf_splits(source, opts)
     if split not in splits:
-        raise ValueError(
+        raise ConfigError(
             f"{source} has no split {split!r} (it has {', '.join(splits)}); set data.hf_split to one of them."
         )
     return splits[split]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gptmini.core.config import ConfigError
 from gptmini.core.sources import Stream
 
 EOT = "<|endoftext|>"
@@ -116,7 +117,7 @@ def record_separator(tok) -> str:
     if eot is None:
         return ""  # a given tokenizer without one: records are simply concatenated
     if tok.encode(EOT).ids != [eot]:
-        raise ValueError(
+        raise ConfigError(
             f"data.tokenizer has {EOT} as an ordinary token, not a special one; add it as a special "
             f"token (tokenizer.add_special_tokens) or give another tokenizer."
         )
