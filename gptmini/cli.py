@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -13,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
 from gptmini.train import before_fit
 from gptmini.train.datamodule import GPTMiniData
@@ -94,9 +99,26 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
+TRACEBACK_ENV = "GPTMINI_TRACEBACK"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A bad setting (:class:`ConfigError`) ends the run with one ``error: ...`` line and exit
+    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     try:
-        return _cli(args, run)
+        with user_errors():
+            return _cli(args, run)
     except SIGTERMException:
         # Lightning exits with status 0 after SIGTERM; a scheduler or requeue script must be able
         # to tell "stopped" from "finished", so use the conventional 128 + 15.

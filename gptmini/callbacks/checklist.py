@@ -42,6 +42,7 @@ from gptmini.callbacks.recipe_checks import (
     warmup_items,
 )
 from gptmini.callbacks.report import RECIPE_CHECKS, CheckItem, RecipeCheckName, SanityCheckError, _num, _say
+from gptmini.core.config import ConfigError
 
 
 class Checklist(Callback):
@@ -77,7 +78,7 @@ class Checklist(Callback):
         self.disable = list(disable or [])
         unknown = sorted(set(self.disable) - set(RECIPE_CHECKS))
         if unknown:
-            raise ValueError(f"Checklist.disable: unknown recipe check(s) {unknown}; choose from {list(RECIPE_CHECKS)}.")
+            raise ConfigError(f"Checklist.disable: unknown recipe check(s) {unknown}; choose from {list(RECIPE_CHECKS)}.")
         self.peak_lr_limit, self.small_model_params = peak_lr_limit, small_model_params
         self.warmup_range, self.start_tolerance, self.max_epochs = (
             tuple(warmup_range),

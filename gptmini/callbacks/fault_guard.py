@@ -26,6 +26,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptmini.core.config import ConfigError
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient (more often than ``max_skipped_steps`` allows)."""
@@ -56,9 +58,9 @@ class FaultGuard(Callback):
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM stops the run.
         """
         if max_skipped_steps < 0:
-            raise ValueError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
+            raise ConfigError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
         if check_every_n_steps < 1:
-            raise ValueError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
+            raise ConfigError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
         self.max_skipped_steps = max_skipped_steps
         self.check_every_n_steps = check_every_n_steps
         self.save_on_sigterm = save_on_sigterm

@@ -23,6 +23,7 @@ from gptmini.callbacks.report import (
     _training_loss,
     _vocab_size,
 )
+from gptmini.core.config import ConfigError
 from gptmini.core.step import NoGradientError, train_step
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ class InitialLossCheck(_FirstBatchCheck):
         """
         super().__init__()
         if not tolerance > 0:
-            raise ValueError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
+            raise ConfigError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
         self.tolerance = tolerance
         self.vocab_size = vocab_size
 
@@ -172,7 +173,7 @@ class OverfitCheck(_FirstBatchCheck):
         """
         super().__init__()
         if steps <= 0 or warmup_steps < 0 or log_every <= 0 or (rows is not None and rows <= 0):
-            raise ValueError(
+            raise ConfigError(
                 "OverfitCheck: steps and log_every must be > 0, warmup_steps >= 0, rows null or > 0; "
                 f"got steps={steps}, warmup_steps={warmup_steps}, log_every={log_every}, rows={rows}."
             )

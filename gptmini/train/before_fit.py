@@ -2,7 +2,7 @@
 are built, before data preparation (tokenizer training) or any step. The step-0 checks (callbacks in
 ``gptmini.callbacks``) run later, on the real optimizer, schedule and first batch.
 
-Each raises a ``ValueError`` that names the setting and the fix, so a bad config fails in seconds
+Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the fix, so a bad config fails in seconds
 (not after tokenizer training or an hour of steps) and before anything is written to disk.
 """
 
@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gptmini.core.checkpoint import model_config, read_checkpoint
+from gptmini.core.config import ConfigError
 from gptmini.core.schedule import validate_horizon
 
 
@@ -31,7 +32,7 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
     validate_horizon(warmup_steps, trainer.max_steps)
     acc = trainer.accumulate_grad_batches
     if not isinstance(acc, int) or acc < 1:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.accumulate_grad_batches must be an integer >= 1 (micro-batches per optimizer "
             f"step), got {acc!r}."
         )
@@ -39,7 +40,7 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
     device = trainer.strategy.root_device
     if "bf16" in precision and not bf16_supported(device):
         name = f"{device}, {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
-        raise ValueError(
+        raise ConfigError(
             f"trainer.precision={precision} needs bfloat16, which this device ({name}) does not "
             f"support; use trainer.precision=16-mixed (fp16 with a grad scaler) or 32-true."
         )
@@ -49,13 +50,13 @@ def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
     """Vocab and context the data will produce must fit the model (normally linked by the CLI)."""
     vocab = getattr(datamodule, "vocab_size", None)
     if vocab is not None and vocab != model_cfg.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.arch.vocab_size "
             f"({model_cfg.vocab_size}); let the CLI link them (do not set model.arch.vocab_size)."
         )
     block = getattr(datamodule, "block_size", None)
     if block is not None and block > model_cfg.block_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.block_size ({block}) is larger than the model's context model.arch.block_size "
             f"({model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
         )
@@ -86,14 +87,14 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         globs = _last_checkpoint_globs(trainer)
         found = [Path(p) for g in globs for p in glob.glob(g) if Path(p).is_file()]
         if not found:
-            raise ValueError(
+            raise ConfigError(
                 f"--ckpt_path last: no last.ckpt found (looked for {', '.join(globs)}); drop "
                 f"--ckpt_path to start a new run, or give the checkpoint file."
             )
         return str(max(found, key=lambda p: p.stat().st_mtime))
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise ValueError(
+        raise ConfigError(
             f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
         )
     return str(path)
@@ -105,14 +106,14 @@ def check_checkpoint(path: str, model_cfg: object) -> None:
         ckpt = read_checkpoint(path)
         saved = model_config(ckpt, path)
     except ValueError as e:
-        raise ValueError(f"--ckpt_path: {e}") from None
+        raise ConfigError(f"--ckpt_path: {e}") from None
     diffs = [
         f"model.arch.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
         for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
         if getattr(saved, k) != getattr(model_cfg, k)
     ]
     if diffs:
-        raise ValueError(
+        raise ConfigError(
             f"--ckpt_path {path} was trained with another model shape ({'; '.join(diffs)}); resume "
             f"with the run's own config (its config.yaml) or start a new run."
         )
@@ -125,7 +126,7 @@ def check_log_dir_free(trainer: pl.Trainer) -> None:
         return
     old = [p for p in (Path(log_dir) / "config.yaml", Path(log_dir) / "checkpoints") if p.exists()]
     if old:
-        raise ValueError(
+        raise ConfigError(
             f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "
             f"trainer.logger.init_args.version unset (a new version_N folder per run) or pick a new one."
         )
