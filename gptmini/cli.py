@@ -19,9 +19,10 @@ from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import preflight
+from gptmini.train import before_fit
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
+from gptmini.train.names import did_you_mean
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -36,7 +37,7 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+        super().error(message + did_you_mean(message, _keys(self)), ex)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -65,22 +66,22 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         model, trainer = self.model, self.trainer
-        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
+        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            preflight.check_checkpoint(ckpt, model.model_cfg)
+            before_fit.check_checkpoint(ckpt, model.model_cfg)
         # `last` resolved across version folders; the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
         self.config[self.subcommand]["ckpt_path"] = ckpt
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.check_log_dir_free(trainer)
+            before_fit.check_log_dir_free(trainer)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
-        parser.add_lightning_class_args(FaultGuard, "guard")
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
+        parser.add_lightning_class_args(FaultGuard, "fault_guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
         parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
