@@ -19,9 +19,10 @@ from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import preflight, resume
+from gptmini.train import before_fit, resume
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
+from gptmini.train.names import did_you_mean
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -36,7 +37,7 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+        super().error(message + did_you_mean(message, _keys(self)), ex)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -65,20 +66,20 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         trainer = self.trainer
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
         if ckpt and ckpt.endswith(".ckpt"):
             self._resume_settings(ckpt)
         model = self.model
-        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
+        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
         # `last` resolved across version folders; the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
         self.config[self.subcommand]["ckpt_path"] = ckpt
         self._init_from(ckpt)
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.check_log_dir_free(trainer)
+            before_fit.check_log_dir_free(trainer)
 
     def before_validate(self) -> None:
         self._init_from(self.config_init[self.subcommand].get("ckpt_path"))
@@ -102,16 +103,15 @@ class GPTMiniCLI(LightningCLI):
     def _resume_settings(self, ckpt_path: str) -> None:
         """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
         sub = self.subcommand
-        ckpt = preflight.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
+        ckpt = before_fit.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
         given, parsed = self._user_model
         settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
         resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))
         if resume.flatten(settings) != resume.flatten(dict(self.model.hparams)):
             # `last` is found only now (LightningCLI applied nothing) or a runtime key changed.
             # In place: SaveConfigCallback holds self.config[sub] and writes it to config.yaml.
-            self.config[sub]["model"] = self.parser.parse_object({sub: {"model": settings}}, self.config)[
-                sub
-            ]["model"]
+            updated = self.parser.parse_object({sub: {"model": settings}}, self.config)
+            self.config[sub]["model"] = updated[sub]["model"]
             self.model = self.config_init[sub]["model"] = type(self.model)(**settings)
 
     def _init_from(self, ckpt_path: str | None) -> None:
@@ -119,13 +119,13 @@ class GPTMiniCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("init_from")
         if not path or ckpt_path:  # resuming: the weights come from ckpt_path (checked above)
             return
-        path = preflight.check_checkpoint(path, self.model.model_cfg, flag="--init_from")
+        path = before_fit.check_checkpoint(path, self.model.model_cfg, flag="--init_from")
         step = resume.load_weights(self.model.model, path)
         rank_zero_info(f"--init_from {path}: model weights of step {step}; new run from step 0.")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
-        parser.add_lightning_class_args(FaultGuard, "guard")
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
+        parser.add_lightning_class_args(FaultGuard, "fault_guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
         parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.

@@ -19,7 +19,7 @@ from conftest import tiny_cli_args
 
 from gptmini.cli import TRACEBACK_ENV, main
 from gptmini.core.config import ConfigError
-from gptmini.train import preflight
+from gptmini.train import before_fit
 
 pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
 
@@ -47,6 +47,7 @@ EMPTY = b"  \n"
 SHORT = b"To be or not.\n"
 LATIN1 = "café au lait\n".encode("latin-1") * 50
 TYPO = b"trainer:\n  max_step: 10\n"
+JSONL_BODY = b'{"body": "Once upon a time."}\n' * 50
 
 # id -> (extra args builder(tmp, corpus_file, data_cache), text the message must contain)
 CASES = {
@@ -62,6 +63,10 @@ CASES = {
     "non-UTF-8 corpus": (
         lambda t, c, d: [f"--data.data={write(t / 'latin1.txt', LATIN1)}"],
         "not valid UTF-8",
+    ),
+    "JSONL records without data.text_field": (
+        lambda t, c, d: [f"--data.data={write(t / 'x.jsonl', JSONL_BODY)}", f"--data.cache_dir={t / 'c'}"],
+        "has no text under data.text_field='text' (found: ['body'])",
     ),
     "truncated token file": (
         lambda t, c, d: [f"--data.cache_dir={truncated_cache(t, d)}"],
@@ -117,6 +122,16 @@ CASES = {
         lambda t, c, d: ["--config", write(t / "typo.yaml", TYPO)],
         "Did you mean trainer.max_steps?",
     ),
+    # Names of earlier versions (README "What changed"): the error names today's.
+    "old key model.model": (lambda t, c, d: ["--model.model.n_layer=2"], "Did you mean model.arch.n_layer?"),
+    "old key guard in a config file": (
+        lambda t, c, d: ["--config", write(t / "old.yaml", b"guard:\n  max_skipped_steps: 1\n")],
+        "Did you mean fault_guard.max_skipped_steps?",
+    ),
+    "old callback class path": (
+        lambda t, c, d: ["--trainer.callbacks+=gptmini.checks.OverfitCheck"],
+        "gptmini.checks.OverfitCheck is now gptmini.callbacks.first_batch.OverfitCheck",
+    ),
     "bf16 on a device without it": (
         lambda t, c, d: ["--trainer.precision=bf16-mixed"],
         "trainer.precision=bf16-mixed",
@@ -139,6 +154,9 @@ PARSE_ERRORS = {
     "min_lr_ratio outside [0, 1]",
     "unknown key on the command line",
     "unknown key in a config file",
+    "old key model.model",
+    "old key guard in a config file",
+    "old callback class path",
 }
 
 
@@ -155,7 +173,7 @@ def test_bad_input_fails_fast_and_keeps_files(case, tmp_path, corpus_file, data_
     (old / "config.yaml").write_text("earlier run\n")
     (old / "checkpoints" / "last.ckpt").write_bytes(b"an earlier, now corrupt checkpoint")
     before = snapshot(old, data_cache)
-    monkeypatch.setattr(preflight, "bf16_supported", lambda device: False)  # no device here has none
+    monkeypatch.setattr(before_fit, "bf16_supported", lambda device: False)  # no device here has none
 
     args = tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps=20) + build(
         tmp_path, corpus_file, data_cache

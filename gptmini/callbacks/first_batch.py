@@ -114,7 +114,7 @@ class InitialLossCheck(_FirstBatchCheck):
         self.loss, self.expected = loss, expected
         _log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
         detail = f"{loss:.3f} vs ln({vocab}) = {expected:.3f} (gap {gap:+.2f}, tolerance {self.tolerance})"
-        _say(trainer, f"[checks] initial loss {detail}")
+        _say(trainer, f"[step-0 checks] initial loss {detail}")
         if not math.isfinite(loss):
             return CheckItem(
                 self.key,
@@ -237,7 +237,7 @@ class OverfitCheck(_FirstBatchCheck):
                 if k % self.log_every == 0 or k == self.steps - 1 or done:
                     _say(
                         trainer,
-                        f"[checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
+                        f"[step-0 checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
                     )
                 if not math.isfinite(value):
                     return self._fail(f"the loss became {value} at step {k}", max(peaks))

@@ -1,4 +1,4 @@
-"""The guards against the recipe's known failure points: one function per checklist item."""
+"""The recipe checks: against the recipe's known failure points: one function per checklist item."""
 
 from __future__ import annotations
 

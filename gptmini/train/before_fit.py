@@ -1,14 +1,14 @@
-"""Checks the CLI runs after building trainer, model and data but before ``fit`` does any work.
+"""Setting errors the CLI raises in LightningCLI's ``before_fit`` hook: after trainer, model and data
+are built, before data preparation (tokenizer training) or any step. The step-0 checks (callbacks in
+``gptmini.callbacks``) run later, on the real optimizer, schedule and first batch.
 
-Each raises a ``ValueError`` that names the setting and the fix, so a bad config fails in seconds
+Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the fix, so a bad config fails in seconds
 (not after tokenizer training or an hour of steps) and before anything is written to disk.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
-import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -148,63 +148,3 @@ def check_log_dir_free(trainer: pl.Trainer) -> None:
             f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "
             f"trainer.logger.init_args.version unset (a new version_N folder per run) or pick a new one."
         )
-
-
-_KEY = re.compile(r"--([A-Za-z_][\w.]*)|'([A-Za-z_][\w.]*)'")
-# Names other trainers use for our settings: a typo check cannot find these by spelling.
-ALIASES = {
-    "learning_rate": "lr",
-    "wd": "weight_decay",
-    "warmup": "warmup_steps",
-    "warmup_iters": "warmup_steps",
-    "max_iters": "max_steps",
-    "num_steps": "max_steps",
-    "grad_clip": "gradient_clip_val",
-    "clip_grad": "gradient_clip_val",
-    "grad_accum": "accumulate_grad_batches",
-    "gradient_accumulation_steps": "accumulate_grad_batches",
-    "context_length": "block_size",
-    "seq_len": "block_size",
-    "n_layers": "n_layer",
-    "n_heads": "n_head",
-    "d_model": "n_embd",
-    "batch": "batch_size",
-    "min_lr": "min_lr_ratio",
-}
-
-
-def _suggest(word: str, known: list[str]) -> str | None:
-    match = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
-    if match:
-        return match[0]
-    group, _, leaf = word.rpartition(".")
-    alias = ALIASES.get(leaf)
-    if alias:
-        same_leaf = [k for k in known if k == alias or k.endswith("." + alias)]
-        if same_leaf:  # prefer the one in the same group
-            return max(same_leaf, key=lambda k: len(_common_prefix(k, group)))
-    return None
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
-def did_you_mean(message: str, known: list[str]) -> str:
-    """' Did you mean ...?' for unknown keys in a jsonargparse error message, else ''."""
-    words = [a or b for a, b in _KEY.findall(message)]
-    # "Group 'model' does not accept option 'optim.learning_rate'" names the key in two parts.
-    group = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
-    if group:
-        words.append(f"{group.group(1)}.{group.group(2)}")
-    hints = []
-    for word in words:
-        if word in known:
-            continue
-        hint = _suggest(word, known)
-        if hint and hint not in hints:
-            hints.append(hint)
-    return f" Did you mean {' or '.join(hints)}?" if hints else ""
