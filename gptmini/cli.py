@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -93,7 +95,15 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
+# `gptmini generate ...` / `gptmini export ...`: plain tools, dispatched before LightningCLI parses.
+TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export"}
+
+
+def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI | None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in TOOLS:
+        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        return None  # the console script exits with sys.exit(main()): None is status 0
     try:
         return _cli(args, run)
     except SIGTERMException:
