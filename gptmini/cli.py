@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -15,10 +18,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import preflight
+from gptmini.train import before_fit
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
+from gptmini.train.names import did_you_mean
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -33,7 +38,7 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+        super().error(message + did_you_mean(message, _keys(self)), ex)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -62,26 +67,26 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         model, trainer = self.model, self.trainer
-        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
+        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            preflight.check_checkpoint(ckpt, model.model_cfg)
+            before_fit.check_checkpoint(ckpt, model.model_cfg)
         # `last` resolved across version folders; the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
         self.config[self.subcommand]["ckpt_path"] = ckpt
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.check_log_dir_free(trainer)
+            before_fit.check_log_dir_free(trainer)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
-        parser.add_lightning_class_args(FaultGuard, "guard")
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
+        parser.add_lightning_class_args(FaultGuard, "fault_guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
-        parser.link_arguments("data.block_size", "model.model.block_size")
+        parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
-        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.model.vocab_size", vocab_of)
+        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.arch.vocab_size", vocab_of)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -98,6 +103,21 @@ class GPTMiniCLI(LightningCLI):
 # `gptmini generate ...` / `gptmini export ...`: plain tools, dispatched before LightningCLI parses.
 TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export"}
 
+TRACEBACK_ENV = "GPTMINI_TRACEBACK"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A bad setting (:class:`ConfigError`) ends the run with one ``error: ...`` line and exit
+    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
 
 def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI | None:
     argv = sys.argv[1:] if args is None else args
@@ -105,7 +125,8 @@ def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI | None:
         importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return None  # the console script exits with sys.exit(main()): None is status 0
     try:
-        return _cli(args, run)
+        with user_errors():
+            return _cli(args, run)
     except SIGTERMException:
         # Lightning exits with status 0 after SIGTERM; a scheduler or requeue script must be able
         # to tell "stopped" from "finished", so use the conventional 128 + 15.

@@ -13,6 +13,7 @@ import sys
 import torch
 
 from gptmini.core.checkpoint import load_model_and_tokenizer
+from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
 
 
@@ -20,7 +21,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
     return device
 
 
@@ -63,7 +64,7 @@ def generate(
         stop_at_eot=stop_at_eot, kv_cache=kv_cache, seed=seed,
     )
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
     texts = sample(model, tok, prompt, cfg, num_samples)
     for i, text in enumerate(texts):

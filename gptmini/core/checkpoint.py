@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
 
@@ -29,7 +30,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint file that is missing, truncated, corrupt or not a gptmini checkpoint."""
 
 
@@ -70,7 +71,8 @@ def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> Mod
     """The ``ModelConfig`` stored by ``GPTMiniModule.on_save_checkpoint`` (or its hparams)."""
     cfg = ckpt.get("gptmini_model_config")
     if cfg is None:
-        cfg = ckpt.get("hyper_parameters", {}).get("model")
+        hparams = ckpt.get("hyper_parameters", {})
+        cfg = hparams.get("arch", hparams.get("model"))  # "model" before the model.arch rename
     if cfg is None:
         raise CheckpointError(f"checkpoint {path} holds no model config; it is not a gptmini checkpoint.")
     return ModelConfig(**cfg)
@@ -139,12 +141,12 @@ def load_model_and_tokenizer(
     elif stored_json is not None:
         tok = tokenizer_from_json(stored_json)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds no tokenizer (written by an older gptmini?); pass --tokenizer "
             f"data_cache/<key>/tokenizer.json, the one the run trained with."
         )
     if tok.get_vocab_size() != model.cfg.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"the tokenizer has {tok.get_vocab_size()} tokens but the model in {path} has "
             f"vocab_size {model.cfg.vocab_size}; use the tokenizer the model was trained with."
         )

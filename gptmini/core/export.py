@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptmini.core.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model_and_tokenizer
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
@@ -36,12 +37,12 @@ def export_model(
     """Export a ``.ckpt`` (or another export folder) to ``out_dir``; refuses to mix with other files."""
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} is a file; give a folder path.")
+        raise ConfigError(f"out_dir {out} is a file; give a folder path.")
     if out.is_dir():
         others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
         if others:
-            raise ValueError(f"out_dir {out} already holds other files ({', '.join(others[:3])}); give a new folder.")
+            raise ConfigError(f"out_dir {out} already holds other files ({', '.join(others[:3])}); give a new folder.")
         if any((out / name).exists() for name in EXPORT_FILES) and not overwrite:
-            raise ValueError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
+            raise ConfigError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
     model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config
     return save_folder(model, tok, out)

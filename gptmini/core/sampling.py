@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini
 from gptmini.core.tokens import EOT
 
@@ -42,13 +43,13 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
+            raise ConfigError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or null (no limit), got {self.top_p!r}.")
+            raise ConfigError(f"top_p must be in (0, 1] or null (no limit), got {self.top_p!r}.")
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -57,10 +58,10 @@ def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
     if not ids:
         eot = tokenizer.token_to_id(EOT)
         if eot is None:
-            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token; give a prompt.")
+            raise ConfigError("the prompt is empty and the tokenizer has no end-of-text token; give a prompt.")
         ids = [eot]
     if len(ids) > block_size:
-        raise ValueError(
+        raise ConfigError(
             f"the prompt is {len(ids)} tokens but the model's context (block_size) is {block_size}; "
             f"shorten the prompt to at most {block_size} tokens (roughly {block_size * 3} characters)."
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptmini.core.config import ConfigError
 from gptmini.core.tokens import EOT, _read_pieces
 
 
@@ -29,11 +30,11 @@ def load_tokenizer(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
+        raise ConfigError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise ValueError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
+        raise ConfigError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
 
 
 def vocab_of(vocab_size: int, tokenizer: str | None) -> int:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gptmini.core.config import ConfigError
+
 EOT = "<|endoftext|>"
 TOKEN_DTYPE = np.uint16
 META_VERSION = 1
@@ -31,7 +33,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Path]:
         return [default_corpus()]
     entries = [data] if isinstance(data, str) else list(data)
     if not entries:
-        raise ValueError(
+        raise ConfigError(
             "data.data is an empty list; give files or folders, or null for the embedded corpus."
         )
     files: list[Path] = []
@@ -40,12 +42,12 @@ def resolve_sources(data: str | list[str] | None) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.name.endswith((".txt", ".txt.gz")))
             if not found:
-                raise ValueError(f"data.data folder {path} holds no .txt or .txt.gz files.")
+                raise ConfigError(f"data.data folder {path} holds no .txt or .txt.gz files.")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"data.data path {path} does not exist; give existing .txt files or folders "
                 f"(or null for the embedded corpus)."
             )
@@ -73,12 +75,12 @@ def _read_pieces(path: Path, piece_chars: int | None = None) -> Iterator[str]:
                     yield "".join(buf)
                     buf, size = [], 0
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise ConfigError(
             f"corpus file {path} is not valid UTF-8 (byte offset ~{e.start} of a chunk: {e.reason}). "
             f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`, or drop it from data.data."
         ) from None
     except (OSError, EOFError) as e:
-        raise ValueError(f"corpus file {path} cannot be read: {e}") from None
+        raise ConfigError(f"corpus file {path} cannot be read: {e}") from None
     if buf:
         yield "".join(buf)
 

@@ -20,6 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptmini.core.config import (
+    ConfigError,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveInt,
+    VocabSize,
+    check_args,
+    check_value,
+)
 from gptmini.core.tokenizer import load_tokenizer, train_tokenizer, vocab_of
 from gptmini.core.tokens import (
     EOT,
@@ -41,11 +50,11 @@ class GPTMiniData(pl.LightningDataModule):
         data: str | list[str] | None = None,
         cache_dir: str = "data_cache",
         tokenizer: str | None = None,
-        vocab_size: int = 8000,
-        block_size: int = 512,
-        batch_size: int = 32,
-        val_fraction: float = 0.1,
-        num_workers: int = 0,
+        vocab_size: VocabSize = 8000,
+        block_size: PositiveInt = 512,
+        batch_size: PositiveInt = 32,
+        val_fraction: OpenUnitInterval = 0.1,
+        num_workers: NonNegativeInt = 0,
         pin_memory: bool | None = None,
     ) -> None:
         """Tokenized text for GPTMini.
@@ -56,34 +65,27 @@ class GPTMiniData(pl.LightningDataModule):
             cache_dir: Folder for the tokenizer, token files and metadata (one subfolder per
                 distinct sources + settings, reused on later runs).
             tokenizer: A tokenizers JSON file to use instead of training a byte-level BPE.
-            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.vocab_size
+            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.arch.vocab_size
                 is linked to the tokenizer's size).
-            block_size: Tokens per training window (model.block_size is linked to it).
+            block_size: Tokens per training window (model.arch.block_size is linked to it).
             batch_size: Windows per batch (per device).
             val_fraction: Share of the token stream (its end) held out for validation.
             num_workers: DataLoader worker processes.
             pin_memory: Pin host batches for faster GPU copies; null = on when CUDA is available.
         """
         super().__init__()
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"data.block_size must be a positive integer, got {block_size!r}.")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}.")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}.")
+        checked = check_args(GPTMiniData.__init__, "data", locals())  # the range types above
         self.sources = resolve_sources(data)  # checks paths now, before any long work
         self.cache_root = Path(cache_dir).expanduser()
         self.tokenizer_file = Path(tokenizer).expanduser() if tokenizer else None
-        vocab_size = vocab_of(vocab_size, tokenizer)
-        if not 2 <= vocab_size <= 65536:
-            raise ValueError(f"data.vocab_size must be in [2, 65536] (uint16 tokens), got {vocab_size}.")
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.num_workers = num_workers
+        self.vocab_size = checked["vocab_size"]
+        if tokenizer:  # the file decides the vocabulary
+            key = f"the vocabulary of data.tokenizer {tokenizer}"
+            self.vocab_size = check_value(key, VocabSize, vocab_of(vocab_size, tokenizer))
+        self.block_size = checked["block_size"]
+        self.batch_size = checked["batch_size"]
+        self.val_fraction = checked["val_fraction"]
+        self.num_workers = checked["num_workers"]
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
@@ -124,7 +126,7 @@ class GPTMiniData(pl.LightningDataModule):
             n_val = int(n * self.val_fraction)
             need = self.block_size + 1
             if n - n_val < need or n_val < need:
-                raise ValueError(
+                raise ConfigError(
                     f"corpus too short: {n} tokens give {n - n_val} train / {n_val} val tokens, but one "
                     f"window needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
                 )
@@ -158,7 +160,7 @@ class GPTMiniData(pl.LightningDataModule):
             for piece in _read_pieces(src):
                 if piece.strip():
                     return
-        raise ValueError(
+        raise ConfigError(
             f"corpus is empty: data.data ({', '.join(map(str, self.sources))}) holds no text; "
             f"point data.data at files with text (or null for the embedded corpus)."
         )
@@ -166,13 +168,13 @@ class GPTMiniData(pl.LightningDataModule):
     def meta(self) -> dict:
         path = self.cache_path / "meta.json"
         if not path.is_file():
-            raise ValueError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
+            raise ConfigError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
         return json.loads(path.read_text())
 
     def setup(self, stage: str | None = None) -> None:
         meta = self.meta()
         if meta["vocab_size"] != self.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer in {self.cache_path} has {meta['vocab_size']} tokens but "
                 f"data.vocab_size is {self.vocab_size} (the corpus is too small for that many BPE "
                 f"merges, or the tokenizer changed). Set data.vocab_size: {meta['vocab_size']}."
@@ -182,7 +184,7 @@ class GPTMiniData(pl.LightningDataModule):
             expected = meta[f"{split}_tokens"] * np.dtype(TOKEN_DTYPE).itemsize
             actual = path.stat().st_size if path.is_file() else -1
             if actual != expected:
-                raise ValueError(
+                raise ConfigError(
                     f"token file {path} is {actual} bytes, expected {expected} (truncated or "
                     f"corrupt). Delete the folder {self.cache_path} (under data.cache_dir) and run "
                     f"again to rebuild it."
@@ -216,7 +218,7 @@ class GPTMiniData(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() must run first"
         if len(self.train_set) < self.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"only {len(self.train_set)} training windows of {self.block_size} tokens, fewer than "
                 f"data.batch_size={self.batch_size}; add text or lower batch_size/block_size."
             )
