@@ -114,7 +114,7 @@ def test_kv_cache_continues_rope_positions(model_and_tok):
         logits, _ = model(idx[:, start:end], cache=cache)
         assert logits.shape == (2, 1, model.cfg.vocab_size)
         torch.testing.assert_close(logits[:, 0], full[:, end - 1], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="exceeds model.block_size"):
+    with pytest.raises(ValueError, match="exceeds model.arch.block_size"):
         model(idx[:, :1], cache=cache)  # full: sampling restarts it instead (see sampling.generate_ids)
 
 
