@@ -47,6 +47,7 @@ EMPTY = b"  \n"
 SHORT = b"To be or not.\n"
 LATIN1 = "café au lait\n".encode("latin-1") * 50
 TYPO = b"trainer:\n  max_step: 10\n"
+JSONL_BODY = b'{"body": "Once upon a time."}\n' * 50
 
 # id -> (extra args builder(tmp, corpus_file, data_cache), text the message must contain)
 CASES = {
@@ -62,6 +63,10 @@ CASES = {
     "non-UTF-8 corpus": (
         lambda t, c, d: [f"--data.data={write(t / 'latin1.txt', LATIN1)}"],
         "not valid UTF-8",
+    ),
+    "JSONL records without data.text_field": (
+        lambda t, c, d: [f"--data.data={write(t / 'x.jsonl', JSONL_BODY)}", f"--data.cache_dir={t / 'c'}"],
+        "has no text under data.text_field='text' (found: ['body'])",
     ),
     "truncated token file": (
         lambda t, c, d: [f"--data.cache_dir={truncated_cache(t, d)}"],
