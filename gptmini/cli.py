@@ -151,8 +151,8 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-# `gptmini generate ...` / `gptmini export ...`: plain tools, dispatched before LightningCLI parses.
-TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export"}
+# `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
+TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
 
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 
