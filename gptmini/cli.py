@@ -77,9 +77,9 @@ class GPTMiniCLI(LightningCLI):
         # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
         parser.add_lightning_class_args(FaultGuard, "guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
-        parser.link_arguments("data.block_size", "model.model.block_size")
+        parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
-        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.model.vocab_size", vocab_of)
+        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.arch.vocab_size", vocab_of)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

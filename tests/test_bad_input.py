@@ -64,20 +64,20 @@ CASES = {
         "(truncated or corrupt). Delete the folder",
     ),
     "model vocab set apart from the tokenizer": (
-        lambda t, c, d: ["--model.model.vocab_size=100"],
-        "model.model.vocab_size",
+        lambda t, c, d: ["--model.arch.vocab_size=100"],
+        "model.arch.vocab_size",
     ),
     "tokenizer smaller than data.vocab_size": (
         lambda t, c, d: ["--data.vocab_size=20000", f"--data.cache_dir={t / 'c'}"],
         "data.vocab_size is 20000",
     ),
     "block_size beyond the model context": (
-        lambda t, c, d: ["--model.model.block_size=16"],
-        "model.model.block_size",
+        lambda t, c, d: ["--model.arch.block_size=16"],
+        "model.arch.block_size",
     ),
     "n_embd not divisible by n_head": (
-        lambda t, c, d: ["--model.model.n_head=3"],
-        "model.n_embd (32) must be divisible",
+        lambda t, c, d: ["--model.arch.n_head=3"],
+        "model.arch.n_embd (32) must be divisible",
     ),
     "warmup_steps >= max_steps": (
         lambda t, c, d: ["--model.schedule.warmup_steps=20"],

@@ -44,7 +44,7 @@ def _one_thread():
 def make_module(cfg: ModelConfig, lr: float = 3e-3, warmup: int = 2, **optim) -> GPTMiniModule:
     pl.seed_everything(1234, verbose=False)
     return GPTMiniModule(
-        model=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
+        arch=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
     )
 
 
@@ -162,7 +162,7 @@ def test_checks_leave_weights_optimizer_and_rng_streams_untouched(tiny_data, tin
     def run(callbacks, name):
         pl.seed_everything(7, verbose=False)
         module = Noisy(
-            model=tiny_model_cfg, optim=OptimConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=2)
+            arch=tiny_model_cfg, optim=OptimConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=2)
         )
         rec = Recorder()
         fit(module, tiny_data, [*callbacks, rec], tmp_path / name, max_steps=4)
@@ -203,7 +203,7 @@ def test_initial_loss_check_stops_a_loss_far_below_chance(tiny_data, tiny_model_
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) * 0.01  # as if the model saw the targets
 
-    module = Leaky(model=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=2))
+    module = Leaky(arch=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=2))
     with pytest.raises(SanityCheckError, match="better than chance .*sees the targets"):
         fit(module, tiny_data, [InitialLossCheck(), Checklist(disable=["peak_lr"])], tmp_path)
 
@@ -289,7 +289,7 @@ class CustomSchedule(GPTMiniModule):
 
 def test_lr_curve_check_stops_a_schedule_that_rises_after_warmup(tiny_data, tiny_model_cfg, tmp_path):
     module = CustomSchedule(
-        lambda k: (k + 1) / 3 if k < 3 else (0.5 if k < 10 else 0.8), model=tiny_model_cfg
+        lambda k: (k + 1) / 3 if k < 3 else (0.5 if k < 10 else 0.8), arch=tiny_model_cfg
     )
     with pytest.raises(
         SanityCheckError, match="lr curve check failed: .*rises again after warmup, at step 10"
@@ -299,7 +299,7 @@ def test_lr_curve_check_stops_a_schedule_that_rises_after_warmup(tiny_data, tiny
 
 
 def test_warmup_longer_than_the_run_is_stopped(tiny_data, tiny_model_cfg, tmp_path):
-    module = CustomSchedule(lambda k: (k + 1) / 101, model=tiny_model_cfg)  # 100 warmup steps of 20
+    module = CustomSchedule(lambda k: (k + 1) / 101, arch=tiny_model_cfg)  # 100 warmup steps of 20
     with pytest.raises(SanityCheckError, match="warmup >= total steps"):
         fit(module, tiny_data, [Checklist(disable=["peak_lr"])], tmp_path, max_steps=20)
     # GPTMini's own schedule refuses it even earlier, naming the setting.
@@ -357,7 +357,7 @@ def test_betas_0999_warn_at_fit_start_and_the_guard_can_be_switched_off(tiny_dat
 
 
 def test_scheduler_stepping_per_epoch_is_an_error(tiny_data, tiny_model_cfg, tmp_path):
-    module = CustomSchedule(lambda k: 1.0, interval="epoch", model=tiny_model_cfg)
+    module = CustomSchedule(lambda k: 1.0, interval="epoch", arch=tiny_model_cfg)
     with pytest.raises(SanityCheckError, match="steps once per epoch"):
         fit(module, tiny_data, [Checklist(disable=["peak_lr"])], tmp_path)
     assert interval_item([]).status == "note"

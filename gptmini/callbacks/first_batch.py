@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +23,7 @@ from gptmini.callbacks.report import (
     _training_loss,
     _vocab_size,
 )
+from gptmini.core.step import NoGradientError, train_step
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -216,22 +218,18 @@ class OverfitCheck(_FirstBatchCheck):
                 ramp = min(1.0, (k + 1) / (self.warmup_steps + 1))
                 for g, peak in zip(opt.param_groups, peaks):
                     g["lr"] = peak * ramp
-                with trainer.precision_plugin.forward_context():
-                    loss = _training_loss(clone, batch)
-                if not loss.requires_grad:
-                    return self._fail("the loss does not depend on any trainable parameter", max(peaks))
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(opt)
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                value = float(loss.detach())
+                try:  # the plain loop's step (gptmini.core.step): the check trains as the baseline does
+                    loss = train_step(
+                        partial(_training_loss, clone, batch),
+                        opt,
+                        params,
+                        forward_context=trainer.precision_plugin.forward_context,
+                        clip=clip,
+                        scaler=scaler,
+                    )
+                except NoGradientError as e:
+                    return self._fail(str(e), max(peaks))
+                value = float(loss)
                 self.losses.append(value)
                 _log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
                 done = self.stop_early and value < self.threshold

@@ -60,7 +60,8 @@ def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> Mod
     """The ``ModelConfig`` stored by ``GPTMiniModule.on_save_checkpoint`` (or its hparams)."""
     cfg = ckpt.get("gptmini_model_config")
     if cfg is None:
-        cfg = ckpt.get("hyper_parameters", {}).get("model")
+        hparams = ckpt.get("hyper_parameters", {})
+        cfg = hparams.get("arch", hparams.get("model"))  # "model" before the model.arch rename
     if cfg is None:
         raise CheckpointError(f"checkpoint {path} holds no model config; it is not a gptmini checkpoint.")
     return ModelConfig(**cfg)

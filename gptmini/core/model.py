@@ -48,20 +48,20 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}.")
+                raise ValueError(f"model.arch.{name} must be a positive integer, got {value!r}.")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"model.arch.n_embd ({self.n_embd}) must be divisible by model.arch.n_head ({self.n_head}); "
                 f"pick n_head from the divisors of n_embd."
             )
         if (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(
-                f"model.n_embd / model.n_head = {self.n_embd // self.n_head} must be even for rotary "
+                f"model.arch.n_embd / model.arch.n_head = {self.n_embd // self.n_head} must be even for rotary "
                 f"embeddings; change n_embd or n_head."
             )
         if self.vocab_size > 65536:
             # Token files are uint16 (see data.py).
-            raise ValueError(f"model.vocab_size ({self.vocab_size}) must be <= 65536.")
+            raise ValueError(f"model.arch.vocab_size ({self.vocab_size}) must be <= 65536.")
 
     @property
     def head_dim(self) -> int:
@@ -167,7 +167,7 @@ class GPTMini(nn.Module):
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(
-                f"sequence length {T} exceeds model.block_size {self.cfg.block_size}; "
+                f"sequence length {T} exceeds model.arch.block_size {self.cfg.block_size}; "
                 f"crop the input or raise block_size."
             )
         x = self.tok_emb(idx)  # (B, T, C)

@@ -61,12 +61,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_adamw(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over the two groups of :func:`param_groups`."""
+def use_fused(cfg: OptimConfig, device: torch.device | str, grad_scaler: bool = False) -> bool:
+    """The one home of the fused-AdamW rule: ``cfg.fused`` when set; null = on for CUDA unless a grad
+    scaler is active (fp16: Lightning must unscale before clipping, which it refuses for fused)."""
+    if cfg.fused is not None:
+        return cfg.fused
+    return torch.device(device).type == "cuda" and not grad_scaler
+
+
+def build_adamw(
+    model: nn.Module, cfg: OptimConfig, device: torch.device | str | None = None, grad_scaler: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over the two groups of :func:`param_groups`, fused as :func:`use_fused` decides for
+    ``device`` (default: where the model's parameters are)."""
+    if device is None:
+        device = next(model.parameters()).device
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
-        fused=fused,
+        fused=use_fused(cfg, device, grad_scaler),
     )

@@ -56,9 +56,9 @@ class GPTMiniData(pl.LightningDataModule):
             cache_dir: Folder for the tokenizer, token files and metadata (one subfolder per
                 distinct sources + settings, reused on later runs).
             tokenizer: A tokenizers JSON file to use instead of training a byte-level BPE.
-            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.vocab_size
+            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.arch.vocab_size
                 is linked to the tokenizer's size).
-            block_size: Tokens per training window (model.block_size is linked to it).
+            block_size: Tokens per training window (model.arch.block_size is linked to it).
             batch_size: Windows per batch (per device).
             val_fraction: Share of the token stream (its end) held out for validation.
             num_workers: DataLoader worker processes.

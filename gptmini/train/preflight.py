@@ -50,14 +50,14 @@ def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
     vocab = getattr(datamodule, "vocab_size", None)
     if vocab is not None and vocab != model_cfg.vocab_size:
         raise ValueError(
-            f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.vocab_size "
-            f"({model_cfg.vocab_size}); let the CLI link them (do not set model.vocab_size)."
+            f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.arch.vocab_size "
+            f"({model_cfg.vocab_size}); let the CLI link them (do not set model.arch.vocab_size)."
         )
     block = getattr(datamodule, "block_size", None)
     if block is not None and block > model_cfg.block_size:
         raise ValueError(
-            f"data.block_size ({block}) is larger than the model's context model.block_size "
-            f"({model_cfg.block_size}); lower data.block_size or raise model.block_size."
+            f"data.block_size ({block}) is larger than the model's context model.arch.block_size "
+            f"({model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
         )
 
 
@@ -107,7 +107,7 @@ def check_checkpoint(path: str, model_cfg: object) -> None:
     except ValueError as e:
         raise ValueError(f"--ckpt_path: {e}") from None
     diffs = [
-        f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
+        f"model.arch.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
         for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
         if getattr(saved, k) != getattr(model_cfg, k)
     ]
