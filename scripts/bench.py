@@ -60,9 +60,9 @@ PATHS = ("lightning", "plain")
 # is what Lightning adds per step (scripts/profile_step.py splits it by component).
 PRESETS = {
     "micro": [
-        "model.model.n_layer=1",
-        "model.model.n_head=2",
-        "model.model.n_embd=32",
+        "model.arch.n_layer=1",
+        "model.arch.n_head=2",
+        "model.arch.n_embd=32",
         "data.block_size=16",
         "data.batch_size=1",
         "data.num_workers=0",
