@@ -127,17 +127,30 @@ def profile_run(b: bench.Bench, path: str, interval: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, _, bench_argv = (argv[: argv.index("--")], None, argv[argv.index("--") + 1 :]) if "--" in argv else (argv, None, [])
+    own, _, bench_argv = (
+        (argv[: argv.index("--")], None, argv[argv.index("--") + 1 :]) if "--" in argv else (argv, None, [])
+    )
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--interval", type=float, default=1e-4, help="pyinstrument sampling interval (s)")
     p.add_argument("--json", help="write the per-component table here")
-    p.add_argument("--top", type=int, default=0, help="also list the N Lightning/gptmini functions with the most inclusive time")
+    p.add_argument(
+        "--top",
+        type=int,
+        default=0,
+        help="also list the N Lightning/gptmini functions with the most inclusive time",
+    )
     args = p.parse_args(own)
     bargs = bench.parse_args(
-        ["--preset=micro", "--no-mem", f"--warmup={args.warmup}", f"--steps={args.steps}", f"--window={args.steps}"]
+        [
+            "--preset=micro",
+            "--no-mem",
+            f"--warmup={args.warmup}",
+            f"--steps={args.steps}",
+            f"--window={args.steps}",
+        ]
         + bench_argv
     )
     if bargs.threads:
@@ -149,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
             runs[path].append(profile_run(b, path, args.interval))
     names = sorted({c for rs in runs.values() for run in rs for c in run})
     table = {
-        c: {path: statistics.median(run.get(c, 0.0) for run in rs) for path, rs in runs.items()} for c in names
+        c: {path: statistics.median(run.get(c, 0.0) for run in rs) for path, rs in runs.items()}
+        for c in names
     }
     total = {path: statistics.median(sum(run.values()) for run in rs) for path, rs in runs.items()}
     own_ms = {
@@ -162,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append(f"{'not shared (each path own)':<46} {own_ms['lightning']:>10.3f} {own_ms['plain']:>8.3f}")
     rows.append(f"{'total':<46} {total['lightning']:>10.3f} {total['plain']:>8.3f}")
     if args.top:
-        print(f"top {args.top} Lightning/gptmini functions, inclusive wall ms/step summed over {args.rounds} rounds:")
+        print(
+            f"top {args.top} Lightning/gptmini functions, inclusive wall ms/step summed over {args.rounds} rounds:"
+        )
         for key, ms in sorted(INCLUSIVE.items(), key=lambda kv: -kv[1])[: args.top]:
             print(f"  {ms / args.rounds:8.3f}  {key}")
     print("\n".join(rows))

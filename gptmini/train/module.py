@@ -117,7 +117,7 @@ class GPTMiniModule(pl.LightningModule):
         the ``callback_metrics`` of those steps are the same either way.
         """
         self._step_values[name] = value
-        if _writes_step_metrics(self.trainer):
+        if self._writes_at_start:
             self.log(name, value)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
