@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -9,14 +13,16 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import preflight
+from gptmini.train import before_fit, resume
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
+from gptmini.train.names import did_you_mean
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -31,7 +37,7 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+        super().error(message + did_you_mean(message, _keys(self)), ex)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -63,26 +69,77 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
-        model, trainer = self.model, self.trainer
-        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
+        trainer = self.trainer
+        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            preflight.check_checkpoint(ckpt, model.model_cfg)
+            self._resume_settings(ckpt)
+        model = self.model
+        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
         # `last` resolved across version folders; the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
         self.config[self.subcommand]["ckpt_path"] = ckpt
+        self._init_from(ckpt)
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.check_log_dir_free(trainer)
+            before_fit.check_log_dir_free(trainer)
+
+    def before_validate(self) -> None:
+        self._init_from(self.config_init[self.subcommand].get("ckpt_path"))
+
+    # -- resume and init_from (gptmini.train.resume) ----------------------------------------------
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self._args = args
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the user's model settings before LightningCLI puts the checkpoint's over them."""
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path"):
+            given = resume.given_values(self.parser, self._args)
+            self._user_model = (
+                resume.flatten(given.get(sub, {}).get("model") or {}),
+                resume.flatten(self.config[sub]["model"]),
+            )
+        super()._parse_ckpt_path()
+
+    def _resume_settings(self, ckpt_path: str) -> None:
+        """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
+        sub = self.subcommand
+        ckpt = before_fit.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
+        given, parsed = self._user_model
+        settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
+        resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))
+        if resume.flatten(settings) != resume.flatten(dict(self.model.hparams)):
+            # `last` is found only now (LightningCLI applied nothing) or a runtime key changed.
+            # In place: SaveConfigCallback holds self.config[sub] and writes it to config.yaml.
+            updated = self.parser.parse_object({sub: {"model": settings}}, self.config)
+            self.config[sub]["model"] = updated[sub]["model"]
+            self.model = self.config_init[sub]["model"] = type(self.model)(**settings)
+
+    def _init_from(self, ckpt_path: str | None) -> None:
+        """``--init_from``: a new run from a checkpoint's model weights (fresh optimizer, step 0)."""
+        path = self.config_init[self.subcommand].get("init_from")
+        if not path or ckpt_path:  # resuming: the weights come from ckpt_path (checked above)
+            return
+        path = before_fit.check_checkpoint(path, self.model.model_cfg, flag="--init_from")
+        step = resume.load_weights(self.model.model, path)
+        rank_zero_info(f"--init_from {path}: model weights of step {step}; new run from step 0.")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
-        parser.add_lightning_class_args(FaultGuard, "guard")
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
+        parser.add_lightning_class_args(FaultGuard, "fault_guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
         parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
         parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.arch.vocab_size", vocab_of)
+        parser.add_argument(
+            "--init_from",
+            type=str | None,
+            default=None,
+            help="Start a new run from this checkpoint's model weights only: step 0, fresh AdamW, "
+            "the configured schedule (model.arch must match). To continue a run, use --ckpt_path.",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -96,9 +153,26 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
+TRACEBACK_ENV = "GPTMINI_TRACEBACK"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A bad setting (:class:`ConfigError`) ends the run with one ``error: ...`` line and exit
+    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     try:
-        return _cli(args, run)
+        with user_errors():
+            return _cli(args, run)
     except SIGTERMException:
         # Lightning exits with status 0 after SIGTERM; a scheduler or requeue script must be able
         # to tell "stopped" from "finished", so use the conventional 128 + 15.

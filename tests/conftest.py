@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from gptmini.core.model import ModelConfig
-from gptmini.core.tokens import default_corpus
+from gptmini.core.sources import default_corpus
 from gptmini.tools.curves import read_scalars
 from gptmini.train.datamodule import GPTMiniData
 

@@ -23,6 +23,7 @@ from gptmini.callbacks.report import (
     _training_loss,
     _vocab_size,
 )
+from gptmini.core.config import ConfigError
 from gptmini.core.step import NoGradientError, train_step
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ class InitialLossCheck(_FirstBatchCheck):
         """
         super().__init__()
         if not tolerance > 0:
-            raise ValueError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
+            raise ConfigError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
         self.tolerance = tolerance
         self.vocab_size = vocab_size
 
@@ -113,7 +114,7 @@ class InitialLossCheck(_FirstBatchCheck):
         self.loss, self.expected = loss, expected
         _log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
         detail = f"{loss:.3f} vs ln({vocab}) = {expected:.3f} (gap {gap:+.2f}, tolerance {self.tolerance})"
-        _say(trainer, f"[checks] initial loss {detail}")
+        _say(trainer, f"[step-0 checks] initial loss {detail}")
         if not math.isfinite(loss):
             return CheckItem(
                 self.key,
@@ -172,7 +173,7 @@ class OverfitCheck(_FirstBatchCheck):
         """
         super().__init__()
         if steps <= 0 or warmup_steps < 0 or log_every <= 0 or (rows is not None and rows <= 0):
-            raise ValueError(
+            raise ConfigError(
                 "OverfitCheck: steps and log_every must be > 0, warmup_steps >= 0, rows null or > 0; "
                 f"got steps={steps}, warmup_steps={warmup_steps}, log_every={log_every}, rows={rows}."
             )
@@ -236,7 +237,7 @@ class OverfitCheck(_FirstBatchCheck):
                 if k % self.log_every == 0 or k == self.steps - 1 or done:
                     _say(
                         trainer,
-                        f"[checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
+                        f"[step-0 checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
                     )
                 if not math.isfinite(value):
                     return self._fail(f"the loss became {value} at step {k}", max(peaks))

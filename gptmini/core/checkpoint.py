@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
 
 MODEL_PREFIX = "model."
 COMPILED_PREFIX = "_orig_mod."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint file that is missing, truncated, corrupt or not a gptmini checkpoint."""
 
 

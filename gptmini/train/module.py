@@ -13,7 +13,7 @@ from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
-from gptmini.train.preflight import check_data_matches_model
+from gptmini.train.before_fit import check_data_matches_model
 
 
 def _as(cls: type, value: Any) -> Any:
