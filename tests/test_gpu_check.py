@@ -37,7 +37,7 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert bench["complete"] and list(bench["variants"]) == ["default", "cudagraphs", "eager", "guard1"]
     for v in bench["variants"].values():
         assert v["paths"]["lightning"]["tokens_per_sec"] > 0 and v["paths"]["plain"]["tokens_per_sec"] > 0
-    assert bench["variants"]["guard1"]["variant_settings"] == ["guard.check_every_n_steps=1"]
+    assert bench["variants"]["guard1"]["variant_settings"] == ["fault_guard.check_every_n_steps=1"]
     assert (out / "gpu_tests.xml").is_file() and "GPU tests" in summary
     assert (out / "fit.png").stat().st_size > 10_000
     assert "throughput/tokens_per_sec (ThroughputLogger)" in summary and "val/loss" in summary
