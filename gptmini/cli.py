@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -150,6 +151,9 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
+# `gptmini generate ...` / `gptmini export ...`: plain tools, dispatched before LightningCLI parses.
+TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export"}
+
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 
 
@@ -166,7 +170,11 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
+def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI | None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in TOOLS:
+        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        return None  # the console script exits with sys.exit(main()): None is status 0
     try:
         with user_errors():
             return _cli(args, run)
