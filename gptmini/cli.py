@@ -56,7 +56,10 @@ class SaveConfigToCheckpoint(SaveConfigCallback):
     """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["gptmini_config"] = self.parser.dump(self.config, skip_none=False)
+        # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
+        if getattr(self, "_dumped", None) is None:
+            self._dumped = self.parser.dump(self.config, skip_none=False)
+        checkpoint["gptmini_config"] = self._dumped
 
 
 class GPTMiniCLI(LightningCLI):
@@ -151,8 +154,8 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-# `gptmini generate ...` / `gptmini export ...`: plain tools, dispatched before LightningCLI parses.
-TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export"}
+# `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
+TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
 
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 

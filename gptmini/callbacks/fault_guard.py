@@ -43,6 +43,12 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
+def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+    """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
+    loss = getattr(pl_module, "last_loss", None)
+    return loss if loss is not None else trainer.callback_metrics.get("train/loss")
+
+
 class FaultGuard(Callback):
     def __init__(
         self,
@@ -77,7 +83,7 @@ class FaultGuard(Callback):
             return
         if step % self.check_every_n_steps:
             return
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
@@ -118,7 +124,7 @@ class FaultGuard(Callback):
         if not grads:
             return
         bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         if loss is not None:
             bad = bad | ~torch.isfinite(loss.detach().to(bad.device)).all()
         optimizer.found_inf = bad.float()
