@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gptmini.core.config import ConfigError
+from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,7 +51,10 @@ def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tens
 
 class FaultGuard(Callback):
     def __init__(
-        self, max_skipped_steps: int = 0, check_every_n_steps: int = 1, save_on_sigterm: bool = True
+        self,
+        max_skipped_steps: NonNegativeInt = 0,
+        check_every_n_steps: PositiveInt = 1,
+        save_on_sigterm: bool = True,
     ):
         """Stop on non-finite losses; save a checkpoint on SIGTERM.
 
@@ -63,12 +66,9 @@ class FaultGuard(Callback):
                 guarded on the device and the verdict is read (one sync) every n steps.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM stops the run.
         """
-        if max_skipped_steps < 0:
-            raise ConfigError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
-        if check_every_n_steps < 1:
-            raise ConfigError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
-        self.max_skipped_steps = max_skipped_steps
-        self.check_every_n_steps = check_every_n_steps
+        checked = check_args(FaultGuard.__init__, "fault_guard", locals())  # the range types above
+        self.max_skipped_steps = checked["max_skipped_steps"]
+        self.check_every_n_steps = checked["check_every_n_steps"]
         self.save_on_sigterm = save_on_sigterm
         self.skipped = 0
 
