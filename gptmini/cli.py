@@ -74,7 +74,7 @@ class GPTMiniCLI(LightningCLI):
         trainer = self.trainer
         ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            self._resume_settings(ckpt)
+            self._resume_settings(ckpt, trainer.max_steps)
         model = self.model
         before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
@@ -86,7 +86,10 @@ class GPTMiniCLI(LightningCLI):
             before_fit.check_log_dir_free(trainer)
 
     def before_validate(self) -> None:
-        self._init_from(self.config_init[self.subcommand].get("ckpt_path"))
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt and ckpt.endswith(".ckpt"):  # `last`/`best`: Lightning's own lookup, nothing given
+            self._resume_settings(ckpt, max_steps=None)
+        self._init_from(ckpt)
 
     # -- resume and init_from (gptmini.train.resume) ----------------------------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -104,10 +107,10 @@ class GPTMiniCLI(LightningCLI):
             )
         super()._parse_ckpt_path()
 
-    def _resume_settings(self, ckpt_path: str) -> None:
+    def _resume_settings(self, ckpt_path: str, max_steps: int | None) -> None:
         """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
         sub = self.subcommand
-        ckpt = before_fit.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
+        ckpt = before_fit.read_resume_checkpoint(ckpt_path, max_steps)
         given, parsed = self._user_model
         settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
         resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))
