@@ -158,3 +158,20 @@ def test_init_from_starts_a_new_run_from_the_weights(base, tmp_path, corpus_file
     line = fail(args(tmp_path, corpus_file, data_cache, 8) + both, capsys)
     assert "both given" in line and "drop one" in line
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]
+
+
+def test_runtime_keys_are_the_users_on_resume(tmp_path):
+    from gptmini.train.resume import resume_settings
+
+    hparams = {
+        "arch": {"n_embd": 32},
+        "optim": {"lr": 0.002, "betas": [0.9, 0.95], "fused": None},
+        "schedule": {"warmup_steps": 3},
+        "compile": None,
+        "compile_mode": None,
+    }
+    given = {"compile": True, "optim.fused": False, "optim.betas": (0.9, 0.95), "arch.n_embd": 32}
+    parsed = {**given, "compile_mode": None, "optim.lr": 6e-4}  # lr: a default, not given
+    settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, given, parsed)
+    assert settings["compile"] is True and settings["optim"]["fused"] is False
+    assert settings["optim"]["lr"] == 0.002 and hparams["optim"]["fused"] is None  # input untouched
