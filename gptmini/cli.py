@@ -1,14 +1,14 @@
-"""``python -m gptmini.cli fit --config configs/10m.yaml``: LightningCLI, wiring only."""
+"""``gptmini fit --config configs/10m.yaml`` (or ``python -m gptmini.cli fit ...``): LightningCLI, wiring only."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
@@ -64,14 +64,32 @@ class GPTMiniCLI(LightningCLI):
         model, trainer = self.model, self.trainer
         preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
         preflight.check_data_matches_model(self.datamodule, model.model_cfg)
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), trainer)
+        self._resolve_ckpt_path()
+        self._claim_log_dir()
+
+    def before_validate(self) -> None:
+        preflight.check_data_matches_model(self.datamodule, self.model.model_cfg)
+        if self._resolve_ckpt_path() is None:
+            raise ValueError(
+                "validate needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
+                "run name) or --ckpt_path path/to/file.ckpt."
+            )
+        self._claim_log_dir()
+
+    def _resolve_ckpt_path(self) -> str | None:
+        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            preflight.check_checkpoint(ckpt, model.model_cfg)
-        # `last` resolved across version folders; the saved config records the file actually used.
+            preflight.check_checkpoint(ckpt, self.model.model_cfg)
+        # `last` resolved across version folders (Lightning's own `last` looks only in this run's
+        # new, empty one); the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
         self.config[self.subcommand]["ckpt_path"] = ckpt
+        return ckpt
+
+    def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.check_log_dir_free(trainer)
+            preflight.claim_version(self.trainer)
+            preflight.check_log_dir_free(self.trainer)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
@@ -93,16 +111,16 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-def main(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
-    try:
-        return _cli(args, run)
-    except SIGTERMException:
-        # Lightning exits with status 0 after SIGTERM; a scheduler or requeue script must be able
-        # to tell "stopped" from "finished", so use the conventional 128 + 15.
-        raise SystemExit(143) from None
+def main(args: list[str] | None = None) -> int:
+    """The ``gptmini`` console script and ``python -m gptmini.cli``: exit status 0 when the command
+    finished. Otherwise: 2 bad arguments, 1 an error (a message naming the setting), 143 stopped by
+    SIGTERM and 130 by Ctrl-C (``last.ckpt`` saved; the status is set by FaultGuard)."""
+    make_cli(args)
+    return 0
 
 
-def _cli(args: list[str] | None, run: bool) -> GPTMiniCLI:
+def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
+    """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
     return GPTMiniCLI(
         GPTMiniModule,
         GPTMiniData,
@@ -118,4 +136,4 @@ def _cli(args: list[str] | None, run: bool) -> GPTMiniCLI:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,7 +32,7 @@ from gptmini.core.tokens import (
     _sha256,
     resolve_sources,
 )
-from gptmini.train.loader import ResumableLoader, ResumableSampler
+from gptmini.train.loader import ResumableLoader, ResumableSampler, ignore_stop_signals
 
 
 class GPTMiniData(pl.LightningDataModule):
@@ -211,6 +211,7 @@ class GPTMiniData(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
