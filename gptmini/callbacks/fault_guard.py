@@ -209,7 +209,10 @@ class FaultGuard(Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         self.stop_signal = None
-        self._previous_sigint = signal.getsignal(signal.SIGINT)
+        previous = signal.getsignal(signal.SIGINT)
+        if previous in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
+            return
+        self._previous_sigint = previous
 
         def on_sigint(signum: int, frame: Any) -> None:
             self._restore_sigint()  # a second Ctrl-C raises KeyboardInterrupt at once: abort
@@ -218,8 +221,8 @@ class FaultGuard(Callback):
             # has no public setter.
             trainer._signal_connector.received_sigterm = True
             rank_zero_info(
-                f"\nCtrl-C: stopping after step {trainer.global_step + 1}, then saving last.ckpt "
-                f"(Ctrl-C again aborts without saving)."
+                "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "
+                "without saving)."
             )
 
         signal.signal(signal.SIGINT, on_sigint)
