@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -13,10 +16,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import preflight
+from gptmini.train import before_fit
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
+from gptmini.train.names import did_you_mean
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -31,7 +36,7 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + preflight.did_you_mean(message, _keys(self)), ex)
+        super().error(message + did_you_mean(message, _keys(self)), ex)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -60,26 +65,26 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.preflight)."""
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         model, trainer = self.model, self.trainer
-        preflight.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        preflight.check_data_matches_model(self.datamodule, model.model_cfg)
+        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
         self._resolve_ckpt_path()
         self._claim_log_dir()
 
     def before_validate(self) -> None:
-        preflight.check_data_matches_model(self.datamodule, self.model.model_cfg)
+        before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         if self._resolve_ckpt_path() is None:
-            raise ValueError(
+            raise ConfigError(
                 "validate needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
                 "run name) or --ckpt_path path/to/file.ckpt."
             )
         self._claim_log_dir()
 
     def _resolve_ckpt_path(self) -> str | None:
-        ckpt = preflight.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
+        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
         if ckpt and ckpt.endswith(".ckpt"):
-            preflight.check_checkpoint(ckpt, self.model.model_cfg)
+            before_fit.check_checkpoint(ckpt, self.model.model_cfg)
         # `last` resolved across version folders (Lightning's own `last` looks only in this run's
         # new, empty one); the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
@@ -88,16 +93,16 @@ class GPTMiniCLI(LightningCLI):
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            preflight.claim_version(self.trainer)
-            preflight.check_log_dir_free(self.trainer)
+            before_fit.claim_version(self.trainer)
+            before_fit.check_log_dir_free(self.trainer)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `guard:`).
-        parser.add_lightning_class_args(FaultGuard, "guard")
+        # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
+        parser.add_lightning_class_args(FaultGuard, "fault_guard")
         # The model's vocab and context are the data's: one source of truth, no mismatch by typo.
-        parser.link_arguments("data.block_size", "model.model.block_size")
+        parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
-        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.model.vocab_size", vocab_of)
+        parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.arch.vocab_size", vocab_of)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -111,28 +116,45 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
+TRACEBACK_ENV = "GPTMINI_TRACEBACK"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A bad setting (:class:`ConfigError`) ends the run with one ``error: ...`` line and exit
+    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def main(args: list[str] | None = None) -> int:
     """The ``gptmini`` console script and ``python -m gptmini.cli``: exit status 0 when the command
-    finished. Otherwise: 2 bad arguments, 1 an error (a message naming the setting), 143 stopped by
-    SIGTERM and 130 by Ctrl-C (``last.ckpt`` saved; the status is set by FaultGuard)."""
+    finished. Otherwise: 2 a bad argument or setting (one ``error:`` line), 1 any other error, 143
+    stopped by SIGTERM and 130 by Ctrl-C (``last.ckpt`` saved; FaultGuard sets the status)."""
     make_cli(args)
     return 0
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
-    return GPTMiniCLI(
-        GPTMiniModule,
-        GPTMiniData,
-        # configure_optimizers is the only place optimizers are built: without this,
-        # `optimizer:`/`lr_scheduler:` keys would replace it with one group stepped per epoch.
-        auto_configure_optimizers=False,
-        seed_everything_default=1337,
-        parser_class=GPTMiniParser,
-        save_config_callback=SaveConfigToCheckpoint,
-        args=args,
-        run=run,
-    )
+    with user_errors():
+        return GPTMiniCLI(
+            GPTMiniModule,
+            GPTMiniData,
+            # configure_optimizers is the only place optimizers are built: without this,
+            # `optimizer:`/`lr_scheduler:` keys would replace it with one group stepped per epoch.
+            auto_configure_optimizers=False,
+            seed_everything_default=1337,
+            parser_class=GPTMiniParser,
+            save_config_callback=SaveConfigToCheckpoint,
+            args=args,
+            run=run,
+        )
 
 
 if __name__ == "__main__":

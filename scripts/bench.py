@@ -52,6 +52,7 @@ from gptmini.cli import make_cli  # noqa: E402
 from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
 from gptmini.core.model import GPTMini  # noqa: E402
 from gptmini.core.plainloop import train_plain  # noqa: E402
+from gptmini.core.step import compile_by_default  # noqa: E402
 
 PATHS = ("lightning", "plain")
 
@@ -167,9 +168,7 @@ class Bench:
             module.optim_cfg,
             module.schedule_cfg,
         )
-        self.compile = (
-            module.compile_setting if module.compile_setting is not None else self.device.type == "cuda"
-        )
+        self.compile = compile_by_default(module.compile_setting, self.device)  # as the module decides
         self.compile_mode = module.compile_mode
         self.clip = self.trainer.gradient_clip_val
         self.dm.prepare_data()

@@ -7,7 +7,7 @@
 The config is parsed exactly as ``gptmini.cli fit`` parses it (anything after ``--`` is passed on as
 overrides); the module's own ``configure_optimizers`` builds the real optimizer and scheduler, and a
 copy of the scheduler is stepped to ``trainer.max_steps``, as :class:`gptmini.callbacks.lr_curve.LRCurveCheck`
-does at fit start. It writes the PNG, prints the shape checks and the warmup/peak-lr guards, and
+does at fit start. It writes the PNG, prints the shape checks and the warmup/peak-lr recipe checks, and
 exits 1 when the curve has a shape error.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 
 from gptmini.callbacks.checklist import Checklist
-from gptmini.callbacks.guards import interval_item, peak_lr_item, warmup_items
 from gptmini.callbacks.lr_curve import curve_shape, lr_curve_problems, lr_curves, render_lr_curve
+from gptmini.callbacks.recipe_checks import interval_item, peak_lr_item, warmup_items
 from gptmini.callbacks.report import CheckItem
 from gptmini.cli import make_cli
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         {0, s.warmup_steps // 2, s.warmup_steps, (s.warmup_steps + max_steps) // 2, max_steps - 1}
     ):
         print(f"  step {step:>7}: {lrs[step]:.3e}")
-    # The config's own Checklist settings (thresholds, disabled guards), else the defaults.
+    # The config's own Checklist settings (thresholds, disabled recipe checks), else the defaults.
     cl = next((cb for cb in trainer.callbacks if isinstance(cb, Checklist)), None) or Checklist()
     peak = optimizers[0].param_groups[0].get("initial_lr")
     warmup = warmup_items(lrs, cl.start_tolerance, *cl.warmup_range, peak_lr=peak)
@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for item in items:
         print(item.line())
-    shape = (
-        "✗ shape: " + "; ".join(problems)
-        if problems
-        else "✓ shape: starts near 0, peaks at the lr, only decays, ends at min_lr"
+    shape = CheckItem(
+        "lr_curve",
+        "shape",
+        "fail" if problems else "pass",
+        "; ".join(problems) or "starts near 0, peaks at the lr, only decays, ends at min_lr",
     )
-    print(f"  {shape}")
+    print(shape.line())
     bad = bool(problems) or any(i.status == "fail" for i in items)
     return 1 if bad else 0
 

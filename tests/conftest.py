@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from gptmini.core.model import ModelConfig
-from gptmini.core.tokens import default_corpus
+from gptmini.core.sources import default_corpus
 from gptmini.tools.curves import read_scalars
 from gptmini.train.datamodule import GPTMiniData
 
@@ -108,9 +108,9 @@ def tiny_cli_args(tmp_path: Path, corpus_file: Path, data_cache: Path, max_steps
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        "--model.model.n_layer=2",
-        "--model.model.n_head=2",
-        "--model.model.n_embd=32",
+        "--model.arch.n_layer=2",
+        "--model.arch.n_head=2",
+        "--model.arch.n_embd=32",
         "--model.schedule.warmup_steps=3",
         f"--data.data={corpus_file}",
         f"--data.cache_dir={data_cache}",

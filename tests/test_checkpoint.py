@@ -50,7 +50,7 @@ def test_truncated_checkpoint_names_file(tmp_path, tiny_model_cfg):
 def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
     from gptmini.train.module import GPTMiniModule
 
-    module = GPTMiniModule(model=tiny_model_cfg, compile=True)
+    module = GPTMiniModule(arch=tiny_model_cfg, compile=True)
     plain = set(module.state_dict())
     module.setup("fit")  # compiles self.model in place (lazily: no compilation happens here)
     assert module.model._compiled_call_impl is not None
@@ -61,10 +61,10 @@ def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
 def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg):
     from dataclasses import replace
 
-    from gptmini.train.preflight import check_checkpoint
+    from gptmini.train.before_fit import check_checkpoint
 
     path = tmp_path / "m.ckpt"
     _fake_ckpt(path, tiny_model_cfg)
     check_checkpoint(str(path), tiny_model_cfg)  # same shape: fine
-    with pytest.raises(ValueError, match=r"model.n_embd: checkpoint 32 vs config 64"):
+    with pytest.raises(ValueError, match=r"model.arch.n_embd: checkpoint 32 vs config 64"):
         check_checkpoint(str(path), replace(tiny_model_cfg, n_embd=64))

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gptmini.callbacks.checklist import Checklist
 from gptmini.callbacks.first_batch import InitialLossCheck, OverfitCheck
-from gptmini.callbacks.guards import (
+from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curve_problems
+from gptmini.callbacks.recipe_checks import (
     betas_item,
     clipping_item,
     decay_groups_item,
@@ -23,7 +24,6 @@ from gptmini.callbacks.guards import (
     peak_lr_item,
     warmup_items,
 )
-from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curve_problems
 from gptmini.callbacks.report import SanityCheckError
 from gptmini.cli import main, make_cli
 from gptmini.core.model import GPTMini, ModelConfig
@@ -44,7 +44,7 @@ def _one_thread():
 def make_module(cfg: ModelConfig, lr: float = 3e-3, warmup: int = 2, **optim) -> GPTMiniModule:
     pl.seed_everything(1234, verbose=False)
     return GPTMiniModule(
-        model=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
+        arch=cfg, optim=OptimConfig(lr=lr, **optim), schedule=ScheduleConfig(warmup_steps=warmup)
     )
 
 
@@ -127,7 +127,7 @@ def test_healthy_tiny_run_passes_every_check_and_prints_the_checklist(
     assert trainer.global_step == 4  # the run went on
 
     out = capsys.readouterr().out
-    assert "Pre-training checklist" in out
+    assert "Step-0 checklist" in out
     for title in (
         "initial loss",
         "overfit one batch",
@@ -136,9 +136,9 @@ def test_healthy_tiny_run_passes_every_check_and_prints_the_checklist(
         "betas",
         "steps vs tokens",
     ):
-        assert f"✓ {title}" in out, out
-    assert "✗ peak lr" in out  # 1e-2 on a 37k-parameter model: a warning, not a stop
-    assert "[checks] overfit step   20/200" in out  # one line every 20 steps
+        assert f"ok   {title}" in out, out
+    assert "WARN peak lr" in out  # 1e-2 on a 37k-parameter model: a warning, not a stop
+    assert "[step-0 checks] overfit step   20/200" in out  # one line every 20 steps
     assert {i.status for i in checklist.items.values()} <= {"pass", "warn", "note"}
 
     run = Path(trainer.log_dir)
@@ -162,7 +162,7 @@ def test_checks_leave_weights_optimizer_and_rng_streams_untouched(tiny_data, tin
     def run(callbacks, name):
         pl.seed_everything(7, verbose=False)
         module = Noisy(
-            model=tiny_model_cfg, optim=OptimConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=2)
+            arch=tiny_model_cfg, optim=OptimConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=2)
         )
         rec = Recorder()
         fit(module, tiny_data, [*callbacks, rec], tmp_path / name, max_steps=4)
@@ -203,7 +203,7 @@ def test_initial_loss_check_stops_a_loss_far_below_chance(tiny_data, tiny_model_
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) * 0.01  # as if the model saw the targets
 
-    module = Leaky(model=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=2))
+    module = Leaky(arch=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=2))
     with pytest.raises(SanityCheckError, match="better than chance .*sees the targets"):
         fit(module, tiny_data, [InitialLossCheck(), Checklist(disable=["peak_lr"])], tmp_path)
 
@@ -218,7 +218,7 @@ def test_overfit_check_fails_with_lr_zero(tiny_data, tiny_model_cfg, tmp_path, c
         SanityCheckError, match=r"overfit check failed: .*peak lr 0\.00e\+00.*the model cannot learn"
     ):
         fit(module, tiny_data, [OverfitCheck(steps=10)], tmp_path)
-    assert "[checks] overfit step    0/10" in capsys.readouterr().out
+    assert "[step-0 checks] overfit step    0/10" in capsys.readouterr().out
 
 
 def test_overfit_check_fails_for_a_frozen_model(tiny_data, tiny_model_cfg, tmp_path):
@@ -241,7 +241,7 @@ def test_checklist_prints_then_raises_and_skips_the_overfit_after_a_failed_initi
             tmp_path,
         )
     out = capsys.readouterr().out
-    assert "✗ initial loss" in out and "– overfit one batch  not run: initial loss failed" in out
+    assert "FAIL initial loss" in out and "skip overfit one batch  not run: initial loss failed" in out
     assert overfit.losses == []
 
 
@@ -289,7 +289,7 @@ class CustomSchedule(GPTMiniModule):
 
 def test_lr_curve_check_stops_a_schedule_that_rises_after_warmup(tiny_data, tiny_model_cfg, tmp_path):
     module = CustomSchedule(
-        lambda k: (k + 1) / 3 if k < 3 else (0.5 if k < 10 else 0.8), model=tiny_model_cfg
+        lambda k: (k + 1) / 3 if k < 3 else (0.5 if k < 10 else 0.8), arch=tiny_model_cfg
     )
     with pytest.raises(
         SanityCheckError, match="lr curve check failed: .*rises again after warmup, at step 10"
@@ -299,7 +299,7 @@ def test_lr_curve_check_stops_a_schedule_that_rises_after_warmup(tiny_data, tiny
 
 
 def test_warmup_longer_than_the_run_is_stopped(tiny_data, tiny_model_cfg, tmp_path):
-    module = CustomSchedule(lambda k: (k + 1) / 101, model=tiny_model_cfg)  # 100 warmup steps of 20
+    module = CustomSchedule(lambda k: (k + 1) / 101, arch=tiny_model_cfg)  # 100 warmup steps of 20
     with pytest.raises(SanityCheckError, match="warmup >= total steps"):
         fit(module, tiny_data, [Checklist(disable=["peak_lr"])], tmp_path, max_steps=20)
     # GPTMini's own schedule refuses it even earlier, naming the setting.
@@ -350,14 +350,14 @@ def test_betas_0999_warn_at_fit_start_and_the_guard_can_be_switched_off(tiny_dat
     with pytest.warns(UserWarning, match=r"\(0.9, 0.999\): beta2 0.999"):
         fit(make_module(tiny_model_cfg, betas=(0.9, 0.999)), tiny_data, [Checklist()], tmp_path)
     checklist = Checklist(disable=["betas"])
-    with pytest.warns(UserWarning, match="guard 'betas' is disabled by config") as record:
+    with pytest.warns(UserWarning, match="recipe check 'betas' is disabled by config") as record:
         fit(make_module(tiny_model_cfg, betas=(0.9, 0.999)), tiny_data, [checklist], tmp_path)
     assert not any("beta2 0.999" in str(w.message) for w in record)
     assert checklist.items["betas"].status == "off"
 
 
 def test_scheduler_stepping_per_epoch_is_an_error(tiny_data, tiny_model_cfg, tmp_path):
-    module = CustomSchedule(lambda k: 1.0, interval="epoch", model=tiny_model_cfg)
+    module = CustomSchedule(lambda k: 1.0, interval="epoch", arch=tiny_model_cfg)
     with pytest.raises(SanityCheckError, match="steps once per epoch"):
         fit(module, tiny_data, [Checklist(disable=["peak_lr"])], tmp_path)
     assert interval_item([]).status == "note"
@@ -371,7 +371,7 @@ def test_training_in_eval_mode_is_an_error(tiny_data, tiny_model_cfg, tmp_path):
 
 
 def test_unknown_guard_name_is_refused():
-    with pytest.raises(ValueError, match="unknown guard"):
+    with pytest.raises(ValueError, match="unknown recipe check"):
         Checklist(disable=["no_such_guard"])
 
 
@@ -384,8 +384,8 @@ def test_tiny_config_runs_the_checks_and_the_smoke_preset_combines(cli_args, tmp
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     assert (run / "lr_curve.png").is_file()
     out = capsys.readouterr().out
-    assert "✓ initial loss" in out and "✓ overfit one batch" in out
-    assert "– peak lr            guard 'peak_lr' disabled by config" in out
+    assert "ok   initial loss" in out and "ok   overfit one batch" in out
+    assert "off  peak lr            recipe check 'peak_lr' disabled by config" in out
 
     # The smoke preset goes after the main config; the test's small-model overrides still follow.
     args = cli_args(max_steps=30)  # the lr horizon; max_epochs stops the smoke run at 10 steps
@@ -411,5 +411,5 @@ def test_lr_curve_script_draws_any_config_without_training(tmp_path, capsys):
     assert out.stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "step    2000" not in printed and "step    1999: 2.000e-04" in printed  # ends at min_lr
-    assert "✓ shape" in printed and "✓ warmup             30 steps = 1.5% of 2000" in printed
+    assert "ok   shape" in printed and "ok   warmup             30 steps = 1.5% of 2000" in printed
     assert not (tmp_path / "tiny").exists()  # nothing trained, nothing logged

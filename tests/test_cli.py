@@ -40,7 +40,7 @@ def test_fit_end_to_end(cli_args, tmp_path):
 def test_smoke_overfit_one_batch(cli_args, tmp_path):
     args = cli_args(max_steps=80) + [
         "--trainer.overfit_batches=1",
-        "--model.model.n_embd=64",
+        "--model.arch.n_embd=64",
         "--model.optim.lr=1e-2",
     ]
     main(args)

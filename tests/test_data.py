@@ -6,8 +6,9 @@ import torch
 
 import gptmini.core.tokens as data_mod
 import gptmini.train.datamodule as dm_mod
+from gptmini.core.sources import resolve_sources
 from gptmini.core.tokenizer import load_tokenizer
-from gptmini.core.tokens import EOT, TokenWindows, resolve_sources
+from gptmini.core.tokens import EOT, TokenWindows
 from gptmini.train.datamodule import GPTMiniData
 
 
@@ -24,7 +25,7 @@ def test_prepare_writes_cache_with_meta(tiny_data):
 
 def test_second_run_reuses_cache(tiny_data, monkeypatch):
     before = (tiny_data.cache_path / "train.bin").stat().st_mtime_ns
-    monkeypatch.setattr(dm_mod, "train_tokenizer", lambda *a: pytest.fail("retrained the tokenizer"))
+    monkeypatch.setattr(dm_mod, "prepare_tokens", lambda *a, **k: pytest.fail("prepared the data again"))
     GPTMiniData(
         data=[str(s) for s in tiny_data.sources],
         cache_dir=str(tiny_data.cache_root),
@@ -86,8 +87,8 @@ def test_given_tokenizer_decides_vocab(tmp_path, tiny_data, corpus_file):
 
 def test_default_corpus_is_shipped():
     (src,) = resolve_sources(None)
-    assert src.is_file() and src.name == "shakespeare_plays.txt.gz"
-    assert (src.parent / "NOTICE").is_file()
+    assert src.kind == "text" and src.path.is_file() and src.path.name == "shakespeare_plays.txt.gz"
+    assert (src.path.parent / "NOTICE").is_file()
 
 
 def test_folder_source_collects_txt_files(tmp_path):
@@ -95,7 +96,7 @@ def test_folder_source_collects_txt_files(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("b")
     (tmp_path / "c.md").write_text("c")
-    assert [p.name for p in resolve_sources(str(tmp_path))] == ["a.txt", "b.txt"]
+    assert [p.path.name for p in resolve_sources(str(tmp_path))] == ["a.txt", "b.txt"]
 
 
 def test_missing_path_is_a_clear_error(tmp_path):

@@ -95,7 +95,7 @@ def test_initial_loss_near_ln_vocab_for_10m_shape():
 def test_config_errors_name_the_setting():
     with pytest.raises(ValueError, match="n_embd.*divisible.*n_head"):
         ModelConfig(n_embd=100, n_head=6)
-    with pytest.raises(ValueError, match="model.n_layer"):
+    with pytest.raises(ValueError, match="model.arch.n_layer"):
         ModelConfig(n_layer=0)
 
 

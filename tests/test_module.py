@@ -117,7 +117,39 @@ def test_validation_logs_loss_and_perplexity(tiny_model_cfg, tiny_data):
     module = GPTMiniModule(tiny_model_cfg, OptimConfig(), ScheduleConfig(warmup_steps=1))
     trainer = make_trainer(max_steps=2, limit_val_batches=3)
     metrics = trainer.validate(module, datamodule=tiny_data, verbose=False)[0]
-    assert metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-3)
+    assert metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-6)
+
+
+class FixedLogits(torch.nn.Module):
+    """Stands in for GPTMini: logits sure of the target, except one token sure of another id."""
+
+    def forward(self, x, y):
+        logits = torch.zeros(*y.shape, 16)
+        logits.scatter_(-1, y.unsqueeze(-1), 8.0)
+        if x[0, 0] == 1:  # the first batch: one very confident miss
+            logits[0, 0, (y[0, 0] + 1) % 16] = 200.0
+        return logits, torch.nn.functional.cross_entropy(logits.view(-1, 16), y.reshape(-1))
+
+
+def test_val_ppl_is_exp_of_token_weighted_loss_and_finite(tiny_model_cfg):
+    # 5 windows in batches of 2, 2, 1: a per-batch mean would weigh the last window double.
+    x = torch.zeros(5, 100, dtype=torch.long)
+    x[0, 0] = 1
+    y = torch.arange(500).view(5, 100) % 16
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    module = GPTMiniModule(tiny_model_cfg, OptimConfig(), ScheduleConfig(warmup_steps=1))
+    module.model = FixedLogits()
+    metrics = make_trainer(limit_val_batches=None).validate(module, loader, verbose=False)[0]
+
+    logits = torch.cat([module.model(xb, yb)[0] for xb, yb in loader])
+    token_losses = torch.nn.functional.cross_entropy(logits.view(-1, 16), y.reshape(-1), reduction="none")
+    expected = token_losses.double().mean().exp().item()  # ~1.5: one miss of ~192 nats in 500 tokens
+    assert metrics["val/ppl"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-6)
+    # What torchmetrics' Perplexity reports for the same logits: fp32 probabilities underflow.
+    from torchmetrics.text import Perplexity
+
+    assert Perplexity()(logits, y).isinf()
 
 
 def test_vocab_mismatch_between_data_and_model_is_a_clear_error(tiny_model_cfg, tiny_data):
@@ -126,5 +158,5 @@ def test_vocab_mismatch_between_data_and_model_is_a_clear_error(tiny_model_cfg, 
     module = GPTMiniModule(
         replace(tiny_model_cfg, vocab_size=500), OptimConfig(), ScheduleConfig(warmup_steps=1)
     )
-    with pytest.raises(ValueError, match=r"vocab size \(384.*model.vocab_size \(500\)"):
+    with pytest.raises(ValueError, match=r"vocab size \(384.*model.arch.vocab_size \(500\)"):
         make_trainer(max_steps=2).fit(module, datamodule=tiny_data)

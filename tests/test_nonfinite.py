@@ -1,5 +1,5 @@
 """A NaN loss stops training with the step and the last good checkpoint named, and that checkpoint
-stays intact; guard.max_skipped_steps skips such steps instead."""
+stays intact; fault_guard.max_skipped_steps skips such steps instead."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_skipped_nan_step_keeps_training(tmp_path, corpus_file, data_cache):
     with pytest.warns(UserWarning, match="at step 3 .*update skipped"):
         main(
             args_with_nan(tmp_path, corpus_file, data_cache, max_steps=8, nan_at=3)
-            + ["--guard.max_skipped_steps=1"]
+            + ["--fault_guard.max_skipped_steps=1"]
         )
     ckpt = read_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 8
@@ -70,7 +70,7 @@ def test_unchecked_nan_never_reaches_a_checkpoint(tmp_path, corpus_file, data_ca
     # Checks only at step 0, so the NaN update at step 5 goes through; the save at step 8 refuses.
     args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=12, nan_at=5)
     with pytest.raises(NonFiniteLossError, match="weights are non-finite at step 8"):
-        main([*args, "--guard.check_every_n_steps=100"])
+        main([*args, "--fault_guard.check_every_n_steps=100"])
     ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
     assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 4
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
@@ -80,7 +80,7 @@ def test_fused_adamw_skips_on_device_and_stops_at_the_next_check(tmp_path, corpu
     # Fused AdamW: the NaN update at step 5 is dropped on the device (no host sync); the verdict
     # is read at step 8, naming step 5, and the step-8 checkpoint holds finite weights.
     args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=12, nan_at=5)
-    args += ["--model.optim.fused=true", "--guard.check_every_n_steps=4"]
+    args += ["--model.optim.fused=true", "--fault_guard.check_every_n_steps=4"]
     with pytest.raises(NonFiniteLossError, match="at step 5 .*update skipped on the device"):
         main(args)
     ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
@@ -94,7 +94,7 @@ def test_fused_adamw_skips_on_device_and_stops_at_the_next_check(tmp_path, corpu
 
 def test_fused_adamw_skip_budget(tmp_path, corpus_file, data_cache):
     args = args_with_nan(tmp_path, corpus_file, data_cache, max_steps=8, nan_at=3)
-    args += ["--model.optim.fused=true", "--guard.check_every_n_steps=4", "--guard.max_skipped_steps=1"]
+    args += ["--model.optim.fused=true", "--fault_guard.check_every_n_steps=4", "--fault_guard.max_skipped_steps=1"]
     with pytest.warns(UserWarning, match="at step 3: update skipped"):
         main(args)
     ckpt = read_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")

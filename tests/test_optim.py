@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from gptmini.core.model import GPTMini, ModelConfig
-from gptmini.core.optim import OptimConfig, build_adamw, param_groups
+from gptmini.core.optim import OptimConfig, build_adamw, param_groups, use_fused
 
 
 @pytest.fixture
@@ -76,3 +76,13 @@ def test_defaults_are_the_recipe():
 def test_bad_values_name_the_setting(kwargs, setting):
     with pytest.raises(ValueError, match=setting):
         OptimConfig(**kwargs)
+
+
+def test_fused_rule_has_one_home_and_build_adamw_honours_the_config(model):
+    """optim.fused set: used as is (build_adamw used to ignore it); null: on for CUDA without a scaler."""
+    assert build_adamw(model, OptimConfig()).defaults["fused"] is False  # CPU default
+    assert build_adamw(model, OptimConfig(fused=True)).defaults["fused"] is True
+    assert use_fused(OptimConfig(), "cuda") is True
+    assert use_fused(OptimConfig(), "cuda", grad_scaler=True) is False
+    assert use_fused(OptimConfig(), "cpu") is False
+    assert use_fused(OptimConfig(fused=False), "cuda") is False

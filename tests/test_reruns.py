@@ -49,11 +49,13 @@ def test_rerun_gets_a_new_version_folder(tmp_path, corpus_file, data_cache):
     assert files(first) == before
 
 
-def test_rerun_into_a_fixed_version_is_refused_before_any_work(tmp_path, corpus_file, data_cache):
+def test_rerun_into_a_fixed_version_is_refused_before_any_work(tmp_path, corpus_file, data_cache, capsys):
     fixed = args(tmp_path, corpus_file, data_cache) + ["--trainer.logger.init_args.version=mine"]
     main(fixed)
     folder = tmp_path / "runs" / "tiny" / "mine"
     before = files(folder)
-    with pytest.raises(ValueError, match="already holds a run .*refusing to overwrite"):
+    with pytest.raises(SystemExit) as info:
         main(fixed)
+    assert info.value.code == 2
+    assert "already holds a run (config.yaml); refusing to overwrite" in capsys.readouterr().err
     assert files(folder) == before

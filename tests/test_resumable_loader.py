@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptmini.core.tokens import TokenWindows
 from gptmini.train.loader import ResumableLoader, ResumableSampler
 
 
@@ -67,3 +68,42 @@ def test_ranks_split_one_permutation(tiny_data):
     r1 = list(ResumableSampler(ds, num_replicas=2, rank=1, seed=7))
     assert r0 == one[0 : 2 * len(r0) : 2] and r1 == one[1 : 2 * len(r1) : 2]
     assert not set(r0) & set(r1)
+
+
+@pytest.mark.parametrize("mode", ["random_per_epoch", "random"])
+def test_window_offsets_vary_by_epoch_and_resume_exactly(tiny_data, mode):
+    B = tiny_data.block_size
+    ds = TokenWindows(tiny_data.cache_path / "train.bin", B, shifted=True)
+
+    def loader(num_workers: int = 0) -> ResumableLoader:
+        sampler = ResumableSampler(ds, seed=7, window_offset=mode)
+        return ResumableLoader(ds, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers)
+
+    s = ResumableSampler(ds, seed=7, window_offset=mode)
+    epochs = []
+    for e in range(4):
+        s.set_epoch(e)
+        epochs.append(list(s))
+    s.set_epoch(0)
+    assert list(s) == epochs[0]  # drawn from seed + epoch only
+    starts = [[i * B + o for i, o in ep] for ep in epochs]
+    assert len({tuple(sorted(x)) for x in starts}) == 4  # other windows each epoch
+    if mode == "random_per_epoch":
+        offsets = [{o for _, o in ep} for ep in epochs]
+        assert all(len(o) == 1 and 0 <= min(o) < B for o in offsets) and len(set(map(min, offsets))) > 1
+    assert max(max(x) for x in starts) <= ds.max_start
+    for idx in epochs[0][:3] + epochs[0][-3:]:
+        x, y = ds[idx]
+        assert x.shape == y.shape == (B,)
+
+    full = loader()
+    full.sampler.set_epoch(2)
+    reference = batches(full, 8)
+    interrupted = loader()
+    interrupted.sampler.set_epoch(2)
+    batches(interrupted, 5)
+    resumed = loader(num_workers=2)
+    resumed.load_state_dict(interrupted.state_dict())
+    resumed.sampler.set_epoch(2)
+    for a, b in zip(batches(resumed, 3), reference[5:], strict=True):
+        assert torch.equal(a, b)

@@ -149,7 +149,7 @@ def test_checkpoint_contents(reference):
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert loader_state["epoch"] == (MAX_STEPS - 1) // 6 and loader_state["batches_done"] == MAX_STEPS % 6
     config = yaml.safe_load(ckpt["gptmini_config"])
-    assert config["trainer"]["max_steps"] == MAX_STEPS and config["model"]["model"]["n_embd"] == 32
+    assert config["trainer"]["max_steps"] == MAX_STEPS and config["model"]["arch"]["n_embd"] == 32
     assert not [k for k in ckpt["state_dict"] if "_orig_mod." in k]
     model = load_model(ckpts / "last.ckpt")
     assert model.cfg.n_embd == 32 and all(torch.isfinite(p).all() for p in model.parameters())

@@ -117,7 +117,7 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
     ]
     if importlib.util.find_spec("gptmini.callbacks.fault_guard"):
         # FaultGuard's finite-loss check is one sync per check (issue 5); align it with logging.
-        args.append("--guard.check_every_n_steps=5")
+        args.append("--fault_guard.check_every_n_steps=5")
     state = {"step": None, "reads": []}
 
     class Where(Callback):
@@ -144,7 +144,7 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
         spy(name)
     cli = _fit(args, Where())
     assert isinstance(cli.trainer.progress_bar_callback, LossProgressBar)
-    # FaultGuard (issue 5) checks for a finite loss every guard.check_every_n_steps, at a step's
+    # FaultGuard (issue 5) checks for a finite loss every fault_guard.check_every_n_steps, at a step's
     # start, and its final checkpoint at the end: a few steps, not every step.
     guard_steps = {r[0] for r in state["reads"] if r[2].endswith("fault_guard.py")}
     assert len(guard_steps) <= 3, guard_steps
@@ -291,9 +291,9 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path):
             "--window=1",
             "--no-mem",
             f"--json={out}",
-            "--set=model.model.n_layer=1",
-            "--set=model.model.n_embd=32",
-            "--set=model.model.n_head=2",
+            "--set=model.arch.n_layer=1",
+            "--set=model.arch.n_embd=32",
+            "--set=model.arch.n_head=2",
             f"--set=data.data={corpus_file}",
             f"--set=data.cache_dir={data_cache}",
             "--set=data.vocab_size=384",

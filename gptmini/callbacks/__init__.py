@@ -1,1 +1,1 @@
-"""Lightning callbacks, one file per family: pre-training checks, throughput, samples, progress bar, fault guard."""
+"""Lightning callbacks, one file per family: step-0 checks, throughput, samples, progress bar, fault guard."""

@@ -3,7 +3,7 @@
 - :class:`InitialLossCheck`: the loss of the first training batch at init must be near ln(vocab).
 - :class:`OverfitCheck`: a *copy* of the model must drive the loss of one batch near 0.
 - :class:`LRCurveCheck`: the whole lr schedule, rendered (PNG + TensorBoard) and shape-checked.
-- :class:`Checklist`: the guards against the recipe's known failure points, and the pre-training
+- :class:`Checklist`: the recipe checks against the recipe's known failure points, and the pre-training
   checklist printed with a tick or a cross per item, computed from the real trainer, optimizer,
   scheduler and data.
 
@@ -31,7 +31,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from gptmini.callbacks.first_batch import InitialLossCheck, _FirstBatchCheck
-from gptmini.callbacks.guards import (
+from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curves
+from gptmini.callbacks.recipe_checks import (
     betas_item,
     clipping_item,
     decay_groups_item,
@@ -40,8 +41,8 @@ from gptmini.callbacks.guards import (
     peak_lr_item,
     warmup_items,
 )
-from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curves
-from gptmini.callbacks.report import GUARDS, CheckItem, GuardName, SanityCheckError, _num, _say
+from gptmini.callbacks.report import RECIPE_CHECKS, CheckItem, RecipeCheckName, SanityCheckError, _num, _say
+from gptmini.core.config import ConfigError
 
 
 class Checklist(Callback):
@@ -50,16 +51,16 @@ class Checklist(Callback):
 
     def __init__(
         self,
-        disable: list[GuardName] | None = None,
+        disable: list[RecipeCheckName] | None = None,
         peak_lr_limit: float = 1e-3,
         small_model_params: int = 20_000_000,
         warmup_range: tuple[float, float] = (0.01, 0.05),
         start_tolerance: float = 0.1,
         max_epochs: float = 4.0,
     ) -> None:
-        """The recipe's guards (before training) and the pre-training checklist (at step 0).
+        """The recipe checks (at fit start) and the pre-training checklist (at step 0).
 
-        At fit start every guard is evaluated on the real optimizer, scheduler and trainer: errors
+        At fit start every recipe check is evaluated on the real optimizer, scheduler and trainer: errors
         stop the run, warnings are emitted. At the first training batch the batch checks among the
         callbacks (:class:`InitialLossCheck`, :class:`OverfitCheck`) run, and the checklist is
         printed with a tick or a cross per item.
@@ -75,9 +76,9 @@ class Checklist(Callback):
                 ~4 epochs is about as good as fresh data; far more and the model memorises it).
         """
         self.disable = list(disable or [])
-        unknown = sorted(set(self.disable) - set(GUARDS))
+        unknown = sorted(set(self.disable) - set(RECIPE_CHECKS))
         if unknown:
-            raise ValueError(f"Checklist.disable: unknown guard(s) {unknown}; choose from {list(GUARDS)}.")
+            raise ConfigError(f"Checklist.disable: unknown recipe check(s) {unknown}; choose from {list(RECIPE_CHECKS)}.")
         self.peak_lr_limit, self.small_model_params = peak_lr_limit, small_model_params
         self.warmup_range, self.start_tolerance, self.max_epochs = (
             tuple(warmup_range),
@@ -86,24 +87,24 @@ class Checklist(Callback):
         )
         self.items: dict[str, CheckItem] = {}
         self.text = ""
-        self.guard_seconds = 0.0
+        self.recipe_seconds = 0.0
         self._started = False
 
-    # -- guards ---------------------------------------------------------------------------------
+    # -- recipe checks -------------------------------------------------------------------------------
     def _apply(self, trainer: pl.Trainer, items: list[CheckItem]) -> None:
-        """Record items; switched-off guards become 'off', warnings are emitted, failures raised."""
+        """Record items; switched-off checks become 'off', warnings are emitted, failures raised."""
         failures = []
         for item in items:
             if item.key in self.disable:
-                item = CheckItem(item.key, item.title, "off", f"guard '{item.key}' disabled by config")
-                rank_zero_warn(f"[checks] guard '{item.key}' is disabled by config (Checklist.disable).")
+                item = CheckItem(item.key, item.title, "off", f"recipe check '{item.key}' disabled by config")
+                rank_zero_warn(f"[step-0 checks] recipe check '{item.key}' is disabled by config (Checklist.disable).")
             elif item.status == "warn":
-                rank_zero_warn(f"[checks] {item.detail}")
+                rank_zero_warn(f"[step-0 checks] {item.detail}")
             elif item.status == "fail":
                 failures.append(item.detail)
             self.items[item.key] = item
         if failures:
-            raise SanityCheckError("pre-training guard failed: " + " | ".join(failures))
+            raise SanityCheckError("recipe check failed: " + " | ".join(failures))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.items, self.text, self._started = {}, "", False
@@ -129,7 +130,7 @@ class Checklist(Callback):
                 peak = opt.param_groups[0].get("initial_lr")
                 items += warmup_items(curve, self.start_tolerance, *self.warmup_range, peak_lr=peak)
         items.append(clipping_item(trainer.gradient_clip_val))
-        self.guard_seconds = time.perf_counter() - start
+        self.recipe_seconds = time.perf_counter() - start
         self._apply(trainer, items)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -179,8 +180,8 @@ class Checklist(Callback):
         for item in ordered:
             self.items[item.key] = item
         lines = [item.line() for item in ordered]
-        lines.append(f"  (guards, items without a time: {self.guard_seconds:.2f}s)")
-        self.text = "\n".join(["Pre-training checklist (gptmini.callbacks):", *lines])
+        lines.append(f"  (recipe checks, items without a time: {self.recipe_seconds:.2f}s)")
+        self.text = "\n".join(["Step-0 checklist (gptmini.callbacks: after data preparation, before the first update):", *lines])
         _say(trainer, self.text)
         fails = [item.detail for item in ordered if item.status == "fail"]
         if fails:

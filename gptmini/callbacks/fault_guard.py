@@ -36,6 +36,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptmini.core.config import ConfigError
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient (more often than ``max_skipped_steps`` allows)."""
@@ -84,9 +86,9 @@ class FaultGuard(Callback):
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
         """
         if max_skipped_steps < 0:
-            raise ValueError(f"guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
+            raise ConfigError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
         if check_every_n_steps < 1:
-            raise ValueError(f"guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
+            raise ConfigError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
         self.max_skipped_steps = max_skipped_steps
         self.check_every_n_steps = check_every_n_steps
         self.save_on_sigterm = save_on_sigterm
@@ -124,7 +126,7 @@ class FaultGuard(Callback):
             optimizer.zero_grad(set_to_none=True)  # AdamW skips params without grads entirely
             rank_zero_warn(
                 f"non-finite loss or gradient at step {step} (train/loss={loss_text}): update skipped "
-                f"({self.skipped} of guard.max_skipped_steps={self.max_skipped_steps})."
+                f"({self.skipped} of fault_guard.max_skipped_steps={self.max_skipped_steps})."
             )
             return
         self._stop(trainer, step, f"train/loss={loss_text}")
@@ -167,7 +169,7 @@ class FaultGuard(Callback):
         if first >= 0:  # new skips since the last read
             rank_zero_warn(
                 f"non-finite loss or gradient at step {first}: update skipped "
-                f"({total} of guard.max_skipped_steps={self.max_skipped_steps})."
+                f"({total} of fault_guard.max_skipped_steps={self.max_skipped_steps})."
             )
         self.skipped = total
 
@@ -181,7 +183,7 @@ class FaultGuard(Callback):
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step} ({detail}); training stopped "
             f"before the update. {where} after lowering model.optim.lr or raising "
-            f"model.schedule.warmup_steps, or let guard.max_skipped_steps skip such steps."
+            f"model.schedule.warmup_steps, or let fault_guard.max_skipped_steps skip such steps."
         )
 
     def on_save_checkpoint(

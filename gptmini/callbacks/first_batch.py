@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +23,8 @@ from gptmini.callbacks.report import (
     _training_loss,
     _vocab_size,
 )
+from gptmini.core.config import ConfigError
+from gptmini.core.step import NoGradientError, train_step
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -88,7 +91,7 @@ class InitialLossCheck(_FirstBatchCheck):
         """
         super().__init__()
         if not tolerance > 0:
-            raise ValueError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
+            raise ConfigError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
         self.tolerance = tolerance
         self.vocab_size = vocab_size
 
@@ -111,7 +114,7 @@ class InitialLossCheck(_FirstBatchCheck):
         self.loss, self.expected = loss, expected
         _log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
         detail = f"{loss:.3f} vs ln({vocab}) = {expected:.3f} (gap {gap:+.2f}, tolerance {self.tolerance})"
-        _say(trainer, f"[checks] initial loss {detail}")
+        _say(trainer, f"[step-0 checks] initial loss {detail}")
         if not math.isfinite(loss):
             return CheckItem(
                 self.key,
@@ -170,7 +173,7 @@ class OverfitCheck(_FirstBatchCheck):
         """
         super().__init__()
         if steps <= 0 or warmup_steps < 0 or log_every <= 0 or (rows is not None and rows <= 0):
-            raise ValueError(
+            raise ConfigError(
                 "OverfitCheck: steps and log_every must be > 0, warmup_steps >= 0, rows null or > 0; "
                 f"got steps={steps}, warmup_steps={warmup_steps}, log_every={log_every}, rows={rows}."
             )
@@ -216,29 +219,25 @@ class OverfitCheck(_FirstBatchCheck):
                 ramp = min(1.0, (k + 1) / (self.warmup_steps + 1))
                 for g, peak in zip(opt.param_groups, peaks):
                     g["lr"] = peak * ramp
-                with trainer.precision_plugin.forward_context():
-                    loss = _training_loss(clone, batch)
-                if not loss.requires_grad:
-                    return self._fail("the loss does not depend on any trainable parameter", max(peaks))
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(opt)
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                value = float(loss.detach())
+                try:  # the plain loop's step (gptmini.core.step): the check trains as the baseline does
+                    loss = train_step(
+                        partial(_training_loss, clone, batch),
+                        opt,
+                        params,
+                        forward_context=trainer.precision_plugin.forward_context,
+                        clip=clip,
+                        scaler=scaler,
+                    )
+                except NoGradientError as e:
+                    return self._fail(str(e), max(peaks))
+                value = float(loss)
                 self.losses.append(value)
                 _log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
                 done = self.stop_early and value < self.threshold
                 if k % self.log_every == 0 or k == self.steps - 1 or done:
                     _say(
                         trainer,
-                        f"[checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
+                        f"[step-0 checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
                     )
                 if not math.isfinite(value):
                     return self._fail(f"the loss became {value} at step {k}", max(peaks))

@@ -87,6 +87,18 @@ def _warmup_unfinished(s: CurveShape, n: int, peak_lr: float | None, rtol: float
     return peak_lr is None or s.peak < peak_lr * (1 - rtol)
 
 
+def warmup_unfinished_problem(s: CurveShape, n: int, peak_lr: float | None, rtol: float = 1e-3) -> str | None:
+    """The curve's form of the rule ``schedule.warmup_steps < trainer.max_steps`` (whose config form is
+    :func:`gptmini.core.schedule.validate_horizon`), for any scheduler: the one wording both the lr
+    curve check and the checklist's ``warmup_total`` item use."""
+    if not _warmup_unfinished(s, n, peak_lr, rtol):
+        return None
+    return (
+        f"warmup >= total steps: the lr is still rising at the last step ({n - 1}) and never decays; "
+        f"set schedule.warmup_steps to 1-5% of trainer.max_steps ({n})"
+    )
+
+
 def lr_curve_problems(
     lrs: np.ndarray,
     peak_lr: float | None,
@@ -111,10 +123,9 @@ def lr_curve_problems(
             f"({lrs[s.rises_at - 1]:.3e} -> {lrs[s.rises_at]:.3e}); it must only decay after the peak "
             f"at step {s.warmup_steps}"
         )
-    if _warmup_unfinished(s, n, peak_lr, rtol):
-        problems.append(
-            f"warmup never ends: the lr still rises at the last step ({n - 1}); warmup >= total steps"
-        )
+    unfinished = warmup_unfinished_problem(s, n, peak_lr, rtol)
+    if unfinished:
+        problems.append(unfinished)
     elif s.warmup_steps < n - 1 and min_lr is not None and abs(s.end - min_lr) > rtol * max(s.peak, 1e-30):
         problems.append(
             f"it ends at {s.end:.3e}, not min_lr {min_lr:.3e}: the decay horizon differs from "

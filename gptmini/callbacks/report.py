@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-GuardName = Literal[
+RecipeCheckName = Literal[
     "peak_lr",
     "decay_groups",
     "no_warmup",
@@ -21,11 +21,12 @@ GuardName = Literal[
     "warmup_total",
     "eval_mode",
 ]
-GUARDS: tuple[str, ...] = GuardName.__args__  # type: ignore[attr-defined]
+RECIPE_CHECKS: tuple[str, ...] = RecipeCheckName.__args__  # type: ignore[attr-defined]
 
-# pass: as the recipe says; note: differs, printed only; warn: printed + warning; fail: stops the run;
-# off: disabled by config; skip: not applicable / not run.
-MARKS = {"pass": "✓", "note": "✗", "warn": "✗", "fail": "✗", "off": "–", "skip": "–"}
+# One word per status, so a line reads without a legend: pass = as the recipe says; note = differs,
+# printed only; warn = printed + a warning; fail = stops the run; off = disabled by config;
+# skip = not applicable / not run.
+MARKS = {"pass": "ok", "note": "note", "warn": "WARN", "fail": "FAIL", "off": "off", "skip": "skip"}
 
 
 class SanityCheckError(RuntimeError):
@@ -45,7 +46,7 @@ class CheckItem:
 
     def line(self) -> str:
         took = f" [{self.seconds:.1f}s]" if self.seconds is not None else ""
-        return f"  {MARKS[self.status]} {self.title:<18} {self.detail}{took}"
+        return f"  {MARKS[self.status]:<4} {self.title:<18} {self.detail}{took}"
 
 
 def _say(trainer: pl.Trainer, message: str) -> None:

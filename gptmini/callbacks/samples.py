@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
 
 
@@ -48,7 +49,7 @@ class TextSamples(Callback):
         super().__init__()
         self.prompts = [""] if prompts is None else list(prompts)
         if not self.prompts:
-            raise ValueError('TextSamples.prompts is empty; give at least one prompt ("" is fine).')
+            raise ConfigError('TextSamples.prompts is empty; give at least one prompt ("" is fine).')
         self.cfg = SampleConfig(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
         )

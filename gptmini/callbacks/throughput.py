@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptmini.core.config import ConfigError
 from gptmini.core.flops import _sync, device_peak_flops, flops_per_token, measure_matmul_flops
 
 
@@ -38,14 +39,14 @@ class ThroughputLogger(pl.Callback):
         """
         super().__init__()
         if isinstance(peak_flops, str) and peak_flops != "measure":
-            raise ValueError(
+            raise ConfigError(
                 f"ThroughputLogger peak_flops must be a number (FLOP/s per device), 'measure' or null; "
                 f"got {peak_flops!r}."
             )
         if peak_flops is not None and not isinstance(peak_flops, str) and not peak_flops > 0:
-            raise ValueError(f"ThroughputLogger peak_flops must be > 0, got {peak_flops}.")
+            raise ConfigError(f"ThroughputLogger peak_flops must be > 0, got {peak_flops}.")
         if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"ThroughputLogger log_every_n_steps must be >= 1, got {log_every_n_steps}.")
+            raise ConfigError(f"ThroughputLogger log_every_n_steps must be >= 1, got {log_every_n_steps}.")
         self.peak_flops_setting = peak_flops
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops: float | None = None

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
 
 MODEL_PREFIX = "model."
 COMPILED_PREFIX = "_orig_mod."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint file that is missing, truncated, corrupt or not a gptmini checkpoint."""
 
 
@@ -60,7 +61,8 @@ def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> Mod
     """The ``ModelConfig`` stored by ``GPTMiniModule.on_save_checkpoint`` (or its hparams)."""
     cfg = ckpt.get("gptmini_model_config")
     if cfg is None:
-        cfg = ckpt.get("hyper_parameters", {}).get("model")
+        hparams = ckpt.get("hyper_parameters", {})
+        cfg = hparams.get("arch", hparams.get("model"))  # "model" before the model.arch rename
     if cfg is None:
         raise CheckpointError(f"checkpoint {path} holds no model config; it is not a gptmini checkpoint.")
     return ModelConfig(**cfg)

@@ -20,48 +20,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptmini.core.config import (
+    ConfigError,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    VocabSize,
+    check_fields,
+)
+
 
 @dataclass
 class ModelConfig:
     """Shape of a GPTMini model."""
 
-    vocab_size: int = 8000
+    vocab_size: VocabSize = 8000
     """Number of token ids the embedding and the output head cover (must match the tokenizer)."""
-    block_size: int = 512
+    block_size: PositiveInt = 512
     """Longest context (tokens) the model attends over; RoPE tables are built for this length."""
-    n_layer: int = 6
+    n_layer: PositiveInt = 6
     """Number of transformer blocks."""
-    n_head: int = 6
+    n_head: PositiveInt = 6
     """Attention heads per block; ``n_embd`` must be divisible by it."""
-    n_embd: int = 384
+    n_embd: PositiveInt = 384
     """Width of the residual stream."""
-    mlp_ratio: int = 4
+    mlp_ratio: PositiveInt = 4
     """Hidden width of the MLP as a multiple of ``n_embd``."""
-    rope_base: float = 10000.0
+    rope_base: PositiveFloat = 10000.0
     """Base of the rotary position frequencies."""
-    norm_eps: float = 1e-5
+    norm_eps: NonNegativeFloat = 1e-5
     """Epsilon inside RMSNorm."""
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
     """Standard deviation of the normal init; residual projections use init_std / sqrt(2 * n_layer)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}.")
+        check_fields(self, "model.arch")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+            raise ConfigError(
+                f"model.arch.n_embd ({self.n_embd}) must be divisible by model.arch.n_head ({self.n_head}); "
                 f"pick n_head from the divisors of n_embd."
             )
         if (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(
-                f"model.n_embd / model.n_head = {self.n_embd // self.n_head} must be even for rotary "
+            raise ConfigError(
+                f"model.arch.n_embd / model.arch.n_head = {self.n_embd // self.n_head} must be even for rotary "
                 f"embeddings; change n_embd or n_head."
             )
-        if self.vocab_size > 65536:
-            # Token files are uint16 (see data.py).
-            raise ValueError(f"model.vocab_size ({self.vocab_size}) must be <= 65536.")
 
     @property
     def head_dim(self) -> int:
@@ -167,7 +170,7 @@ class GPTMini(nn.Module):
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(
-                f"sequence length {T} exceeds model.block_size {self.cfg.block_size}; "
+                f"sequence length {T} exceeds model.arch.block_size {self.cfg.block_size}; "
                 f"crop the input or raise block_size."
             )
         x = self.tok_emb(idx)  # (B, T, C)

@@ -7,32 +7,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gptmini.core.config import NonNegativeFloat, PositiveFloat, UnitIntervalRightOpen, check_fields
+
 
 @dataclass
 class OptimConfig:
     """AdamW hyper-parameters."""
 
-    lr: float = 6e-4
+    lr: PositiveFloat = 6e-4
     """Peak learning rate (reached at the end of warmup)."""
-    weight_decay: float = 0.1
+    weight_decay: NonNegativeFloat = 0.1
     """Decoupled weight decay on weight matrices; embeddings, norm gains and biases get 0."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[UnitIntervalRightOpen, UnitIntervalRightOpen] = (0.9, 0.95)
     """AdamW (beta1, beta2); 0.95 reacts faster to loss spikes than the classic 0.999."""
-    eps: float = 1e-8
+    eps: PositiveFloat = 1e-8
     """AdamW epsilon."""
     fused: bool | None = None
     """Fused AdamW kernel: null = on for CUDA without a grad scaler, off elsewhere."""
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}.")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}.")
-        if not self.eps > 0:
-            raise ValueError(f"optim.eps must be > 0, got {self.eps}.")
+        check_fields(self, "model.optim")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -61,12 +55,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_adamw(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over the two groups of :func:`param_groups`."""
+def use_fused(cfg: OptimConfig, device: torch.device | str, grad_scaler: bool = False) -> bool:
+    """The one home of the fused-AdamW rule: ``cfg.fused`` when set; null = on for CUDA unless a grad
+    scaler is active (fp16: Lightning must unscale before clipping, which it refuses for fused)."""
+    if cfg.fused is not None:
+        return cfg.fused
+    return torch.device(device).type == "cuda" and not grad_scaler
+
+
+def build_adamw(
+    model: nn.Module, cfg: OptimConfig, device: torch.device | str | None = None, grad_scaler: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over the two groups of :func:`param_groups`, fused as :func:`use_fused` decides for
+    ``device`` (default: where the model's parameters are)."""
+    if device is None:
+        device = next(model.parameters()).device
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
-        fused=fused,
+        fused=use_fused(cfg, device, grad_scaler),
     )

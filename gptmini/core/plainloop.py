@@ -1,38 +1,24 @@
 """A plain PyTorch training loop for GPTMini: the yardstick gptmini's Lightning path is held to.
 
-It does the same work as ``GPTMiniModule`` in a ``Trainer``: the same two-group AdamW
-(:func:`gptmini.core.optim.build_adamw`), the same per-step LambdaLR (:func:`gptmini.core.schedule.build_scheduler`),
-gradient clipping by norm, the same autocast for ``bf16-mixed``, and at most one host sync per step
-(none, in fact: losses stay on the device until the caller reads them). ``scripts/bench.py`` times it
-against the Lightning path and ``tests/test_plainloop.py`` checks that both train to the same losses.
+It does the same work as ``GPTMiniModule`` in a ``Trainer``: the same two-group AdamW, fused as the
+module decides (:func:`gptmini.core.optim.build_adamw`), the same per-step LambdaLR
+(:func:`gptmini.core.schedule.build_scheduler`), and the step :func:`gptmini.core.step.train_step`
+(autocast for ``bf16-mixed``, clipping by norm) that ``OverfitCheck`` also trains with. No host sync
+per step: losses stay on the device until the caller reads them. ``scripts/bench.py`` times it
+against the Lightning path; ``tests/test_speed.py`` checks that both train to the same losses.
 Lightning-free on purpose.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
-from torch import nn
 
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
-
-# Lightning precision names this loop reproduces (fp16 would need a GradScaler: not a GPTMini recipe).
-PRECISIONS = ("32-true", "32", "bf16-mixed")
-
-
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context Lightning's precision plugin uses for ``precision`` on ``device``."""
-    if str(precision) not in PRECISIONS:
-        raise ValueError(
-            f"precision {precision!r} is not supported by the plain loop; use one of {PRECISIONS}."
-        )
-    if str(precision) == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from gptmini.core.step import autocast_for, train_step
 
 
 def train_plain(
@@ -44,7 +30,6 @@ def train_plain(
     *,
     precision: str = "32-true",
     gradient_clip_val: float | None = 1.0,
-    fused: bool | None = None,
     device: torch.device | str | None = None,
     on_step_end: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
@@ -58,7 +43,6 @@ def train_plain(
         max_steps: Optimizer steps to take.
         precision: ``32-true`` or ``bf16-mixed`` (autocast), as Lightning names them.
         gradient_clip_val: Clip the global grad norm to this (None or 0: no clipping).
-        fused: Fused AdamW; None follows ``optim.fused``, else on for CUDA.
         device: Where to train; default: where the model's parameters are.
         on_step_end: Called with the 0-based step index after each step (timing hooks).
 
@@ -68,9 +52,8 @@ def train_plain(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     model.train()
-    if fused is None:
-        fused = optim.fused if optim.fused is not None else device.type == "cuda"
-    optimizer = build_adamw(model, optim, fused=fused)
+    autocast_for(precision, device)  # refuse an unsupported precision before the first batch
+    optimizer = build_adamw(model, optim, device)
     scheduler = build_scheduler(optimizer, schedule, max_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     non_blocking = device.type == "cuda"
@@ -80,15 +63,15 @@ def train_plain(
             break
         x = x.to(device, non_blocking=non_blocking)  # (B, T)
         y = y.to(device, non_blocking=non_blocking)  # (B, T)
-        with autocast_for(precision, device):
-            loss = model(x, y)[1]  # drop the logits now, as training_step does: 4 B x T x V
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if gradient_clip_val:
-            nn.utils.clip_grad_norm_(params, gradient_clip_val)
-        optimizer.step()
+        loss = train_step(
+            lambda x=x, y=y: model(x, y)[1],  # drop the logits now, as training_step does
+            optimizer,
+            params,
+            forward_context=lambda: autocast_for(precision, device),
+            clip=gradient_clip_val,
+        )
         scheduler.step()
-        losses.append(loss.detach().clone())  # clone: a CUDA-graph replay would overwrite it
+        losses.append(loss.clone())  # clone: a CUDA-graph replay would overwrite it
         if on_step_end is not None:
             on_step_end(step)
     return losses

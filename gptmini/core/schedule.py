@@ -8,21 +8,20 @@ from functools import partial
 
 import torch
 
+from gptmini.core.config import ClosedUnitInterval, ConfigError, NonNegativeInt, check_fields
+
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule; its horizon is ``trainer.max_steps``."""
 
-    warmup_steps: int = 1000
+    warmup_steps: NonNegativeInt = 1000
     """Optimizer steps of linear warmup from near 0 up to the peak lr."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: ClosedUnitInterval = 0.1
     """Final lr as a fraction of the peak (min_lr = peak * ratio), reached at the last step."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"schedule.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}.")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
+        check_fields(self, "model.schedule")
 
 
 def lr_multiplier(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
@@ -42,14 +41,14 @@ def lr_multiplier(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
 
 
 def validate_horizon(warmup_steps: int, max_steps: int) -> None:
-    """Raise a ValueError naming the setting when the schedule cannot be built."""
+    """Raise a ConfigError naming the setting when the schedule cannot be built."""
     if max_steps is None or max_steps <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.max_steps must be a positive integer (the cosine horizon), got {max_steps}. "
             f"Set e.g. `trainer.max_steps: 50000` in the config."
         )
     if warmup_steps >= max_steps:
-        raise ValueError(
+        raise ConfigError(
             f"schedule.warmup_steps ({warmup_steps}) must be smaller than trainer.max_steps "
             f"({max_steps}); 1-5% of max_steps is typical."
         )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from gptmini.core.tokens import EOT, _read_pieces
+from gptmini.core.config import ConfigError
+from gptmini.core.tokens import EOT
 
 
-def train_tokenizer(sources: list[Path], vocab_size: int):
-    """Byte-level BPE (GPT-2 style) trained on the sources, with one end-of-text special token."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Byte-level BPE (GPT-2 style) trained on the texts, with one end-of-text special token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -20,7 +22,7 @@ def train_tokenizer(sources: list[Path], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((piece for src in sources for piece in _read_pieces(src)), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
 
@@ -29,11 +31,11 @@ def load_tokenizer(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
+        raise ConfigError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise ValueError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
+        raise ConfigError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
 
 
 def vocab_of(vocab_size: int, tokenizer: str | None) -> int:

@@ -1,147 +1,182 @@
-"""Text sources -> pieces -> uint16 token files -> fixed windows of block_size + 1 tokens. No Lightning."""
+"""Text streams -> pieces -> uint16 token files -> fixed windows of block_size + 1 tokens. No Lightning.
+
+Streams come from ``gptmini.core.sources`` (``str`` chunks, ``None`` after each record). Pieces are
+strings of about ``PIECE_CHARS`` cut at a line end or before a space, so memory stays bounded
+whatever the line layout, and ``encode_batch`` (multi-threaded in tokenizers) encodes them a batch
+at a time straight into the token file.
+"""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-from collections.abc import Iterator
-from importlib import resources
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gptmini.core.config import ConfigError
+from gptmini.core.sources import Stream
+
 EOT = "<|endoftext|>"
 TOKEN_DTYPE = np.uint16
-META_VERSION = 1
+META_VERSION = 2  # 2: records of JSONL/Parquet/datasets, pieces cut inside long lines
 # Encode in ~1 MB batches of ~16 KB pieces: bounded memory, and encode_batch uses every core.
 PIECE_CHARS = 16_384
 PIECES_PER_BATCH = 64
 
 
-def default_corpus() -> Path:
-    """The embedded public-domain corpus (nine Shakespeare plays, see gptmini/corpus/NOTICE)."""
-    return Path(str(resources.files("gptmini.corpus") / "shakespeare_plays.txt.gz"))
+def _cut(text: str, start: int, limit: int) -> int:
+    """End of a piece of ``text`` from ``start``, at most ``limit`` characters: after the last line
+    end of its second half, else before its last space (BPE words start with their space), else at
+    the limit (a run of text without spaces), never inside an end-of-text marker."""
+    end = start + limit
+    lo = start + limit // 2
+    i = text.rfind("\n", lo, end)
+    if i >= 0:
+        return i + 1
+    i = text.rfind(" ", lo, end)
+    if i > start:
+        return i
+    j = text.rfind(EOT, max(start, end - len(EOT) + 1), end + len(EOT) - 1)
+    return j if start < j < end else end
 
 
-def resolve_sources(data: str | list[str] | None) -> list[Path]:
-    """Files to read: the embedded corpus, a folder (its *.txt / *.txt.gz, recursively) or a list."""
-    if data is None:
-        return [default_corpus()]
-    entries = [data] if isinstance(data, str) else list(data)
-    if not entries:
-        raise ValueError(
-            "data.data is an empty list; give files or folders, or null for the embedded corpus."
-        )
-    files: list[Path] = []
-    for entry in entries:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.name.endswith((".txt", ".txt.gz")))
-            if not found:
-                raise ValueError(f"data.data folder {path} holds no .txt or .txt.gz files.")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(
-                f"data.data path {path} does not exist; give existing .txt files or folders "
-                f"(or null for the embedded corpus)."
-            )
-    return files
+def pieces(stream: Stream, sep: str | None, piece_chars: int | None = None) -> Iterator[str]:
+    """Strings of about ``piece_chars`` (default PIECE_CHARS) from a stream.
 
-
-def _open_text(path: Path):
-    opener = gzip.open if path.name.endswith(".gz") else open
-    # Strict decoding: a corpus with non-UTF-8 bytes is an error (see _read_pieces), not silently
-    # replaced, so nobody trains on mojibake without knowing.
-    return opener(path, "rt", encoding="utf-8", errors="strict", newline="")
-
-
-def _read_pieces(path: Path, piece_chars: int | None = None) -> Iterator[str]:
-    """Yield the file as strings of about piece_chars (default PIECE_CHARS), cut at line ends."""
-    piece_chars = piece_chars or PIECE_CHARS
-    buf: list[str] = []
+    ``sep`` is put after each record and records are packed together (encoding: ``sep`` = the
+    end-of-text token); ``sep=None`` ends a piece at each record (tokenizer training, which must
+    not see the marker as text). Memory: one piece plus the chunk being cut.
+    """
+    limit = piece_chars or PIECE_CHARS
+    parts: list[str] = []  # joined only once a piece is full: small records cost no copies
     size = 0
-    try:
-        with _open_text(path) as f:
-            for line in f:
-                buf.append(line)
-                size += len(line)
-                if size >= piece_chars:
-                    yield "".join(buf)
-                    buf, size = [], 0
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"corpus file {path} is not valid UTF-8 (byte offset ~{e.start} of a chunk: {e.reason}). "
-            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`, or drop it from data.data."
-        ) from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"corpus file {path} cannot be read: {e}") from None
-    if buf:
-        yield "".join(buf)
+    for chunk in stream:
+        if chunk is None:
+            if sep is None:
+                if parts:
+                    yield "".join(parts)
+                parts, size = [], 0
+            else:
+                parts.append(sep)
+                size += len(sep)
+            continue
+        parts.append(chunk)
+        size += len(chunk)
+        if size < limit:
+            continue
+        buf, pos = "".join(parts), 0
+        while len(buf) - pos >= limit:
+            cut = _cut(buf, pos, limit)
+            yield buf[pos:cut]
+            pos = cut
+        parts = [buf[pos:]] if pos < len(buf) else []
+        size = len(buf) - pos
+    if parts:
+        yield "".join(parts)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def take_chars(stream: Stream, max_chars: int) -> Stream:
+    """The first ``max_chars`` characters of a stream (the tokenizer's training sample)."""
+    left = max_chars
+    for chunk in stream:
+        if chunk is None:
+            yield None
+            continue
+        if left <= 0:
+            return
+        yield chunk[:left]
+        left -= len(chunk)
+    return
 
 
-def _encode_to_file(tok, sources: list[Path], out: Path) -> int:
-    """Encode sources into uint16 ids appended to ``out``; returns the token count."""
+class TextSeen:
+    """Passes a stream through, noting whether any record held more than whitespace."""
+
+    def __init__(self) -> None:
+        self.any = False
+
+    def watch(self, stream: Stream) -> Stream:
+        for chunk in stream:
+            if not self.any and chunk and not chunk.isspace():
+                self.any = True
+            yield chunk
+
+
+def _encode_batch(tok) -> Callable[[list[str]], list]:
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we never read.
+    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+
+def record_separator(tok) -> str:
+    """What ends each record: the end-of-text token's text, when the tokenizer reads it as that token."""
     eot = tok.token_to_id(EOT)
+    if eot is None:
+        return ""  # a given tokenizer without one: records are simply concatenated
+    if tok.encode(EOT).ids != [eot]:
+        raise ConfigError(
+            f"data.tokenizer has {EOT} as an ordinary token, not a special one; add it as a special "
+            f"token (tokenizer.add_special_tokens) or give another tokenizer."
+        )
+    return EOT
+
+
+def encode_to_file(tok, texts: Iterable[str], out: Path) -> int:
+    """Encode pieces into uint16 ids written to ``out``; returns the token count."""
+    encode = _encode_batch(tok)
     n = 0
     with open(out, "wb") as f:
-        for src in sources:
-            batch: list[str] = []
-            for piece in _read_pieces(src):
-                batch.append(piece)
-                if len(batch) == PIECES_PER_BATCH:
-                    n += _write_ids(f, tok.encode_batch(batch))
-                    batch = []
-            if batch:
-                n += _write_ids(f, tok.encode_batch(batch))
-            if eot is not None:
-                n += _write_ids(f, [[eot]])  # document separator
+        it = iter(texts)
+        while batch := list(itertools.islice(it, PIECES_PER_BATCH)):
+            encodings = encode(batch)
+            count = sum(len(e.ids) for e in encodings)
+            ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), TOKEN_DTYPE, count)
+            ids.tofile(f)
+            n += count
     return n
 
 
-def _write_ids(f, encodings) -> int:
-    ids = [i for enc in encodings for i in (enc if isinstance(enc, list) else enc.ids)]
-    np.asarray(ids, dtype=TOKEN_DTYPE).tofile(f)
-    return len(ids)
-
-
-def _copy_tokens(src: np.ndarray, out: Path, chunk: int = 1 << 22) -> None:
-    with open(out, "wb") as f:
-        for i in range(0, len(src), chunk):
-            np.asarray(src[i : i + chunk]).tofile(f)
+def split_tail(all_path: Path, n_tail: int, train_path: Path, tail_path: Path, chunk: int = 1 << 22) -> None:
+    """``all_path`` -> ``train_path`` (its head, renamed in place) + ``tail_path`` (its last n_tail ids)."""
+    itemsize = np.dtype(TOKEN_DTYPE).itemsize
+    n = all_path.stat().st_size // itemsize
+    tokens = np.memmap(all_path, dtype=TOKEN_DTYPE, mode="r")
+    with open(tail_path, "wb") as f:
+        for i in range(n - n_tail, n, chunk):
+            np.asarray(tokens[i : min(i + chunk, n)]).tofile(f)
+    del tokens
+    os.truncate(all_path, (n - n_tail) * itemsize)
+    os.replace(all_path, train_path)
 
 
 class TokenWindows(Dataset):
     """Window i = tokens[i*block : i*block + block + 1] -> (x, y) shifted by one.
 
     Deterministic by index (shuffling is the sampler's job), so ``overfit_batches=1`` always sees
-    the same batch. The memmap is opened lazily so each DataLoader worker opens its own.
+    the same batch. An index may also be ``(i, offset)``: the window starting at
+    ``i*block + offset`` (how the sampler shifts the grid); ``shifted=True`` keeps one block in
+    reserve so every offset in [0, block) fits. The memmap is opened lazily so each DataLoader
+    worker opens its own.
     """
 
-    def __init__(self, path: Path, block_size: int) -> None:
+    def __init__(self, path: Path, block_size: int, shifted: bool = False) -> None:
         self.path = Path(path)
         self.block_size = block_size
         n_tokens = self.path.stat().st_size // np.dtype(TOKEN_DTYPE).itemsize
-        self.n_windows = (n_tokens - 1) // block_size
+        self.max_start = max(n_tokens - block_size - 1, 0)  # last start with a full window + target
+        self.n_windows = (n_tokens - 1 - (block_size - 1 if shifted else 0)) // block_size
         self._tokens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.n_windows
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tokens is None:
             self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")
-        start = i * self.block_size
+        i, offset = i if isinstance(i, tuple) else (i, 0)
+        start = i * self.block_size + offset
         window = torch.from_numpy(self._tokens[start : start + self.block_size + 1].astype(np.int64))
         return window[:-1], window[1:]  # (T,), (T,)

@@ -358,6 +358,20 @@ def plot(ex: Exercise, runs: list[RunResult], out: Path, subtitle: str = "") -> 
     return counts
 
 
+def _config_file(path: str | Path) -> Path:
+    """``path``, or the shipped preset of that name (``configs/10m.yaml`` works from an installed copy,
+    where there is no ``configs/`` folder next to the user)."""
+    if Path(path).is_file():
+        return Path(path)
+    shipped = CONFIG_DIR / Path(path).name
+    if shipped.is_file():
+        return shipped
+    raise ValueError(
+        f"config file {path} does not exist; give --config with an existing YAML file or a shipped "
+        f"preset ({', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})."
+    )
+
+
 def run_exercise(
     name: str,
     configs: list[str | Path] | None = None,
@@ -371,10 +385,7 @@ def run_exercise(
     if name not in EXERCISES:
         raise ValueError(f"unknown exercise {name!r}; choose one of {', '.join(EXERCISES)} or 'all'.")
     ex = EXERCISES[name]
-    configs = list(configs) if configs else list(DEFAULT_CONFIGS)
-    for c in configs:
-        if not Path(c).is_file():
-            raise ValueError(f"config file {c} does not exist; give --config with an existing YAML file.")
+    configs = [_config_file(c) for c in configs] if configs else list(DEFAULT_CONFIGS)
     steps = ex.steps if steps is None else steps
     if steps < 2:
         raise ValueError(f"--steps must be >= 2, got {steps}.")

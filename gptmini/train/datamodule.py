@@ -1,9 +1,9 @@
-"""Text files -> BPE tokenizer -> uint16 token files -> fixed windows of block_size + 1 tokens.
+"""Corpus sources -> BPE tokenizer -> uint16 token files -> windows of block_size + 1 tokens.
 
-``prepare_data`` does the one-time work (tokenizer training, chunked encoding, train/val split) and
-writes it atomically into ``cache_dir/<key>/``; a second run with the same sources and settings
-finds it there and does nothing. Reading is through ``np.memmap``, so corpus size is bounded by
-disk, not RAM.
+``prepare_data`` does the one-time work (``gptmini.core.prepare``: tokenizer training on a bounded
+sample, streamed encoding, train/val split) and writes it atomically into ``cache_dir/<key>/``; a
+second run with the same sources and settings finds it there and does nothing. Reading is through
+``np.memmap``, so corpus size is bounded by disk, not RAM.
 """
 
 from __future__ import annotations
@@ -20,19 +20,34 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptmini.core.tokenizer import load_tokenizer, train_tokenizer, vocab_of
-from gptmini.core.tokens import (
-    EOT,
-    META_VERSION,
-    TOKEN_DTYPE,
-    TokenWindows,
-    _copy_tokens,
-    _encode_to_file,
-    _read_pieces,
-    _sha256,
-    resolve_sources,
+from gptmini.core.config import (
+    ConfigError,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveInt,
+    VocabSize,
+    check_args,
+    check_value,
 )
-from gptmini.train.loader import ResumableLoader, ResumableSampler, ignore_stop_signals
+from gptmini.core.prepare import prepare_tokens
+from gptmini.core.sources import ReadOptions, resolve_sources
+from gptmini.core.tokenizer import vocab_of
+from gptmini.core.tokens import META_VERSION, TOKEN_DTYPE, TokenWindows
+from gptmini.train.loader import (
+    WINDOW_OFFSETS,
+    ResumableLoader,
+    ResumableSampler,
+    WindowOffset,
+    ignore_stop_signals,
+)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class GPTMiniData(pl.LightningDataModule):
@@ -41,61 +56,91 @@ class GPTMiniData(pl.LightningDataModule):
         data: str | list[str] | None = None,
         cache_dir: str = "data_cache",
         tokenizer: str | None = None,
-        vocab_size: int = 8000,
-        block_size: int = 512,
-        batch_size: int = 32,
-        val_fraction: float = 0.1,
-        num_workers: int = 0,
+        vocab_size: VocabSize = 8000,
+        block_size: PositiveInt = 512,
+        batch_size: PositiveInt = 32,
+        val_fraction: OpenUnitInterval = 0.1,
+        num_workers: NonNegativeInt = 0,
         pin_memory: bool | None = None,
+        window_offset: WindowOffset = "fixed",
+        text_field: str = "text",
+        bpe_sample_chars: PositiveInt = 100_000_000,
+        hf_config: str | None = None,
+        hf_split: str = "train",
+        hf_streaming: bool = True,
     ) -> None:
         """Tokenized text for GPTMini.
 
         Args:
-            data: A .txt file, a folder of .txt/.txt.gz files, or a list of them; null uses the
-                embedded Shakespeare corpus shipped with the package.
+            data: A file (.txt, .txt.gz, .jsonl, .jsonl.gz, .parquet), a folder of them (recursive), a
+                dataset saved with datasets' save_to_disk, ``hf:NAME`` for a Hugging Face Hub dataset
+                (needs ``pip install "gptmini[hf]"``), or a list of these; null uses the embedded
+                Shakespeare corpus shipped with the package. A text file is one document, a JSONL
+                line or a dataset row one record; each ends with the end-of-text token.
             cache_dir: Folder for the tokenizer, token files and metadata (one subfolder per
                 distinct sources + settings, reused on later runs).
             tokenizer: A tokenizers JSON file to use instead of training a byte-level BPE.
-            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.vocab_size
+            vocab_size: Vocabulary of the BPE trained when no tokenizer is given (model.arch.vocab_size
                 is linked to the tokenizer's size).
-            block_size: Tokens per training window (model.block_size is linked to it).
+            block_size: Tokens per training window (model.arch.block_size is linked to it).
             batch_size: Windows per batch (per device).
             val_fraction: Share of the token stream (its end) held out for validation.
             num_workers: DataLoader worker processes.
             pin_memory: Pin host batches for faster GPU copies; null = on when CUDA is available.
+            window_offset: Where training windows start: ``fixed`` = the same grid every epoch,
+                ``random_per_epoch`` = the grid shifted by a random offset each epoch, ``random`` =
+                each window at a random token (nanoGPT). Drawn from seed + epoch: resume stays exact.
+            text_field: The field (JSONL) or column (Parquet, datasets) that holds the text.
+            bpe_sample_chars: Characters the BPE tokenizer is trained on at most (the start of each
+                source, in proportion to its size); the whole corpus is then encoded. Bounds the
+                tokenizer's time and memory (timings: README "Train on a real corpus").
+            hf_config: The Hugging Face dataset's configuration (subset) name, if it has several.
+            hf_split: The split to train on; the dataset's ``validation`` split, when it has one, is
+                the validation set (else the last data.val_fraction of the tokens).
+            hf_streaming: Stream a Hub dataset (read once, no local Arrow copy); false downloads it
+                into the Hugging Face cache first.
         """
         super().__init__()
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"data.block_size must be a positive integer, got {block_size!r}.")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}.")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}.")
+        checked = check_args(GPTMiniData.__init__, "data", locals())  # the range types above
         self.sources = resolve_sources(data)  # checks paths now, before any long work
         self.cache_root = Path(cache_dir).expanduser()
         self.tokenizer_file = Path(tokenizer).expanduser() if tokenizer else None
-        vocab_size = vocab_of(vocab_size, tokenizer)
-        if not 2 <= vocab_size <= 65536:
-            raise ValueError(f"data.vocab_size must be in [2, 65536] (uint16 tokens), got {vocab_size}.")
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.num_workers = num_workers
+        self.vocab_size = checked["vocab_size"]
+        if tokenizer:  # the file decides the vocabulary
+            key = f"the vocabulary of data.tokenizer {tokenizer}"
+            self.vocab_size = check_value(key, VocabSize, vocab_of(vocab_size, tokenizer))
+        self.block_size = checked["block_size"]
+        self.batch_size = checked["batch_size"]
+        self.val_fraction = checked["val_fraction"]
+        self.num_workers = checked["num_workers"]
+        if not text_field:
+            raise ConfigError("data.text_field is empty; give the name of the text field/column, e.g. text.")
+        if window_offset not in WINDOW_OFFSETS:  # the CLI checks the Literal; this is for Python callers
+            raise ConfigError(
+                f"data.window_offset must be one of {', '.join(WINDOW_OFFSETS)}, got {window_offset!r}."
+            )
+        self.window_offset = window_offset
+        self.read_options = ReadOptions(
+            text_field=text_field, hf_config=hf_config, hf_split=hf_split, hf_streaming=hf_streaming
+        )
+        self.bpe_sample_chars = checked["bpe_sample_chars"]
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
 
     # -- cache -----------------------------------------------------------------------------
     def cache_key(self) -> str:
+        """Sources' content (path, size, mtime) and every setting that changes the tokens."""
         h = hashlib.sha256()
         for src in self.sources:
-            st = src.stat()
-            h.update(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        tok = _sha256(self.tokenizer_file) if self.tokenizer_file else f"bpe{self.vocab_size}"
+            h.update(f"{src.kind}|{src.key()}\n".encode())
+        if self.tokenizer_file:
+            tok = _sha256(self.tokenizer_file)
+        else:
+            tok = f"bpe{self.vocab_size}|{self.bpe_sample_chars}"
         h.update(f"{tok}|{self.val_fraction}|v{META_VERSION}".encode())
+        if any(s.kind != "text" for s in self.sources):  # keeps the keys of plain-text caches as they were
+            h.update(repr(self.read_options).encode())
         return h.hexdigest()[:16]
 
     @property
@@ -114,36 +159,18 @@ class GPTMiniData(pl.LightningDataModule):
         # Build in a temp folder and rename: an interrupted run never leaves a half cache behind.
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_root))
         try:
-            if self.tokenizer_file is not None:
-                tok = load_tokenizer(self.tokenizer_file)
-            else:
-                self._check_not_empty()
-                tok = train_tokenizer(self.sources, self.vocab_size)
-            tok.save(str(tmp / "tokenizer.json"))
-            n = _encode_to_file(tok, self.sources, tmp / "all.bin")
-            n_val = int(n * self.val_fraction)
-            need = self.block_size + 1
-            if n - n_val < need or n_val < need:
-                raise ValueError(
-                    f"corpus too short: {n} tokens give {n - n_val} train / {n_val} val tokens, but one "
-                    f"window needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
-                )
-            tokens = np.memmap(tmp / "all.bin", dtype=TOKEN_DTYPE, mode="r")
-            _copy_tokens(tokens[: n - n_val], tmp / "train.bin")
-            _copy_tokens(tokens[n - n_val :], tmp / "val.bin")
-            del tokens
-            (tmp / "all.bin").unlink()
-            meta = {
-                "version": META_VERSION,
-                "vocab_size": tok.get_vocab_size(),
-                "eot_id": tok.token_to_id(EOT),
-                "train_tokens": n - n_val,
-                "val_tokens": n_val,
-                "sources": [{"path": str(s), "bytes": s.stat().st_size} for s in self.sources],
-                "tokenizer": str(self.tokenizer_file)
-                if self.tokenizer_file
-                else f"trained BPE {self.vocab_size}",
-            }
+            show = self.trainer is None or self.trainer.is_global_zero
+            meta = prepare_tokens(
+                self.sources,
+                self.read_options,
+                tmp,
+                tokenizer_file=self.tokenizer_file,
+                vocab_size=self.vocab_size,
+                val_fraction=self.val_fraction,
+                block_size=self.block_size,
+                bpe_sample_chars=self.bpe_sample_chars,
+                show_progress=show,
+            )
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             try:
                 os.replace(tmp, final)
@@ -153,26 +180,16 @@ class GPTMiniData(pl.LightningDataModule):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _check_not_empty(self) -> None:
-        for src in self.sources:
-            for piece in _read_pieces(src):
-                if piece.strip():
-                    return
-        raise ValueError(
-            f"corpus is empty: data.data ({', '.join(map(str, self.sources))}) holds no text; "
-            f"point data.data at files with text (or null for the embedded corpus)."
-        )
-
     def meta(self) -> dict:
         path = self.cache_path / "meta.json"
         if not path.is_file():
-            raise ValueError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
+            raise ConfigError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
         return json.loads(path.read_text())
 
     def setup(self, stage: str | None = None) -> None:
         meta = self.meta()
         if meta["vocab_size"] != self.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer in {self.cache_path} has {meta['vocab_size']} tokens but "
                 f"data.vocab_size is {self.vocab_size} (the corpus is too small for that many BPE "
                 f"merges, or the tokenizer changed). Set data.vocab_size: {meta['vocab_size']}."
@@ -182,12 +199,13 @@ class GPTMiniData(pl.LightningDataModule):
             expected = meta[f"{split}_tokens"] * np.dtype(TOKEN_DTYPE).itemsize
             actual = path.stat().st_size if path.is_file() else -1
             if actual != expected:
-                raise ValueError(
+                raise ConfigError(
                     f"token file {path} is {actual} bytes, expected {expected} (truncated or "
                     f"corrupt). Delete the folder {self.cache_path} (under data.cache_dir) and run "
                     f"again to rebuild it."
                 )
-        self.train_set = TokenWindows(self.cache_path / "train.bin", self.block_size)
+        shifted = self.window_offset != "fixed"
+        self.train_set = TokenWindows(self.cache_path / "train.bin", self.block_size, shifted=shifted)
         self.val_set = TokenWindows(self.cache_path / "val.bin", self.block_size)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -202,6 +220,7 @@ class GPTMiniData(pl.LightningDataModule):
                 num_replicas=(dist or {}).get("num_replicas", 1),
                 rank=(dist or {}).get("rank", 0),
                 seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                window_offset=self.window_offset,
             )
         return (ResumableLoader if train else DataLoader)(
             dataset,
@@ -217,7 +236,7 @@ class GPTMiniData(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() must run first"
         if len(self.train_set) < self.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"only {len(self.train_set)} training windows of {self.block_size} tokens, fewer than "
                 f"data.batch_size={self.batch_size}; add text or lower batch_size/block_size."
             )

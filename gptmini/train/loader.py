@@ -6,9 +6,14 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Literal
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+WindowOffset = Literal["fixed", "random_per_epoch", "random"]
+WINDOW_OFFSETS: tuple[str, ...] = WindowOffset.__args__  # type: ignore[attr-defined]
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -43,16 +48,39 @@ class ResumableSampler(DistributedSampler):
     sampler into loaders that lack one); with one process it is a plain seeded permutation.
     ``skip`` drops the first indices of the next iteration only: that is how a resumed run
     continues the interrupted epoch instead of restarting it.
+
+    ``window_offset`` (on a ``TokenWindows`` dataset): ``fixed`` yields window indices of the fixed
+    grid; ``random_per_epoch`` shifts the whole grid by one offset in [0, block_size) drawn per
+    epoch; ``random`` draws each window's start uniformly (nanoGPT's sampling, with replacement).
+    Both draw from ``seed``, ``epoch`` and ``rank`` only, so a resumed epoch replays exactly.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        window_offset: WindowOffset = "fixed",
+    ) -> None:
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
+        assert window_offset in WINDOW_OFFSETS, window_offset  # checked in GPTMiniData
+        self.window_offset = window_offset
         self.skip = 0
 
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        indices: list = list(super().__iter__())
+        if self.window_offset != "fixed":
+            # A generator of its own (not the permutation's): the offsets do not change the order.
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 257 + self.rank)
+            if self.window_offset == "random_per_epoch":
+                offset = int(torch.randint(self.dataset.block_size, (1,), generator=g))
+                indices = [(i, offset) for i in indices]
+            else:
+                starts = torch.randint(self.dataset.max_start + 1, (len(indices),), generator=g)
+                indices = [(0, s) for s in starts.tolist()]
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
 

@@ -7,11 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics.text import Perplexity
+from torchmetrics import MeanMetric
 
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
+from gptmini.core.step import compile_by_default
+from gptmini.train.before_fit import check_data_matches_model
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -30,7 +32,7 @@ def _is_fsdp(model: torch.nn.Module) -> bool:
 class GPTMiniModule(pl.LightningModule):
     def __init__(
         self,
-        model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
+        arch: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention defaults
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
         compile: bool | None = None,
@@ -39,23 +41,25 @@ class GPTMiniModule(pl.LightningModule):
         """GPTMini pretraining recipe.
 
         Args:
-            model: Model shape; ``vocab_size`` and ``block_size`` are linked from ``data``.
+            arch: Model architecture (layers, heads, width); ``vocab_size`` and ``block_size`` are
+                linked from ``data``. Was ``model.model`` before 0.2 (README "What changed").
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
                 hold no ``_orig_mod.``); null = on for CUDA, off for CPU, where minutes of
-                compilation outweigh a ~20% faster step on short runs (README "Speed").
+                compilation outweigh a ~20% faster step on short runs (README "Speed"; the rule
+                is ``gptmini.core.step.compile_by_default``).
             compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
         """
         super().__init__()
-        self.model_cfg: ModelConfig = _as(ModelConfig, model)
+        self.model_cfg: ModelConfig = _as(ModelConfig, arch)
         self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
         self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
         # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
-                "model": asdict(self.model_cfg),
+                "arch": asdict(self.model_cfg),
                 "optim": {**asdict(self.optim_cfg), "betas": list(self.optim_cfg.betas)},
                 "schedule": asdict(self.schedule_cfg),
                 "compile": compile,
@@ -65,31 +69,22 @@ class GPTMiniModule(pl.LightningModule):
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
         self.model = GPTMini(self.model_cfg)
-        self.val_ppl = Perplexity()
+        # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
+        # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
+        # copy of the (B, T, V) logits, while the loss is already computed.
+        self.val_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_vocab = getattr(dm, "vocab_size", None)
-        if data_vocab is not None and data_vocab != self.model_cfg.vocab_size:
-            raise ValueError(
-                f"tokenizer vocab size ({data_vocab}, from data) != model.vocab_size "
-                f"({self.model_cfg.vocab_size}). Let the CLI link them (do not set model.vocab_size) "
-                f"or retrain the tokenizer with data.vocab_size={self.model_cfg.vocab_size}."
-            )
-        data_block = getattr(dm, "block_size", None)
-        if data_block is not None and data_block > self.model_cfg.block_size:
-            raise ValueError(
-                f"data.block_size ({data_block}) is larger than model.block_size "
-                f"({self.model_cfg.block_size}); lower data.block_size or raise model.block_size."
-            )
+        # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
+        check_data_matches_model(dm, self.model_cfg)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
             self.model.compile(mode=self.compile_mode)
 
     def _should_compile(self) -> bool:
-        if self.compile_setting is not None:
-            return self.compile_setting
-        return self._trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+        return compile_by_default(self.compile_setting, device)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -104,22 +99,19 @@ class GPTMiniModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, loss = self.model(x, y)  # (B, T, V)
-        self.val_ppl.update(logits.float(), y)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/ppl", self.val_ppl)
+        _, loss = self.model(x, y)  # mean over the batch's B * T tokens
+        self.val_loss.update(loss.detach(), weight=y.numel())
+        # The metric object: Lightning syncs it across ranks, computes it at epoch end and resets it.
+        self.log("val/loss", self.val_loss, prog_bar=True)
 
-    def _use_fused(self) -> bool:
-        """Fused AdamW on CUDA unless a grad scaler is active (fp16 needs unscale before clipping)."""
-        if self.optim_cfg.fused is not None:
-            return self.optim_cfg.fused
-        on_cuda = self.device.type == "cuda"
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
-        return on_cuda and scaler is None
+    def on_validation_epoch_end(self) -> None:
+        # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
+        self.log("val/ppl", self.val_loss.compute().exp(), sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         max_steps = self.trainer.max_steps if self._trainer is not None else -1
-        optimizer = build_adamw(self.model, self.optim_cfg, fused=self._use_fused())
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        optimizer = build_adamw(self.model, self.optim_cfg, self.device, grad_scaler=scaler is not None)
         scheduler = build_scheduler(optimizer, self.schedule_cfg, max_steps)
         return {
             "optimizer": optimizer,

@@ -1,4 +1,4 @@
-"""The guards against the recipe's known failure points: one function per checklist item."""
+"""The recipe checks: against the recipe's known failure points: one function per checklist item."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gptmini.callbacks.lr_curve import _starts_near_zero, _warmup_unfinished, curve_shape
+from gptmini.callbacks.lr_curve import _starts_near_zero, curve_shape, warmup_unfinished_problem
 from gptmini.callbacks.report import CheckItem, _num, _unique_params
 
 # --------------------------------------------------------------------------------------------------
@@ -128,16 +128,9 @@ def warmup_items(
     s = curve_shape(lrs)
     n = len(lrs)
     items = []
-    if _warmup_unfinished(s, n, peak_lr):
-        items.append(
-            CheckItem(
-                "warmup_total",
-                "warmup < total",
-                "fail",
-                f"warmup >= total steps: the lr is still rising at the last step ({n - 1}) and never "
-                f"decays; set schedule.warmup_steps to 1-5% of trainer.max_steps ({n}).",
-            )
-        )
+    unfinished = warmup_unfinished_problem(s, n, peak_lr)
+    if unfinished:
+        items.append(CheckItem("warmup_total", "warmup < total", "fail", unfinished + "."))
         return items
     items.append(CheckItem("warmup_total", "warmup < total", "pass", f"peak at step {s.warmup_steps} of {n}"))
     if s.warmup_steps == 0 or not _starts_near_zero(s, start_tolerance):

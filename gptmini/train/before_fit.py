@@ -1,12 +1,13 @@
-"""Checks the CLI runs after building trainer, model and data but before ``fit`` does any work.
+"""Setting errors the CLI raises in LightningCLI's ``before_fit`` hook: after trainer, model and data
+are built, before data preparation (tokenizer training) or any step. The step-0 checks (callbacks in
+``gptmini.callbacks``) run later, on the real optimizer, schedule and first batch.
 
-Each raises a ``ValueError`` that names the setting and the fix, so a bad config fails in seconds
+Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the fix, so a bad config fails in seconds
 (not after tokenizer training or an hour of steps) and before anything is written to disk.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import re
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gptmini.core.checkpoint import model_config, read_checkpoint
+from gptmini.core.config import ConfigError
 from gptmini.core.schedule import validate_horizon
 
 
@@ -32,7 +34,7 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
     validate_horizon(warmup_steps, trainer.max_steps)
     acc = trainer.accumulate_grad_batches
     if not isinstance(acc, int) or acc < 1:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.accumulate_grad_batches must be an integer >= 1 (micro-batches per optimizer "
             f"step), got {acc!r}."
         )
@@ -40,7 +42,7 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
     device = trainer.strategy.root_device
     if "bf16" in precision and not bf16_supported(device):
         name = f"{device}, {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
-        raise ValueError(
+        raise ConfigError(
             f"trainer.precision={precision} needs bfloat16, which this device ({name}) does not "
             f"support; use trainer.precision=16-mixed (fp16 with a grad scaler) or 32-true."
         )
@@ -50,15 +52,15 @@ def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
     """Vocab and context the data will produce must fit the model (normally linked by the CLI)."""
     vocab = getattr(datamodule, "vocab_size", None)
     if vocab is not None and vocab != model_cfg.vocab_size:
-        raise ValueError(
-            f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.vocab_size "
-            f"({model_cfg.vocab_size}); let the CLI link them (do not set model.vocab_size)."
+        raise ConfigError(
+            f"tokenizer vocab size ({vocab}, from data.vocab_size/data.tokenizer) != model.arch.vocab_size "
+            f"({model_cfg.vocab_size}); let the CLI link them (do not set model.arch.vocab_size)."
         )
     block = getattr(datamodule, "block_size", None)
     if block is not None and block > model_cfg.block_size:
-        raise ValueError(
-            f"data.block_size ({block}) is larger than the model's context model.block_size "
-            f"({model_cfg.block_size}); lower data.block_size or raise model.block_size."
+        raise ConfigError(
+            f"data.block_size ({block}) is larger than the model's context model.arch.block_size "
+            f"({model_cfg.block_size}); lower data.block_size or raise model.arch.block_size."
         )
 
 
@@ -87,14 +89,14 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         globs = _last_checkpoint_globs(trainer)
         found = [Path(p) for g in globs for p in glob.glob(g) if Path(p).is_file()]
         if not found:
-            raise ValueError(
+            raise ConfigError(
                 f"--ckpt_path last: no last.ckpt found (looked for {', '.join(globs)}); drop "
                 f"--ckpt_path to start a new run, or give the checkpoint file."
             )
         return str(max(found, key=lambda p: p.stat().st_mtime))
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise ValueError(
+        raise ConfigError(
             f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
         )
     return str(path)
@@ -106,14 +108,14 @@ def check_checkpoint(path: str, model_cfg: object) -> None:
         ckpt = read_checkpoint(path)
         saved = model_config(ckpt, path)
     except ValueError as e:
-        raise ValueError(f"--ckpt_path: {e}") from None
+        raise ConfigError(f"--ckpt_path: {e}") from None
     diffs = [
-        f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
+        f"model.arch.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
         for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
         if getattr(saved, k) != getattr(model_cfg, k)
     ]
     if diffs:
-        raise ValueError(
+        raise ConfigError(
             f"--ckpt_path {path} was trained with another model shape ({'; '.join(diffs)}); resume "
             f"with the run's own config (its config.yaml) or start a new run."
         )
@@ -150,67 +152,7 @@ def check_log_dir_free(trainer: pl.Trainer) -> None:
         return
     old = [p for p in (Path(log_dir) / "config.yaml", Path(log_dir) / "checkpoints") if p.exists()]
     if old:
-        raise ValueError(
+        raise ConfigError(
             f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "
             f"trainer.logger.init_args.version unset (a new version_N folder per run) or pick a new one."
         )
-
-
-_KEY = re.compile(r"--([A-Za-z_][\w.]*)|'([A-Za-z_][\w.]*)'")
-# Names other trainers use for our settings: a typo check cannot find these by spelling.
-ALIASES = {
-    "learning_rate": "lr",
-    "wd": "weight_decay",
-    "warmup": "warmup_steps",
-    "warmup_iters": "warmup_steps",
-    "max_iters": "max_steps",
-    "num_steps": "max_steps",
-    "grad_clip": "gradient_clip_val",
-    "clip_grad": "gradient_clip_val",
-    "grad_accum": "accumulate_grad_batches",
-    "gradient_accumulation_steps": "accumulate_grad_batches",
-    "context_length": "block_size",
-    "seq_len": "block_size",
-    "n_layers": "n_layer",
-    "n_heads": "n_head",
-    "d_model": "n_embd",
-    "batch": "batch_size",
-    "min_lr": "min_lr_ratio",
-}
-
-
-def _suggest(word: str, known: list[str]) -> str | None:
-    match = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
-    if match:
-        return match[0]
-    group, _, leaf = word.rpartition(".")
-    alias = ALIASES.get(leaf)
-    if alias:
-        same_leaf = [k for k in known if k == alias or k.endswith("." + alias)]
-        if same_leaf:  # prefer the one in the same group
-            return max(same_leaf, key=lambda k: len(_common_prefix(k, group)))
-    return None
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
-def did_you_mean(message: str, known: list[str]) -> str:
-    """' Did you mean ...?' for unknown keys in a jsonargparse error message, else ''."""
-    words = [a or b for a, b in _KEY.findall(message)]
-    # "Group 'model' does not accept option 'optim.learning_rate'" names the key in two parts.
-    group = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
-    if group:
-        words.append(f"{group.group(1)}.{group.group(2)}")
-    hints = []
-    for word in words:
-        if word in known:
-            continue
-        hint = _suggest(word, known)
-        if hint and hint not in hints:
-            hints.append(hint)
-    return f" Did you mean {' or '.join(hints)}?" if hints else ""

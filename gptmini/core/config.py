@@ -1,0 +1,103 @@
+"""The error class of a user's bad setting, and the range types of config fields.
+
+Each range rule lives in its field's type (jsonargparse's restricted number types): the CLI parser
+checks it while parsing (so ``--print_config`` refuses a bad value too), and :func:`check_fields`
+applies the same type when a config is built in Python. Rules that tie several fields together
+stay in the dataclass's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import types
+import typing
+from typing import Any
+
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+
+__all__ = [
+    "ClosedUnitInterval",
+    "ConfigError",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "OpenUnitInterval",
+    "PositiveFloat",
+    "PositiveInt",
+    "UnitIntervalRightOpen",
+    "VocabSize",
+    "check_args",
+    "check_fields",
+    "check_value",
+]
+
+UnitIntervalRightOpen = restricted_number_type(
+    "UnitIntervalRightOpen", float, [(">=", 0.0), ("<", 1.0)], docstring="float in [0, 1)"
+)
+# Token ids are stored as uint16 (gptmini.core.tokens), and a vocabulary needs two ids at least.
+VocabSize = restricted_number_type(
+    "VocabSize", int, [(">=", 2), ("<=", 65536)], docstring="int in [2, 65536]"
+)
+
+
+class ConfigError(ValueError):
+    """A user's setting or input file that cannot work. The message names the setting and the fix;
+    the CLI prints it as one ``error:`` line (``GPTMINI_TRACEBACK=1`` shows the traceback)."""
+
+
+_SYMBOLS = {operator.gt: ">", operator.ge: ">=", operator.lt: "<", operator.le: "<="}
+
+
+def _is_restricted(hint: Any) -> bool:
+    return isinstance(hint, type) and hasattr(hint, "_restrictions") and hasattr(hint, "_type")
+
+
+def describe(hint: Any) -> str:
+    """'> 0', '>= 0 and < 1', ... for a restricted number type."""
+    parts = [f"{_SYMBOLS.get(op, op.__name__)} {ref}" for op, ref in hint._restrictions]
+    kind = "an integer" if hint._type is int else "a number"
+    return f"{kind} {f' {hint._join} '.join(parts)}"
+
+
+def check_value(key: str, hint: Any, value: Any) -> Any:
+    """``value`` checked against the range types in ``hint``, as plain int/float (checkpoints hold
+    plain values); a :class:`ConfigError` naming ``key`` if out of range. Other hints pass through."""
+    if _is_restricted(hint):
+        try:
+            hint(value)
+            if isinstance(value, str):
+                raise ValueError(value)
+            return hint._type(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {describe(hint)}, got {value!r}.") from None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        inner = [a for a in args if a is not type(None)]
+        return check_value(key, inner[0], value) if len(inner) == 1 else value
+    if origin is tuple and args and Ellipsis not in args:
+        if not isinstance(value, (tuple, list)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}.")
+        return tuple(check_value(f"{key}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+    return value
+
+
+def check_fields(obj: Any, prefix: str) -> None:
+    """Apply every field's range type to its value (call from ``__post_init__``)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, check_value(f"{prefix}.{f.name}", hints[f.name], getattr(obj, f.name)))
+
+
+def check_args(fn: Any, prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``fn`` in ``values`` (e.g. ``locals()`` in ``__init__``) checked against
+    their range types, as plain values."""
+    hints = typing.get_type_hints(fn)
+    return {k: check_value(f"{prefix}.{k}", hints[k], v) for k, v in values.items() if k in hints}

@@ -1,0 +1,137 @@
+"""One-time data preparation: sources -> tokenizer (BPE on a bounded sample) -> train/val token files. No Lightning.
+
+Memory is bounded (streams of pieces, a batch of ~1 MB encoded at a time, token files written as
+they come) and time is linear in the corpus: the only pass that is not is the BPE training, on at
+most ``bpe_sample_chars`` characters taken from the start of every source in proportion to its size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gptmini.core.config import ConfigError
+from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
+from gptmini.core.tokenizer import load_tokenizer, train_tokenizer
+from gptmini.core.tokens import (
+    EOT,
+    META_VERSION,
+    TOKEN_DTYPE,
+    TextSeen,
+    encode_to_file,
+    pieces,
+    record_separator,
+    split_tail,
+    take_chars,
+)
+
+
+@contextmanager
+def _bar(desc: str, total: int | None, show: bool) -> Iterator:
+    """A tqdm bar on stderr in bytes (MB/s, ETA when the total is known); nothing when ``show`` is off."""
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not show, mininterval=1.0
+    ) as bar:
+        yield bar.update
+
+
+def has_val_split(sources: list[Source], opts: ReadOptions) -> bool:
+    """A single Hugging Face dataset with a ``validation`` split: that split is the validation set."""
+    if len(sources) != 1 or sources[0].kind not in ("hf", "hf_disk") or opts.hf_split == VAL_SPLIT:
+        return False
+    return VAL_SPLIT in hf_splits(sources[0], opts)
+
+
+def _total(sources: list[Source]) -> int | None:
+    """Bytes on disk of file sources (the bar's total); None (no ETA) for a dataset."""
+    return sum(s.size() or 0 for s in sources) if all(s.is_file for s in sources) else None
+
+
+def sample_stream(sources: list[Source], opts: ReadOptions, max_chars: int, progress) -> Stream:
+    """At most ``max_chars`` characters for the tokenizer: the start of each source, in proportion to
+    its size on disk (of the stream, first come first served, when a size is unknown)."""
+    sizes = [s.size() for s in sources]
+    if None in sizes or not sum(sizes):  # type: ignore[arg-type]
+        yield from take_chars(
+            itertools.chain.from_iterable(stream(s, opts, progress=progress) for s in sources), max_chars
+        )
+        return
+    total = sum(sizes)  # type: ignore[arg-type]
+    for src, size in zip(sources, sizes):
+        yield from take_chars(stream(src, opts, progress=progress), max(1, max_chars * size // total))
+
+
+def prepare_tokens(
+    sources: list[Source],
+    opts: ReadOptions,
+    out: Path,
+    *,
+    tokenizer_file: Path | None,
+    vocab_size: int,
+    val_fraction: float,
+    block_size: int,
+    bpe_sample_chars: int,
+    show_progress: bool = True,
+) -> dict:
+    """Write tokenizer.json, train.bin, val.bin into ``out``; return the metadata (also meta.json's)."""
+    if tokenizer_file is not None:
+        tok = load_tokenizer(tokenizer_file)
+    else:
+        total = _total(sources)
+        with _bar(
+            "gptmini: tokenizer sample", min(total, bpe_sample_chars) if total else None, show_progress
+        ) as up:
+            tok = train_tokenizer(
+                pieces(sample_stream(sources, opts, bpe_sample_chars, up), sep=None), vocab_size
+            )
+    tok.save(str(out / "tokenizer.json"))
+    sep = record_separator(tok)
+    separate_val = has_val_split(sources, opts)
+    seen = TextSeen()
+
+    def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
+        with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
+            texts = itertools.chain.from_iterable(stream(s, opts, split, up) for s in srcs)
+            return encode_to_file(tok, pieces(seen.watch(texts), sep), path)
+
+    train_path, val_path = out / "train.bin", out / "val.bin"
+    if separate_val:
+        n_train = encode(sources, opts.hf_split, train_path, f"gptmini: encoding {opts.hf_split}")
+        n_val = encode(sources, VAL_SPLIT, val_path, f"gptmini: encoding {VAL_SPLIT}")
+    else:
+        n = encode(sources, None, out / "all.bin", "gptmini: encoding")
+        n_val = int(n * val_fraction)
+        n_train = n - n_val
+    if not seen.any:
+        field = (
+            f" under data.text_field={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
+        )
+        raise ConfigError(
+            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}; point "
+            f"data.data at files with text (or null for the embedded corpus)."
+        )
+    need = block_size + 1
+    if n_train < need or n_val < need:
+        where = f"the {VAL_SPLIT} split" if separate_val else "data.val_fraction of the stream"
+        raise ConfigError(
+            f"corpus too short: {n_train} train / {n_val} val tokens (val = {where}), but one window "
+            f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
+        )
+    if not separate_val:
+        split_tail(out / "all.bin", n_val, train_path, val_path)
+    return {
+        "version": META_VERSION,
+        "vocab_size": tok.get_vocab_size(),
+        "eot_id": tok.token_to_id(EOT),
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "token_bytes": TOKEN_DTYPE().itemsize,
+        "val_from": f"{VAL_SPLIT} split" if separate_val else f"last {val_fraction} of the tokens",
+        "sources": [{"source": str(s), "bytes": s.size()} for s in sources],
+        "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",
+    }

@@ -1,0 +1,76 @@
+"""One hand-written optimizer step, and the device defaults every gptmini training path shares.
+
+:func:`train_step` is the only place outside Lightning's loop where gptmini runs forward, backward,
+clipping and the optimizer step: :func:`gptmini.core.plainloop.train_plain` (the baseline
+``scripts/bench.py`` holds the Lightning path to) and
+:class:`gptmini.callbacks.first_batch.OverfitCheck` both call it, so the check trains exactly as that
+baseline does. :func:`compile_by_default` is the one home of "compile on CUDA, not on CPU"; the fused
+AdamW rule lives with the optimizer (:func:`gptmini.core.optim.use_fused`). Lightning-free on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+# Lightning precision names the plain loop reproduces (fp16 would need a GradScaler: not a GPTMini recipe).
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+class NoGradientError(RuntimeError):
+    """The loss does not depend on any trainable parameter, so a step cannot change the model."""
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context Lightning's precision plugin uses for ``precision`` on ``device``."""
+    if str(precision) not in PRECISIONS:
+        raise ValueError(
+            f"precision {precision!r} is not supported by the plain loop; use one of {PRECISIONS}."
+        )
+    if str(precision) == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_by_default(setting: bool | None, device: torch.device | str) -> bool:
+    """``model.compile``: an explicit setting wins; null = on for CUDA, off for CPU, where minutes of
+    compilation outweigh a ~20% faster step on short runs (README "Speed")."""
+    if setting is not None:
+        return bool(setting)
+    return torch.device(device).type == "cuda"
+
+
+def train_step(
+    loss_fn: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    *,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    clip: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """One optimizer step: forward under ``forward_context()``, backward (scaled when ``scaler``),
+    unscale, clip the global grad norm to ``clip`` (None or 0: no clipping), step.
+
+    Returns the loss, detached and still on the device (no host sync here). Raises
+    :class:`NoGradientError` when the loss has no gradient path to the parameters.
+    """
+    with forward_context():
+        loss = loss_fn()  # the caller drops the logits: 4 B x T x V bytes less held through backward
+    if not loss.requires_grad:
+        raise NoGradientError("the loss does not depend on any trainable parameter")
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip true gradients, not scaled ones
+    if clip:
+        nn.utils.clip_grad_norm_(params, float(clip))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()

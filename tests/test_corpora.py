@@ -1,0 +1,195 @@
+"""Corpus inputs: JSONL/Parquet/Hugging Face datasets, bounded pieces, the BPE sample, the cache key."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gptmini.core.prepare as prep_mod
+import gptmini.core.tokens as tokens_mod
+from gptmini.core.sources import READ_CHARS, resolve_sources
+from gptmini.core.tokenizer import load_tokenizer
+from gptmini.core.tokens import EOT, pieces
+from gptmini.train.datamodule import GPTMiniData
+
+RECORDS = [f"Record {i}: the cat sat on mat {i % 7}.\nAnd then it slept.\n" * (1 + i % 3) for i in range(240)]
+
+
+def all_text(dm: GPTMiniData) -> str:
+    tok = load_tokenizer(dm.tokenizer_path)
+    ids = np.concatenate([np.fromfile(dm.cache_path / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    return tok.decode(ids.tolist(), skip_special_tokens=False)
+
+
+def write_jsonl(path: Path, records: list, field: str = "text") -> Path:
+    lines = "".join(json.dumps({field: r, "id": i}) + "\n" for i, r in enumerate(records))
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(lines.encode()))
+    else:
+        path.write_text(lines)
+    return path
+
+
+def write_parquet(path: Path, records: list, field: str = "text") -> Path:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({field: records, "n": list(range(len(records)))}), path)
+    return path
+
+
+def make(data, tmp_path: Path, **kw) -> GPTMiniData:
+    kw = {"cache_dir": str(tmp_path / "cache"), "vocab_size": 300, "block_size": 16, **kw}
+    return GPTMiniData(data=data, **kw)
+
+
+def test_folder_of_jsonl_parquet_and_text_ends_each_record_with_eot(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    write_jsonl(folder / "a.jsonl", RECORDS[:80])
+    write_jsonl(folder / "sub" / "b.jsonl.gz", RECORDS[80:160])
+    write_parquet(folder / "c.parquet", RECORDS[160:])
+    (folder / "d.txt").write_text("A plain text file is one document.\n")
+    (folder / "notes.md").write_text("ignored")
+    dm = make(str(folder), tmp_path)
+    assert [s.kind for s in dm.sources] == ["jsonl", "parquet", "text", "jsonl"]  # sorted paths
+    dm.prepare_data()
+    records = RECORDS[:80] + RECORDS[160:] + ["A plain text file is one document.\n"] + RECORDS[80:160]
+    assert all_text(dm) == "".join(r + EOT for r in records)
+
+
+@pytest.mark.parametrize(
+    "kind, build",
+    [
+        ("jsonl", lambda p: write_jsonl(p / "x.jsonl", RECORDS, field="body")),
+        ("parquet", lambda p: write_parquet(p / "x.parquet", RECORDS, field="body")),
+    ],
+)
+def test_wrong_text_field_is_a_clear_error(tmp_path, kind, build):
+    dm = make(str(build(tmp_path)), tmp_path)
+    with pytest.raises(ValueError, match=r"data\.text_field='text'.*body"):
+        dm.prepare_data()
+    make(str(build(tmp_path)), tmp_path, text_field="body").prepare_data()  # the named fix works
+
+
+def test_record_without_the_field_names_its_line(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", RECORDS[:5])
+    path.write_text(path.read_text() + '{"title": "no text here"}\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl:6 has no text under data\.text_field='text'"):
+        make(str(path), tmp_path).prepare_data()
+
+
+def test_empty_jsonl_is_a_clear_error(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [])
+    with pytest.raises(ValueError, match=r"corpus is empty: .*under data\.text_field='text'"):
+        make(str(path), tmp_path).prepare_data()
+    assert not list((tmp_path / "cache").glob("*/meta.json"))
+
+
+def test_one_long_line_is_cut_into_bounded_pieces_and_decodes_back(tmp_path, monkeypatch):
+    # One 300k-character line (words, then a run without spaces): pieces stay <= PIECE_CHARS.
+    monkeypatch.setattr(tokens_mod, "PIECE_CHARS", 2000)
+    text = " ".join(f"word{i}" for i in range(40_000)) + "x" * 20_000
+    assert len(text) > READ_CHARS // 4
+    path = tmp_path / "line.txt"
+    path.write_text(text)
+    (src,) = resolve_sources(str(path))
+    from gptmini.core.sources import ReadOptions, stream
+
+    got = list(pieces(stream(src, ReadOptions()), sep=EOT))
+    assert max(map(len, got)) <= 2000 and "".join(got) == text + EOT
+    assert sum(p.startswith(" ") for p in got) > len(got) // 2  # cut before spaces, not inside words
+    dm = make(str(path), tmp_path)
+    dm.prepare_data()
+    assert all_text(dm) == text + EOT
+
+
+def test_eot_marker_never_split(monkeypatch):
+    text = "y" * 1990 + EOT + "z" * 3000
+    got = list(pieces(iter([text, None]), sep=EOT, piece_chars=2000))
+    assert "".join(got) == text + EOT and all(EOT in p or "<|" not in p for p in got)
+
+
+def test_bpe_trains_on_a_bounded_sample(tmp_path, monkeypatch):
+    seen = []
+    real = prep_mod.train_tokenizer
+
+    def spy(texts, vocab_size):
+        texts = list(texts)
+        seen.append(sum(map(len, texts)))
+        return real(texts, vocab_size)
+
+    monkeypatch.setattr(prep_mod, "train_tokenizer", spy)
+    a = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    b = tmp_path / "b.txt"
+    b.write_text("".join(RECORDS))
+    dm = make([str(a), str(b)], tmp_path, bpe_sample_chars=5000)
+    dm.prepare_data()
+    assert 4000 < seen[0] <= 5000  # both sources contribute, in proportion to their size
+    assert dm.meta()["train_tokens"] + dm.meta()["val_tokens"] > 5000  # yet all of it is encoded
+
+
+def test_cache_key_follows_content_and_settings(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", RECORDS)
+    key = make(str(path), tmp_path).cache_key()
+    assert make(str(path), tmp_path).cache_key() == key
+    assert make(str(path), tmp_path, text_field="body").cache_key() != key
+    assert make(str(path), tmp_path, bpe_sample_chars=10**6).cache_key() != key
+    write_jsonl(path, RECORDS[:-1])
+    assert make(str(path), tmp_path).cache_key() != key
+
+
+def test_progress_bar_on_stderr(tmp_path, capsys):
+    make(str(write_jsonl(tmp_path / "x.jsonl", RECORDS)), tmp_path).prepare_data()
+    err = capsys.readouterr().err
+    assert "gptmini: tokenizer sample" in err and "gptmini: encoding" in err and "B/s" in err
+
+
+# -- Hugging Face datasets: built locally, through the same code path as the Hub ---------------------
+def saved_dataset(tmp_path: Path, validation: bool) -> Path:
+    datasets = pytest.importorskip("datasets")
+    splits = {"train": datasets.Dataset.from_dict({"text": RECORDS, "n": list(range(len(RECORDS)))})}
+    if validation:
+        splits["validation"] = datasets.Dataset.from_dict({"text": RECORDS[:40], "n": list(range(40))})
+    path = tmp_path / "ds"
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    return path
+
+
+def test_saved_dataset_uses_its_validation_split(tmp_path):
+    dm = make(str(saved_dataset(tmp_path, validation=True)), tmp_path)
+    assert [s.kind for s in dm.sources] == ["hf_disk"]
+    dm.prepare_data()
+    tok = load_tokenizer(dm.tokenizer_path)
+    val = np.fromfile(dm.cache_path / "val.bin", dtype=np.uint16).tolist()
+    assert tok.decode(val, skip_special_tokens=False) == "".join(r + EOT for r in RECORDS[:40])
+    assert dm.meta()["val_from"] == "validation split"
+
+
+def test_saved_dataset_without_validation_holds_out_the_tail(tmp_path):
+    dm = make(str(saved_dataset(tmp_path, validation=False)), tmp_path)
+    dm.prepare_data()
+    assert all_text(dm) == "".join(r + EOT for r in RECORDS)
+    assert dm.meta()["val_from"].startswith("last 0.1")
+
+
+def test_hub_name_goes_through_load_dataset(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    local = datasets.load_from_disk(str(saved_dataset(tmp_path, validation=True)))
+    calls = []
+
+    def fake_load_dataset(name, config=None, streaming=False, **kw):
+        calls.append((name, config, streaming))
+        return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in local.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dm = make("hf:someone/stories", tmp_path, hf_config="small", text_field="text")
+    dm.prepare_data()
+    assert calls and set(calls) == {("someone/stories", "small", True)}
+    assert all_text(dm) == "".join(r + EOT for r in RECORDS) + "".join(r + EOT for r in RECORDS[:40])
+    with pytest.raises(ValueError, match=r"no split 'dev'.*data\.hf_split"):
+        make("hf:someone/stories", tmp_path, hf_split="dev").prepare_data()

@@ -1,0 +1,69 @@
+"""The layer rule: nothing under gptmini/core imports Lightning, directly or through another module."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gptmini.core
+
+CORE = Path(gptmini.core.__file__).parent
+# Lightning and the packages that come with it: core must run (train, sample, load) without any.
+BLOCKED = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics")
+
+
+def core_modules() -> list[str]:
+    return sorted(
+        "gptmini.core" + ("" if p.stem == "__init__" else "." + p.stem) for p in CORE.glob("*.py")
+    )
+
+
+def imported_names(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_core_sources_import_no_lightning_and_no_upper_layer():
+    bad = []
+    for path in sorted(CORE.glob("*.py")):
+        for name in imported_names(path):
+            top = name.split(".")[0]
+            if top in BLOCKED or (top == "gptmini" and not name.startswith("gptmini.core")):
+                bad.append(f"{path.name}: import {name}")
+    assert len(core_modules()) >= 10  # the glob found the package
+    assert bad == [], bad
+
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked: gptmini.core must not need it")
+sys.meta_path.insert(0, Block())
+import importlib
+for name in {modules!r}:
+    importlib.import_module(name)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not leaked, leaked
+print("ok", len({modules!r}))
+"""
+
+
+def test_every_core_module_imports_where_lightning_cannot():
+    """A process where ``import lightning`` (and torchmetrics) fails imports every core module."""
+    modules = core_modules()
+    code = BLOCKER.format(blocked=BLOCKED, modules=modules)
+    env = {**os.environ, "PYTHONPATH": str(CORE.parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok", str(len(modules))]

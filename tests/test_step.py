@@ -1,0 +1,38 @@
+"""The one hand-written training step (gptmini.core.step) and the device defaults it sits with."""
+
+import pytest
+import torch
+from torch import nn
+
+from gptmini.callbacks import first_batch
+from gptmini.core import plainloop, step
+from gptmini.core.step import NoGradientError, compile_by_default, train_step
+
+
+def test_overfit_check_and_plain_loop_share_one_step():
+    # Same object, not a copy: the check trains exactly as the baseline scripts/bench.py times.
+    assert first_batch.train_step is plainloop.train_step is step.train_step
+
+
+def test_train_step_clips_steps_and_returns_the_detached_loss():
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1, bias=False)
+    before = net.weight.detach().clone()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    x = torch.randn(8, 4) * 100  # a large gradient, so clipping to 0.5 decides the update size
+    loss = train_step(lambda: net(x).pow(2).mean(), opt, list(net.parameters()), clip=0.5)
+    assert not loss.requires_grad and loss > 0
+    assert torch.linalg.vector_norm(net.weight.detach() - before).item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_train_step_refuses_a_loss_without_gradient():
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(NoGradientError, match="does not depend on any trainable parameter"):
+        train_step(lambda: torch.ones(()), opt, list(net.parameters()))
+
+
+def test_compile_default_has_one_home():
+    assert compile_by_default(None, "cuda") is True
+    assert compile_by_default(None, "cpu") is False
+    assert compile_by_default(True, "cpu") is True and compile_by_default(False, "cuda") is False
