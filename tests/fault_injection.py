@@ -1,4 +1,5 @@
-"""Test-only callback that breaks a run at a chosen optimizer step (used via class_path)."""
+"""Test-only callbacks (used via class_path): break a run at a chosen optimizer step; hold runs
+started together at a rendezvous."""
 
 from __future__ import annotations
 
@@ -47,3 +48,24 @@ class InjectFault(Callback):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"paused at step {trainer.global_step}, no signal came")
                 time.sleep(0.02)
+
+
+class Rendezvous(Callback):
+    def __init__(self, folder: str, parties: int) -> None:
+        """Hold each run at ``setup`` (after the CLI's before_fit, before the config is written)
+        until ``parties`` runs have arrived: runs started together reach the log folder together.
+
+        Args:
+            folder: Where each run leaves a file named by its pid.
+            parties: Runs to wait for.
+        """
+        self.folder = Path(folder)
+        self.parties = parties
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 240
+        while len(list(self.folder.iterdir())) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(list(self.folder.iterdir()))} of {self.parties} runs came")
+            time.sleep(0.05)

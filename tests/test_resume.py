@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import attribute_docstrings_off, callbacks_args, scalars_by_step, tiny_cli_args
+from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_by_step, tiny_cli_args
 
 from gptmini.cli import main
 from gptmini.core.checkpoint import load_model, read_checkpoint
@@ -49,10 +49,6 @@ def run_args(root: Path, corpus_file: Path, data_cache: Path, fault: dict | None
         "--trainer.val_check_interval=5",
         "--trainer.limit_val_batches=2",
     ]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)]), "OMP_NUM_THREADS": "1"}
 
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
