@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -12,13 +13,13 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import before_fit
+from gptmini.train import before_fit, resume
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
@@ -54,7 +55,10 @@ class SaveConfigToCheckpoint(SaveConfigCallback):
     """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["gptmini_config"] = self.parser.dump(self.config, skip_none=False)
+        # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
+        if getattr(self, "_dumped", None) is None:
+            self._dumped = self.parser.dump(self.config, skip_none=False)
+        checkpoint["gptmini_config"] = self._dumped
 
 
 class GPTMiniCLI(LightningCLI):
@@ -66,25 +70,31 @@ class GPTMiniCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
-        model, trainer = self.model, self.trainer
+        trainer = self.trainer
+        ckpt = self._resolve_ckpt_path()
+        if ckpt and ckpt.endswith(".ckpt"):
+            self._resume_settings(ckpt)
+        model = self.model
         before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
-        self._resolve_ckpt_path()
+        self._init_from(ckpt)
         self._claim_log_dir()
 
     def before_validate(self) -> None:
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
-        if self._resolve_ckpt_path() is None:
+        ckpt = self._resolve_ckpt_path()
+        if ckpt and ckpt.endswith(".ckpt"):
+            before_fit.check_checkpoint(ckpt, self.model.model_cfg)
+        elif ckpt is None and not self.config_init[self.subcommand].get("init_from"):
             raise ConfigError(
                 "validate needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
                 "run name) or --ckpt_path path/to/file.ckpt."
             )
+        self._init_from(ckpt)
         self._claim_log_dir()
 
     def _resolve_ckpt_path(self) -> str | None:
         ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
-        if ckpt and ckpt.endswith(".ckpt"):
-            before_fit.check_checkpoint(ckpt, self.model.model_cfg)
         # `last` resolved across version folders (Lightning's own `last` looks only in this run's
         # new, empty one); the saved config records the file actually used.
         self.config_init[self.subcommand]["ckpt_path"] = ckpt
@@ -96,6 +106,45 @@ class GPTMiniCLI(LightningCLI):
             before_fit.claim_version(self.trainer)
             before_fit.check_log_dir_free(self.trainer)
 
+    # -- resume and init_from (gptmini.train.resume) ----------------------------------------------
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self._args = args
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the user's model settings before LightningCLI puts the checkpoint's over them."""
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path"):
+            given = resume.given_values(self.parser, self._args)
+            self._user_model = (
+                resume.flatten(given.get(sub, {}).get("model") or {}),
+                resume.flatten(self.config[sub]["model"]),
+            )
+        super()._parse_ckpt_path()
+
+    def _resume_settings(self, ckpt_path: str) -> None:
+        """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
+        sub = self.subcommand
+        ckpt = before_fit.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
+        given, parsed = self._user_model
+        settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
+        resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))
+        if resume.flatten(settings) != resume.flatten(dict(self.model.hparams)):
+            # `last` is found only now (LightningCLI applied nothing) or a runtime key changed.
+            # In place: SaveConfigCallback holds self.config[sub] and writes it to config.yaml.
+            updated = self.parser.parse_object({sub: {"model": settings}}, self.config)
+            self.config[sub]["model"] = updated[sub]["model"]
+            self.model = self.config_init[sub]["model"] = type(self.model)(**settings)
+
+    def _init_from(self, ckpt_path: str | None) -> None:
+        """``--init_from``: a new run from a checkpoint's model weights (fresh optimizer, step 0)."""
+        path = self.config_init[self.subcommand].get("init_from")
+        if not path or ckpt_path:  # resuming: the weights come from ckpt_path (checked above)
+            return
+        path = before_fit.check_checkpoint(path, self.model.model_cfg, flag="--init_from")
+        step = resume.load_weights(self.model.model, path)
+        rank_zero_info(f"--init_from {path}: model weights of step {step}; new run from step 0.")
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
         parser.add_lightning_class_args(FaultGuard, "fault_guard")
@@ -103,6 +152,13 @@ class GPTMiniCLI(LightningCLI):
         parser.link_arguments("data.block_size", "model.arch.block_size")
         # A given tokenizer file decides the vocab; otherwise data.vocab_size does.
         parser.link_arguments(("data.vocab_size", "data.tokenizer"), "model.arch.vocab_size", vocab_of)
+        parser.add_argument(
+            "--init_from",
+            type=str | None,
+            default=None,
+            help="Start a new run from this checkpoint's model weights only: step 0, fresh AdamW, "
+            "the configured schedule (model.arch must match). To continue a run, use --ckpt_path.",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -115,6 +171,9 @@ class GPTMiniCLI(LightningCLI):
                 callbacks[i] = LossProgressBar()
         return trainer
 
+
+# `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
+TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
 
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 
@@ -136,7 +195,11 @@ def main(args: list[str] | None = None) -> int:
     """The ``gptmini`` console script and ``python -m gptmini.cli``: exit status 0 when the command
     finished. Otherwise: 2 a bad argument or setting (one ``error:`` line), 1 any other error, 143
     stopped by SIGTERM and 130 by Ctrl-C (``last.ckpt`` saved; FaultGuard sets the status)."""
-    make_cli(args)
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in TOOLS:
+        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+    else:
+        make_cli(args)
     return 0
 
 

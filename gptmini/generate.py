@@ -1,84 +1,71 @@
-"""Sample text from a trained GPTMini: ``python -m gptmini.generate CHECKPOINT --prompt "ROMEO:"``.
+"""Sample text from a trained GPTMini: ``gptmini generate CHECKPOINT --prompt "ROMEO:"``.
 
-The checkpoint is all that is needed: ``GPTMiniModule`` stores the model config and the tokenizer
-JSON in every checkpoint it writes (``--tokenizer`` overrides the stored one, e.g. for checkpoints
-written before it did). ``--help`` lists every option.
+Also ``python -m gptmini.generate``. CHECKPOINT is a ``.ckpt`` or a folder written by ``gptmini export``;
+either is all that is needed: ``GPTMiniModule`` stores the model config and the tokenizer JSON in
+every checkpoint it writes (``--tokenizer`` overrides the stored one, e.g. for checkpoints written
+before it did). ``--help`` lists every option.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-from gptmini.core.checkpoint import CheckpointError, model_config, model_state_dict, read_checkpoint
-from gptmini.core.model import GPTMini
+from gptmini.core.checkpoint import load_model_and_tokenizer
+from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
-from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
-
-
-def load_for_generation(checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"):
-    """(model in eval mode on ``device``, tokenizer) from a gptmini checkpoint."""
-    ckpt = read_checkpoint(checkpoint, map_location="cpu")
-    model = GPTMini(model_config(ckpt, checkpoint))
-    try:
-        model.load_state_dict(model_state_dict(ckpt), strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match its model config: {e}") from e
-    if tokenizer is not None:
-        tok = load_tokenizer(Path(tokenizer).expanduser())
-    elif "gptmini_tokenizer" in ckpt:
-        tok = tokenizer_from_json(ckpt["gptmini_tokenizer"])
-    else:
-        raise ValueError(
-            f"checkpoint {checkpoint} holds no tokenizer (written by an older gptmini); pass "
-            f"--tokenizer data_cache/<key>/tokenizer.json, the one the run trained with."
-        )
-    if tok.get_vocab_size() != model.cfg.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tok.get_vocab_size()} tokens but the model in {checkpoint} has "
-            f"vocab_size {model.cfg.vocab_size}; use the tokenizer the model was trained with."
-        )
-    return model.to(device).eval(), tok
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
     return device
 
 
 def generate(
     checkpoint: str,
     prompt: str = "",
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    seed: int = 1337,
+    # Defaults are SampleConfig's (one home); --help shows the values.
+    max_new_tokens: int = SampleConfig.max_new_tokens,
+    temperature: float = SampleConfig.temperature,
+    top_k: int | None = SampleConfig.top_k,
+    top_p: float | None = SampleConfig.top_p,
+    stop_at_eot: bool = SampleConfig.stop_at_eot,
+    seed: int = SampleConfig.seed,
     num_samples: int = 1,
     device: str = "auto",
     tokenizer: str | None = None,
+    kv_cache: bool = SampleConfig.kv_cache,
 ) -> list[str]:
     """Sample text from a gptmini checkpoint and print it.
 
     Args:
-        checkpoint: A ``.ckpt`` file written by ``gptmini.cli fit`` (e.g. runs/tiny/version_0/checkpoints/last.ckpt).
+        checkpoint: A ``.ckpt`` written by ``gptmini fit`` (e.g. runs/tiny/version_0/checkpoints/last.ckpt)
+            or a folder written by ``gptmini export``.
         prompt: Text to continue; empty starts a new document.
         max_new_tokens: Tokens to generate after the prompt.
         temperature: Softmax temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only; null for the whole vocabulary.
+        top_p: Nucleus sampling after temperature and top_k: the fewest most likely tokens whose
+            probabilities sum to top_p (0 < top_p <= 1); null for no limit.
+        stop_at_eot: End a sample at the end-of-text token (false: always max_new_tokens).
         seed: Seed of the sampler: the same seed, checkpoint and options give the same text.
         num_samples: Independent continuations to print.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
+        kv_cache: Reuse attention keys/values between steps (false recomputes the context for
+            every token: slower, for comparison).
     """
-    cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    cfg = SampleConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        stop_at_eot=stop_at_eot, kv_cache=kv_cache, seed=seed,
+    )
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    model, tok = load_for_generation(checkpoint, tokenizer, resolve_device(device))
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
     texts = sample(model, tok, prompt, cfg, num_samples)
     for i, text in enumerate(texts):
         if num_samples > 1:

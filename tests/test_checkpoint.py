@@ -1,7 +1,8 @@
-"""gptmini.core.checkpoint: Lightning checkpoints -> a bare GPTMini, and clear errors for bad files."""
+"""gptmini.core.checkpoint and core.export: checkpoints and export folders -> a bare GPTMini, clear errors."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import pytest
@@ -68,3 +69,62 @@ def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg)
     check_checkpoint(str(path), tiny_model_cfg)  # same shape: fine
     with pytest.raises(ValueError, match=r"model.arch.n_embd: checkpoint 32 vs config 64"):
         check_checkpoint(str(path), replace(tiny_model_cfg, n_embd=64))
+
+
+def test_export_folder_round_trip(tmp_path, tiny_model_cfg, tiny_data):
+    from safetensors import safe_open
+
+    from gptmini.core.checkpoint import load_model_and_tokenizer
+    from gptmini.core.export import export_model
+
+    ckpt = tmp_path / "m.ckpt"
+    ref = _fake_ckpt(ckpt, tiny_model_cfg, compiled=True)  # _orig_mod. keys must not reach the export
+    out = export_model(ckpt, tmp_path / "export", tokenizer=tiny_data.tokenizer_path)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    with safe_open(out / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    tied = {"tok_emb.weight", "lm_head.weight"}
+    assert len(keys & tied) == 1 and keys | tied == set(ref.state_dict())  # bare names; tied matrix once
+    assert json.loads((out / "config.json").read_text()) == asdict(tiny_model_cfg)
+    idx = torch.randint(0, tiny_model_cfg.vocab_size, (2, 8))
+    for source in (out, ckpt):
+        model = load_model(source)
+        assert not model.training
+        torch.testing.assert_close(model(idx)[0], ref(idx)[0], rtol=0, atol=0)
+    model, tok = load_model_and_tokenizer(out)
+    assert tok.get_vocab_size() == tiny_model_cfg.vocab_size
+
+
+def test_export_refuses_to_mix_or_overwrite_silently(tmp_path, tiny_model_cfg, tiny_data):
+    from gptmini.core.export import export_model
+
+    ckpt = tmp_path / "m.ckpt"
+    _fake_ckpt(ckpt, tiny_model_cfg)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"busy already holds other files \(notes.txt\)"):
+        export_model(ckpt, busy, tokenizer=tiny_data.tokenizer_path)
+    out = export_model(ckpt, tmp_path / "out", tokenizer=tiny_data.tokenizer_path)
+    with pytest.raises(ValueError, match="--overwrite=true"):
+        export_model(ckpt, out, tokenizer=tiny_data.tokenizer_path)
+    export_model(ckpt, out, tokenizer=tiny_data.tokenizer_path, overwrite=True)
+    with pytest.raises(ValueError, match=r"m.ckpt holds no tokenizer.*--tokenizer"):
+        export_model(ckpt, tmp_path / "other")  # the fake checkpoint stores none
+    assert not (tmp_path / "other").exists()  # refused before writing anything
+
+
+def test_bad_export_folder_names_the_file(tmp_path, tiny_model_cfg, tiny_data):
+    from gptmini.core.export import export_model
+
+    ckpt = tmp_path / "m.ckpt"
+    _fake_ckpt(ckpt, tiny_model_cfg)
+    with pytest.raises(CheckpointError, match="without model.safetensors and config.json"):
+        load_model(tmp_path)
+    out = export_model(ckpt, tmp_path / "out", tokenizer=tiny_data.tokenizer_path)
+    (out / "config.json").write_text(json.dumps({**asdict(tiny_model_cfg), "n_embd": 64}))
+    with pytest.raises(CheckpointError, match="model.safetensors does not match config.json"):
+        load_model(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not a gptmini model config"):
+        load_model(out)

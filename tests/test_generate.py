@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,10 +59,12 @@ def test_compiled_model_samples_eagerly_and_identically(model_and_tok):
 def test_respects_max_new_tokens(model_and_tok):
     model, tok = model_and_tok
     ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
-    for n in (1, 9, 50):  # 50 > block_size 32: the context slides, the count still holds
-        out = sampling.sample_ids(model, ids, sampling.SampleConfig(max_new_tokens=n), num_samples=3)
-        assert out.shape == (3, len(ids) + n)
-        assert out[:, : len(ids)].tolist() == [ids] * 3
+    for n in (1, 9, 50, 100):  # > block_size 32: the context is cropped, the count still holds
+        for kv_cache in (True, False):
+            cfg = sampling.SampleConfig(max_new_tokens=n, kv_cache=kv_cache)
+            out = sampling.sample_ids(model, ids, cfg, num_samples=3)
+            assert out.shape == (3, len(ids) + n)
+            assert out[:, : len(ids)].tolist() == [ids] * 3
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -79,6 +83,80 @@ def test_respects_top_k(model_and_tok, k):
     greedy = sampling.sample_ids(model, ids, sampling.SampleConfig(max_new_tokens=n_new, temperature=0.0))
     if k == 1:
         assert torch.equal(out, greedy)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 1.0, "top_k": None},
+        {"temperature": 0.8, "top_k": 50, "top_p": 0.9},
+        {"temperature": 0.0},
+    ],
+)
+def test_kv_cache_gives_the_uncached_tokens(model_and_tok, settings):
+    model, tok = model_and_tok
+    ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
+    n_new = model.cfg.block_size - len(ids)  # fills the context exactly: both paths see the same one
+    runs = [
+        sampling.sample_ids(model, ids, sampling.SampleConfig(n_new, kv_cache=c, seed=4, **settings), 3)
+        for c in (True, False)
+    ]
+    assert torch.equal(runs[0], runs[1])
+    assert runs[0][0].tolist() != runs[0][1].tolist() or settings["temperature"] == 0
+
+
+def test_kv_cache_continues_rope_positions(model_and_tok):
+    model, _ = model_and_tok
+    idx = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.block_size))
+    full, _ = model(idx)  # (2, T, V)
+    cache = model.new_cache()
+    for start, end in [(0, 7), (7, 20), (20, 21), (21, model.cfg.block_size)]:  # prefill, chunk, one, rest
+        logits, _ = model(idx[:, start:end], cache=cache)
+        assert logits.shape == (2, 1, model.cfg.vocab_size)
+        torch.testing.assert_close(logits[:, 0], full[:, end - 1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds model.arch.block_size"):
+        model(idx[:, :1], cache=cache)  # full: sampling restarts it instead (see sampling.generate_ids)
+
+
+def test_top_p_keeps_the_nucleus_only():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(4000, 4)
+    for top_p, kept in [(0.4, {0}), (0.75, {0, 1}), (0.85, {0, 1, 2}), (1.0, {0, 1, 2, 3})]:
+        cfg = sampling.SampleConfig(temperature=1.0, top_k=None, top_p=top_p)
+        drawn = sampling.next_token(logits, cfg, torch.Generator().manual_seed(0))
+        assert set(drawn[:, 0].tolist()) == kept, top_p
+
+
+class _EotIs:
+    """The tokenizer, with another token id playing end-of-text."""
+
+    def __init__(self, tok, eot: int) -> None:
+        self.tok, self.eot = tok, eot
+        self.encode, self.decode = tok.encode, tok.decode
+
+    def token_to_id(self, token: str) -> int:
+        return self.eot
+
+
+def test_stop_at_eot_ends_each_sample_on_its_own(model_and_tok):
+    model, tok = model_and_tok
+    ids = sampling.encode_prompt(tok, "ROMEO:", model.cfg.block_size)
+    free = sampling.SampleConfig(max_new_tokens=20, temperature=1.0, top_k=None, seed=9, stop_at_eot=False)
+    ref = sampling.sample_ids(model, ids, free, num_samples=4)[:, len(ids) :]  # (4, 20)
+    eot = int(ref[0, 3])  # row 0 emits it at step 3 at the latest; other rows later or never
+    stop = sampling.SampleConfig(max_new_tokens=20, temperature=1.0, top_k=None, seed=9, stop_at_eot=True)
+    out = sampling.sample_ids(model, ids, stop, num_samples=4, eot_id=eot)[:, len(ids) :]
+    ends = [row.index(eot) if eot in row else None for row in ref.tolist()]
+    assert ends[0] <= 3
+    longest = 20 if None in ends else max(ends) + 1
+    assert out.shape == (4, longest)  # stops once every row has stopped
+    for row, ref_row, end in zip(out.tolist(), ref.tolist(), ends):
+        if end is None:
+            assert row == ref_row
+        else:  # the same tokens up to its end-of-text, then padding with it
+            assert row == ref_row[: end + 1] + [eot] * (longest - end - 1)
+    texts = sampling.sample(model, _EotIs(tok, eot), "ROMEO:", stop, num_samples=4)
+    assert texts == [tok.decode(r if e is None else r[:e]) for r, e in zip(ref.tolist(), ends)]
 
 
 def test_prompt_longer_than_context_is_a_clear_error(model_and_tok):
@@ -100,6 +178,8 @@ def test_empty_prompt_starts_a_document(model_and_tok):
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"temperature": -1.0}, "temperature"),
         ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
     ],
 )
 def test_bad_sampling_settings(kwargs, setting):
@@ -170,6 +250,63 @@ def test_generate_cli_from_checkpoint_alone(trained_run, capsys):
     out2 = capsys.readouterr().out
     assert out1 == out2 and first == second
     assert out1.count("ROMEO:") >= 2 and "----- sample 1 -----" in out1
+
+
+def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed `gptmini` console script (PYTHONPATH, as set for the tests, picks this tree)."""
+    exe = Path(sys.executable).with_name("gptmini")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+# Runs before anything else in the child: importing Lightning in any form fails.
+_NO_LIGHTNING = """
+import importlib.abc, json, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, _Block())
+from gptmini.core.checkpoint import load_model, load_model_and_tokenizer
+from gptmini.core.sampling import SampleConfig, sample
+out = []
+for source in sys.argv[1:]:
+    load_model(source)
+    model, tok = load_model_and_tokenizer(source)
+    out.append(sample(model, tok, "ROMEO:", SampleConfig(max_new_tokens=12, seed=5), num_samples=2))
+assert not [m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")]
+print(json.dumps(out))
+"""
+
+
+def test_export_then_generate_through_console_script_and_without_lightning(trained_run, data_cache, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "tiny_model"
+    res = _console("export", str(ckpt), str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    res = _console("export", str(ckpt), str(out), cwd=tmp_path)  # a second export is refused, exit 2
+    assert res.returncode == 2 and "--overwrite=true" in res.stderr and "Traceback" not in res.stderr
+
+    args = ["--prompt=ROMEO:", "--max_new_tokens=12", "--seed=5", "--device=cpu", "--num_samples=2"]
+    res = _console("generate", str(out), *args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    from_ckpt = gen.main([str(ckpt), *args])  # in process, from the Lightning checkpoint
+    assert res.stdout.count("ROMEO:") == 2
+    for text in from_ckpt:
+        assert "ROMEO:" + text in res.stdout  # the folder and the .ckpt give the same samples
+
+    # Neither Lightning nor the data cache: hide the cache while a child loads both formats.
+    hidden = data_cache.with_name(data_cache.name + "_hidden")
+    data_cache.rename(hidden)
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _NO_LIGHTNING, str(out), str(ckpt)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        hidden.rename(data_cache)
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == [from_ckpt, from_ckpt]
 
 
 def test_text_samples_rejects_no_prompts():

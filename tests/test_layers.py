@@ -67,3 +67,17 @@ def test_every_core_module_imports_where_lightning_cannot():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", str(len(modules))]
+
+
+def test_rename_table_points_at_what_exists_now():
+    """Every old class path in gptmini.train.names leads to a real module or class, and is really gone."""
+    import importlib.util
+
+    from gptmini.train.names import MOVED
+
+    for old, new in MOVED.items():
+        module, _, attr = new.rstrip(".").rpartition(".") if not new.endswith(".") else (new[:-1], "", "")
+        target = importlib.import_module(module)
+        assert not attr or hasattr(target, attr), new
+        old_module = old.rstrip(".") if old.endswith(".") else old.rpartition(".")[0]
+        assert importlib.util.find_spec(old_module) is None, f"{old_module} still exists: drop it from MOVED"

@@ -54,7 +54,7 @@ def test_installed_copy_finds_its_configs_and_corpus(wheel, tmp_path):
     code = (
         "import gptmini, pathlib\n"
         "from gptmini.tools import exercises\n"
-        "from gptmini.core.tokens import default_corpus\n"
+        "from gptmini.core.sources import default_corpus\n"
         "print(pathlib.Path(gptmini.__file__).parent.parent)\n"
         "assert all(p.is_file() for p in exercises.DEFAULT_CONFIGS), exercises.DEFAULT_CONFIGS\n"
         "assert exercises._config_file('configs/10m.yaml').is_file()\n"

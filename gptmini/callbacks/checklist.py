@@ -1,4 +1,4 @@
-"""Pre-training sanity checks as Lightning callbacks: catch a broken run in minutes, not days.
+"""Step-0 checks as Lightning callbacks (after data preparation, before the first update): catch a broken run in minutes, not days.
 
 - :class:`InitialLossCheck`: the loss of the first training batch at init must be near ln(vocab).
 - :class:`OverfitCheck`: a *copy* of the model must drive the loss of one batch near 0.

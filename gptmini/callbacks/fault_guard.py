@@ -36,7 +36,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gptmini.core.config import ConfigError
+from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,9 +71,18 @@ def resume_command(argv: list[str] | None = None) -> str:
     return shlex.join([*prog, *args, "--ckpt_path", "last"])
 
 
+def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+    """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
+    loss = getattr(pl_module, "last_loss", None)
+    return loss if loss is not None else trainer.callback_metrics.get("train/loss")
+
+
 class FaultGuard(Callback):
     def __init__(
-        self, max_skipped_steps: int = 0, check_every_n_steps: int = 1, save_on_sigterm: bool = True
+        self,
+        max_skipped_steps: NonNegativeInt = 0,
+        check_every_n_steps: PositiveInt = 1,
+        save_on_sigterm: bool = True,
     ):
         """Stop on non-finite losses; save a checkpoint on SIGTERM.
 
@@ -85,12 +94,9 @@ class FaultGuard(Callback):
                 guarded on the device and the verdict is read (one sync) every n steps.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
         """
-        if max_skipped_steps < 0:
-            raise ConfigError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
-        if check_every_n_steps < 1:
-            raise ConfigError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
-        self.max_skipped_steps = max_skipped_steps
-        self.check_every_n_steps = check_every_n_steps
+        checked = check_args(FaultGuard.__init__, "fault_guard", locals())  # the range types above
+        self.max_skipped_steps = checked["max_skipped_steps"]
+        self.check_every_n_steps = checked["check_every_n_steps"]
         self.save_on_sigterm = save_on_sigterm
         self.skipped = 0
         self.stop_signal: int | None = None  # the signal that stopped the run
@@ -107,7 +113,7 @@ class FaultGuard(Callback):
             return
         if step % self.check_every_n_steps:
             return
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
@@ -148,7 +154,7 @@ class FaultGuard(Callback):
         if not grads:
             return
         bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         if loss is not None:
             bad = bad | ~torch.isfinite(loss.detach().to(bad.device)).all()
         optimizer.found_inf = bad.float()

@@ -1,4 +1,4 @@
-"""The recipe checks: against the recipe's known failure points: one function per checklist item."""
+"""The recipe checks, against the recipe's known failure points: one function per checklist item."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def decay_groups_item(module: nn.Module, optimizer: torch.optim.Optimizer) -> Ch
             title,
             "fail",
             f"weight decay is applied to embedding/norm/bias parameters ({shown}); they must be in a "
-            f"group with weight_decay 0 (decay weight matrices only, see gptmini.optim.param_groups).",
+            f"group with weight_decay 0 (decay weight matrices only, see gptmini.core.optim.param_groups).",
         )
     groups = []
     for i, g in enumerate(optimizer.param_groups):

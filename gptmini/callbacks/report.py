@@ -1,4 +1,4 @@
-"""What the pre-training checks share: a checklist line, the error they raise, console/log helpers."""
+"""What the step-0 checks share: a checklist line, the error they raise, console/log helpers."""
 
 from __future__ import annotations
 

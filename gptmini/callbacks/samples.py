@@ -32,6 +32,8 @@ class TextSamples(Callback):
         max_new_tokens: int = 64,
         temperature: float = 0.8,
         top_k: int | None = 50,
+        top_p: float | None = None,
+        stop_at_eot: bool = True,
         seed: int = 1337,
         print_to_console: bool = False,
     ) -> None:
@@ -42,6 +44,8 @@ class TextSamples(Callback):
             max_new_tokens: Tokens generated per sample.
             temperature: Softmax temperature (0 = greedy).
             top_k: Sample among the k most likely tokens; null for the whole vocabulary.
+            top_p: Nucleus sampling after temperature and top_k (0 < top_p <= 1); null for no limit.
+            stop_at_eot: End a sample at the end-of-text token.
             seed: Seed of the sampler's own generator, the same at every validation so that samples
                 differ only because the weights changed. Training's RNG streams are not touched.
             print_to_console: Also print the samples (rank 0).
@@ -51,7 +55,8 @@ class TextSamples(Callback):
         if not self.prompts:
             raise ConfigError('TextSamples.prompts is empty; give at least one prompt ("" is fine).')
         self.cfg = SampleConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_at_eot=stop_at_eot, seed=seed,
         )
         self.print_to_console = print_to_console
         self._tokenizer = None

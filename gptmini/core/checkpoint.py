@@ -1,5 +1,9 @@
 """Read gptmini checkpoints without Lightning: ``load_model("last.ckpt")`` -> a ready ``GPTMini``.
 
+Two formats load: a Lightning ``.ckpt`` and an export folder (``gptmini export``, gptmini.core.export)
+holding ``model.safetensors`` (weights only), ``config.json`` (the ModelConfig) and ``tokenizer.json``.
+Both need only torch, safetensors and tokenizers: no Lightning, no data cache.
+
 A Lightning checkpoint of :class:`gptmini.train.module.GPTMiniModule` holds the module's ``state_dict``
 (keys ``model.<param>``) and ``gptmini_model_config`` (the :class:`ModelConfig` as a dict), which is
 all a bare model needs. Keys from a ``torch.compile``d model (``_orig_mod.``) are stripped here too,
@@ -8,6 +12,7 @@ so checkpoints written before that was fixed upstream still load.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,14 @@ import torch
 
 from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
 
 MODEL_PREFIX = "model."
 COMPILED_PREFIX = "_orig_mod."
+# The export folder's files (the names Hugging Face tools look for).
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class CheckpointError(ConfigError):
@@ -68,12 +78,76 @@ def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> Mod
     return ModelConfig(**cfg)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GPTMini:
-    """A fresh ``GPTMini`` (eval mode) with the weights of a gptmini Lightning checkpoint."""
-    ckpt = read_checkpoint(path, map_location)
+def _model_from_ckpt(ckpt: dict[str, Any], path: str | Path) -> GPTMini:
     model = GPTMini(model_config(ckpt, path))
     try:
         model.load_state_dict(model_state_dict(ckpt), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match its model config: {e}") from e
+    return model
+
+
+def _model_from_folder(folder: Path) -> GPTMini:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_safetensors
+
+    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is a folder without {' and '.join(missing)}; give a .ckpt file or a folder "
+            f"written by `gptmini export`."
+        )
+    try:
+        model = GPTMini(ModelConfig(**json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))))
+    except (ValueError, TypeError) as e:  # bad JSON, unknown or invalid fields
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not a gptmini model config: {e}") from e
+    try:
+        # safetensors' load_model knows the tied head (stored once) and checks every key.
+        load_safetensors(model, folder / WEIGHTS_FILE, strict=True)
+    except (RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE} does not match {CONFIG_FILE} or is corrupt: {e}") from e
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GPTMini:
+    """A fresh ``GPTMini`` (eval mode) from a gptmini ``.ckpt`` or an export folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        model = _model_from_folder(path)
+    else:
+        model = _model_from_ckpt(read_checkpoint(path, map_location), path)
     return model.to(map_location).eval()
+
+
+def load_model_and_tokenizer(
+    path: str | Path, tokenizer: str | Path | None = None, map_location: str | torch.device = "cpu"
+):
+    """(model in eval mode on ``map_location``, tokenizer) from a ``.ckpt`` or an export folder.
+
+    ``tokenizer`` (a tokenizers JSON file) overrides the stored one, e.g. for checkpoints written
+    before gptmini stored it.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        model = _model_from_folder(path)
+        stored = path / TOKENIZER_FILE
+        stored_json = stored.read_text(encoding="utf-8") if stored.is_file() else None
+    else:
+        ckpt = read_checkpoint(path, "cpu")
+        model = _model_from_ckpt(ckpt, path)
+        stored_json = ckpt.get("gptmini_tokenizer")
+    if tokenizer is not None:
+        tok = load_tokenizer(Path(tokenizer).expanduser())
+    elif stored_json is not None:
+        tok = tokenizer_from_json(stored_json)
+    else:
+        raise ConfigError(
+            f"{path} holds no tokenizer (written by an older gptmini?); pass --tokenizer "
+            f"data_cache/<key>/tokenizer.json, the one the run trained with."
+        )
+    if tok.get_vocab_size() != model.cfg.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {tok.get_vocab_size()} tokens but the model in {path} has "
+            f"vocab_size {model.cfg.vocab_size}; use the tokenizer the model was trained with."
+        )
+    return model.to(map_location).eval(), tok

@@ -8,7 +8,8 @@ Why RoPE rather than learned positions: it adds no parameters (so the 10m shape 
 (Llama, litgpt's defaults) use, and it lets attention see relative offsets directly.
 
 This module imports nothing from Lightning: it can be trained by any loop and loaded for inference
-from a checkpoint's ``state_dict`` alone.
+from a checkpoint's ``state_dict`` alone. Generation passes a :class:`KVCache` to ``forward`` so that each
+new token costs one position, not the whole context; training never does, and its path is unchanged.
 """
 
 from __future__ import annotations
@@ -85,6 +86,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class KVCache:
+    """Keys and values of the positions processed so far, one buffer pair per layer (generation only).
+
+    Buffers are allocated on first use with the keys' dtype and device and hold ``block_size``
+    positions; ``pos`` is how many are filled. Who fills it decides what happens when it is full
+    (gptmini.core.sampling restarts it from the latest tokens, see ``reset``).
+    """
+
+    def __init__(self, n_layer: int, block_size: int) -> None:
+        self.block_size = block_size
+        self.pos = 0
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused)."""
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, hd) at positions pos..pos+T-1 of ``layer``; all keys/values so far."""
+        B, H, T, hd = k.shape
+        end = self.pos + T
+        assert end <= self.block_size, "the caller must reset a full cache"
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, H, self.block_size, hd)
+            self.v[layer] = v.new_empty(B, H, self.block_size, hd)
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, end, hd)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -93,14 +125,32 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.proj.is_residual_proj = True  # scaled init, see GPTMini._init_weights
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        if cache is None:  # training and uncached sampling
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        else:
+            start = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, H, start + T, hd)
+            if T == 1:  # one new token sees every cached position: no mask
+                y = F.scaled_dot_product_attention(q, k, v)
+            elif start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # is_causal aligns top-left; new tokens need the bottom-right triangle
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -125,8 +175,15 @@ class Block(nn.Module):
         self.norm_mlp = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cos, sin)  # (B, T, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x), cos, sin, cache, layer)  # (B, T, C)
         x = x + self.mlp(self.norm_mlp(x))  # (B, T, C)
         return x
 
@@ -163,20 +220,33 @@ class GPTMini(nn.Module):
             n -= self.tok_emb.weight.numel()
         return n
 
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for :meth:`forward` (generation)."""
+        return KVCache(self.cfg.n_layer, self.cfg.block_size)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean CE loss."""
+        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean CE loss.
+
+        With a ``cache``, idx holds only the positions after the ``cache.pos`` already cached (RoPE
+        continues from there), the cache is extended by T, and logits are for the last position
+        only, (B, 1, V): all that sampling needs.
+        """
         B, T = idx.shape
-        if T > self.cfg.block_size:
+        start = 0 if cache is None else cache.pos
+        if start + T > self.cfg.block_size:
             raise ValueError(
-                f"sequence length {T} exceeds model.arch.block_size {self.cfg.block_size}; "
+                f"sequence length {start + T} exceeds model.arch.block_size {self.cfg.block_size}; "
                 f"crop the input or raise block_size."
             )
         x = self.tok_emb(idx)  # (B, T, C)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
-        for block in self.blocks:
-            x = block(x, cos, sin)  # (B, T, C)
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hd/2)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, layer)  # (B, T, C)
+        if cache is not None:
+            cache.pos += T
+            x = x[:, -1:]  # (B, 1, C)
         x = self.norm_out(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
@@ -193,20 +263,14 @@ class GPTMini(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        kv_cache: bool = True,
     ) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T); the context is cropped to block_size."""
-        for _ in range(max_new_tokens):
-            ctx = idx[:, -self.cfg.block_size :]  # (B, <=block)
-            logits, _ = self(ctx)
-            logits = logits[:, -1, :].float()  # (B, V)
-            if temperature <= 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)  # greedy
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.size(-1):
-                    kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            idx = torch.cat((idx, nxt), dim=1)
-        return idx
+        """Sample max_new_tokens after idx (B, T); see :func:`gptmini.core.sampling.generate_ids`."""
+        from gptmini.core.sampling import SampleConfig, generate_ids  # sampling imports this module
+
+        cfg = SampleConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_at_eot=False, kv_cache=kv_cache,
+        )
+        return generate_ids(self, idx, cfg, generator)

@@ -1,11 +1,20 @@
-"""Sampling from a bare GPTMini: temperature, top-k, seeded. No Lightning."""
+"""Sampling from a bare GPTMini: KV cache, temperature, top-k, top-p, stop at end-of-text, seeded. No Lightning.
+
+Past ``block_size`` tokens the context is cropped, never an error: the uncached path feeds the last
+``block_size`` tokens at every step (as before); the cached path, once its cache is full, restarts it
+from the last ``block_size // 2`` tokens (one re-read of half a context per half a context generated,
+instead of a full context per token). The two paths give the same tokens as long as prompt + new
+tokens fit in ``block_size``; beyond it they crop differently, so the text differs from there on.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini
 from gptmini.core.tokens import EOT
 
@@ -15,21 +24,32 @@ class SampleConfig:
     """How to sample continuations."""
 
     max_new_tokens: int = 200
-    """Tokens to generate after the prompt."""
+    """Tokens to generate after the prompt (fewer when a sample stops at the end-of-text token)."""
     temperature: float = 0.8
     """Softmax temperature; lower is more conservative, 0 is greedy (argmax)."""
     top_k: int | None = 50
     """Sample only among the k most likely next tokens; null samples from the whole vocabulary."""
+    top_p: float | None = None
+    """Nucleus sampling, after temperature and top_k: keep the fewest most likely tokens whose
+    probabilities sum to at least top_p (0 < top_p <= 1); null keeps them all."""
+    stop_at_eot: bool = True
+    """End a sample when it emits the end-of-text token (the token and anything after it are dropped);
+    false always generates max_new_tokens, running on into new documents."""
+    kv_cache: bool = True
+    """Keep each layer's attention keys/values between steps, so a new token costs one position
+    instead of the whole context; false recomputes the context every step (slower, for comparison)."""
     seed: int = 1337
     """Seed of the sampler's own random generator: the same seed gives the same text."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
+            raise ConfigError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] or null (no limit), got {self.top_p!r}.")
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -38,21 +58,78 @@ def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
     if not ids:
         eot = tokenizer.token_to_id(EOT)
         if eot is None:
-            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token; give a prompt.")
+            raise ConfigError("the prompt is empty and the tokenizer has no end-of-text token; give a prompt.")
         ids = [eot]
     if len(ids) > block_size:
-        raise ValueError(
+        raise ConfigError(
             f"the prompt is {len(ids)} tokens but the model's context (block_size) is {block_size}; "
             f"shorten the prompt to at most {block_size} tokens (roughly {block_size * 3} characters)."
         )
     return ids
 
 
-def sample_ids(model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: int = 1) -> torch.Tensor:
-    """(num_samples, len(ids) + max_new_tokens) token ids: the prompt ``ids`` and its continuations.
+def next_token(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, 1) ids drawn from last-position logits (B, V): temperature, then top-k, then top-p."""
+    logits = logits.float()
+    if cfg.temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)  # greedy
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+        # Drop a token when the more likely ones already reach top_p; the most likely always stays.
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        probs = probs.masked_fill(drop, 0.0)  # multinomial needs no renormalisation
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: GPTMini,
+    idx: torch.Tensor,
+    cfg: SampleConfig,
+    generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+) -> torch.Tensor:
+    """idx (B, T) followed by up to ``cfg.max_new_tokens`` sampled tokens, (B, T + n).
+
+    With ``cfg.stop_at_eot`` and an ``eot_id``, each row stops at its own end-of-text token: it is
+    padded with ``eot_id`` after that, and generation ends early once every row has stopped.
+    """
+    block = model.cfg.block_size
+    stop = cfg.stop_at_eot and eot_id is not None
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
+    cache = model.new_cache() if cfg.kv_cache else None
+    logits = model(idx[:, -block:], cache=cache)[0][:, -1]  # (B, V)
+    for step in range(cfg.max_new_tokens):
+        nxt = next_token(logits, cfg, generator)  # (B, 1)
+        if stop:
+            nxt = nxt.masked_fill(done[:, None], eot_id)
+            done |= nxt[:, 0] == eot_id
+        idx = torch.cat((idx, nxt), dim=1)
+        if step == cfg.max_new_tokens - 1 or (stop and bool(done.all())):
+            break
+        if cache is None:
+            logits = model(idx[:, -block:])[0][:, -1]
+        elif cache.pos < block:
+            logits = model(nxt, cache=cache)[0][:, -1]
+        else:  # full: restart from the latest half context (see the module docstring)
+            cache.reset()
+            logits = model(idx[:, -max(1, block // 2) :], cache=cache)[0][:, -1]
+    return idx
+
+
+def sample_ids(
+    model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: int = 1, eot_id: int | None = None
+) -> torch.Tensor:
+    """(num_samples, len(ids) + n) token ids: the prompt ``ids`` and its continuations (n <= max_new_tokens).
 
     Uses its own ``torch.Generator`` seeded with ``cfg.seed``: repeatable, and the global RNG streams
-    (training's shuffling, dropout) are left untouched.
+    (training's shuffling, dropout) are left untouched. Rows stop at ``eot_id`` (see generate_ids).
     """
     device = next(model.parameters()).device
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)  # (N, T)
@@ -63,7 +140,7 @@ def sample_ids(model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: i
         # Eager even when training compiled the model in place (GPTMiniModule's `compile`): every new
         # context length would otherwise recompile, or re-capture CUDA graphs.
         with torch.compiler.set_stance("force_eager"):
-            return model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator)
+            return generate_ids(model, idx, cfg, generator, eot_id)
     finally:
         model.train(was_training)
 
@@ -71,5 +148,11 @@ def sample_ids(model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: i
 def sample(model: GPTMini, tokenizer, prompt: str, cfg: SampleConfig, num_samples: int = 1) -> list[str]:
     """``num_samples`` continuations of ``prompt`` (prompt excluded), decoded to text."""
     ids = encode_prompt(tokenizer, prompt, model.cfg.block_size)
-    out = sample_ids(model, ids, cfg, num_samples)  # (N, T + new)
-    return [tokenizer.decode(row[len(ids) :].tolist()) for row in out]
+    eot = tokenizer.token_to_id(EOT)
+    out = sample_ids(model, ids, cfg, num_samples, eot)  # (N, T + n)
+    texts = []
+    for row in out[:, len(ids) :].tolist():
+        if cfg.stop_at_eot and eot in row:
+            row = row[: row.index(eot)]
+        texts.append(tokenizer.decode(row))
+    return texts

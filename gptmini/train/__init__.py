@@ -1,1 +1,1 @@
-"""The Lightning layer: the LightningModule, the DataModule, the CLI wiring and the pre-fit checks."""
+"""The Lightning layer: the LightningModule, the DataModule, the setting errors raised before fit, the rename table."""

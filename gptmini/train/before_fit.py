@@ -102,13 +102,12 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
     return str(path)
 
 
-def check_checkpoint(path: str, model_cfg: object) -> None:
-    """The checkpoint to resume from is readable and was trained with this model shape."""
+def check_checkpoint(path: str, model_cfg: object, flag: str = "--ckpt_path") -> str:
+    """The checkpoint is readable and was trained with this model shape; returns its path."""
     try:
-        ckpt = read_checkpoint(path)
-        saved = model_config(ckpt, path)
+        saved = model_config(read_checkpoint(path), path)
     except ValueError as e:
-        raise ConfigError(f"--ckpt_path: {e}") from None
+        raise ConfigError(f"{flag}: {e}") from None
     diffs = [
         f"model.arch.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
         for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
@@ -116,9 +115,28 @@ def check_checkpoint(path: str, model_cfg: object) -> None:
     ]
     if diffs:
         raise ConfigError(
-            f"--ckpt_path {path} was trained with another model shape ({'; '.join(diffs)}); resume "
-            f"with the run's own config (its config.yaml) or start a new run."
+            f"{flag} {path} was trained with another model shape ({'; '.join(diffs)}); use the "
+            f"checkpoint's model.arch settings (its run's config.yaml) or start from scratch."
         )
+    return str(Path(path).expanduser())
+
+
+def read_resume_checkpoint(path: str, max_steps: int) -> dict:
+    """The checkpoint to resume from, readable, with its settings and steps left to train."""
+    try:
+        ckpt = read_checkpoint(path)
+        model_config(ckpt, path)
+    except ValueError as e:
+        raise ConfigError(f"--ckpt_path: {e}") from None
+    if not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ConfigError(f"--ckpt_path {path} holds no hyper_parameters; it is not a gptmini checkpoint.")
+    step = int(ckpt.get("global_step", 0))
+    if max_steps is not None and 0 < max_steps <= step:
+        raise ConfigError(
+            f"--ckpt_path {path} is at step {step}, and trainer.max_steps is {max_steps}: nothing "
+            f"left to train. Raise trainer.max_steps to continue (the cosine is recomputed over it)."
+        )
+    return ckpt
 
 
 def claim_version(trainer: pl.Trainer) -> None:

@@ -1,0 +1,48 @@
+"""Write a trained model as a folder others can load without gptmini's training stack. No Lightning.
+
+``model.safetensors`` (weights only: bare ``GPTMini`` keys, no ``model.``/``_orig_mod.`` prefixes, the
+tied embedding/head matrix stored once), ``config.json`` (the ModelConfig) and ``tokenizer.json``.
+:func:`gptmini.core.checkpoint.load_model` and ``gptmini generate`` read the folder back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from gptmini.core.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model_and_tokenizer
+from gptmini.core.config import ConfigError
+from gptmini.core.model import GPTMini
+
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
+
+
+def save_folder(model: GPTMini, tokenizer, out_dir: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` into ``out_dir`` (created if needed)."""
+    from safetensors.torch import save_model as save_safetensors
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    # save_model drops the second name of the tied matrix (save_file refuses shared tensors).
+    save_safetensors(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n", encoding="utf-8")
+    tokenizer.save(str(out / TOKENIZER_FILE))
+    return out
+
+
+def export_model(
+    source: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Export a ``.ckpt`` (or another export folder) to ``out_dir``; refuses to mix with other files."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file; give a folder path.")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if others:
+            raise ConfigError(f"out_dir {out} already holds other files ({', '.join(others[:3])}); give a new folder.")
+        if any((out / name).exists() for name in EXPORT_FILES) and not overwrite:
+            raise ConfigError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
+    model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config
+    return save_folder(model, tok, out)

@@ -1,0 +1,42 @@
+"""Export a trained model: ``gptmini export runs/tiny/version_0/checkpoints/last.ckpt tiny_model``.
+
+Writes ``model.safetensors``, ``config.json`` and ``tokenizer.json`` into the folder (see
+gptmini.core.export); ``gptmini generate FOLDER`` and ``gptmini.core.checkpoint.load_model(FOLDER)``
+load it without Lightning or the data cache. ``--help`` lists every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gptmini.core.export import export_model
+
+
+def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:
+    """Write a gptmini checkpoint as a folder with model.safetensors, config.json and tokenizer.json.
+
+    Args:
+        checkpoint: A ``.ckpt`` written by ``gptmini fit`` (e.g. runs/tiny/version_0/checkpoints/last.ckpt).
+        out_dir: The folder to write (created; must hold nothing else).
+        tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
+        overwrite: Replace an earlier export in out_dir.
+    """
+    out = export_model(checkpoint, out_dir, tokenizer, overwrite)
+    for f in sorted(out.iterdir()):
+        print(f"{f}  {f.stat().st_size / 1e6:.2f} MB")
+    return out
+
+
+def main(args: list[str] | None = None) -> Path:
+    from jsonargparse import CLI
+
+    try:
+        return CLI(export, args=args)
+    except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

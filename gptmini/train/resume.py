@@ -1,0 +1,147 @@
+"""Resume (``--ckpt_path``) and new-run-from-weights (``--init_from``): what happens to the user's settings.
+
+``--ckpt_path`` continues a run exactly: the model, optimizer and schedule settings are the
+checkpoint's. LightningCLI applies the checkpoint's ``hyper_parameters`` over the parsed model
+arguments before any hook runs (``_parse_ckpt_path``), which would silently drop a value the user
+gave; so the CLI keeps what the user gave (:func:`given_values`) and :func:`resume_settings` makes
+any difference an error. ``trainer.max_steps`` may change (the cosine is recomputed over the new
+horizon), and so may the keys in :data:`RUNTIME_KEYS`, which change how the same math is run.
+
+``--init_from`` starts a new run (step 0, fresh AdamW, the configured schedule) from a checkpoint's
+model weights only (nanoGPT's ``init_from``): :func:`load_weights`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+
+from gptmini.core.checkpoint import model_state_dict, read_checkpoint
+from gptmini.core.config import ConfigError
+
+# Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
+RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
+# Under `model.`: set by the CLI from the data settings, never given directly.
+LINKED = {"arch.vocab_size": "data.vocab_size", "arch.block_size": "data.block_size"}
+
+
+def given_values(parser: ArgumentParser, args: Any) -> Namespace:
+    """The settings the user gave (config files and command line), without parser defaults.
+
+    jsonargparse fills defaults and linked values on every parse, so a second parse with
+    ``defaults=False`` and links off tells a given value from a default (even one that equals it).
+    """
+    from jsonargparse._link_arguments import skip_apply_links  # no public switch (jsonargparse 4.53)
+
+    with skip_apply_links():
+        if isinstance(args, (dict, Namespace)):
+            return parser.parse_object(args, defaults=False, _skip_validation=True)
+        return parser.parse_args(args, defaults=False, _skip_validation=True)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` for dicts and Namespaces."""
+    if isinstance(tree, Namespace):
+        tree = tree.as_dict()
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return float(a) == float(b)
+    return a == b
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def resume_settings(
+    path: str, hparams: dict[str, Any], given: dict[str, Any], parsed: dict[str, Any]
+) -> dict[str, Any]:
+    """The model arguments a resumed run uses: the checkpoint's, with the user's runtime keys.
+
+    Args:
+        path: The checkpoint (for the message).
+        hparams: Its ``hyper_parameters`` (the module's arguments, plain dicts).
+        given: The model keys the user gave, flattened (``optim.lr``), from :func:`given_values`.
+        parsed: The model arguments as parsed before the checkpoint's replaced them, flattened
+            (defaults and linked values included).
+
+    Raises:
+        ConfigError: listing every key the user gave, or the data settings linked into the model,
+            that differ from the checkpoint's.
+    """
+    saved = flatten(hparams)
+    diffs = []
+    for key, value in saved.items():
+        if key in RUNTIME_KEYS:
+            continue
+        if key in LINKED:
+            if key in parsed and not _same(parsed[key], value):
+                diffs.append(
+                    f"{LINKED[key]}: checkpoint model.{key} {_show(value)}, this run {_show(parsed[key])}"
+                )
+        elif key in given and not _same(given[key], value):
+            diffs.append(f"model.{key}: checkpoint {_show(value)}, given {_show(given[key])}")
+    if diffs:
+        config = Path(path).parent.parent / "config.yaml"
+        own = f"--config {config}" if config.is_file() else "the run's own config"
+        raise ConfigError(
+            f"--ckpt_path {path} resumes a run exactly, with its own settings, but {len(diffs)} "
+            f"differ: {'; '.join(diffs)}. Drop them (resume with {own}), or start a new run from "
+            f"these weights with new optimizer/schedule settings: --init_from {path} instead of "
+            f"--ckpt_path."
+        )
+    effective = {k: v for k, v in hparams.items() if k not in ("compile", "compile_mode")}
+    effective["optim"] = {**hparams.get("optim", {})}
+    for key in RUNTIME_KEYS:
+        group, _, leaf = key.rpartition(".")
+        if key in parsed:
+            (effective[group] if group else effective)[leaf] = parsed[key]
+    return effective
+
+
+def check_init_from(ckpt_path: str, ckpt: dict[str, Any], init_from: str | None) -> None:
+    """With ``--ckpt_path``, ``init_from`` may only be the one the checkpoint's run started from
+    (it is in that run's config.yaml); the weights then come from the checkpoint."""
+    if not init_from:
+        return
+    saved = yaml.safe_load(ckpt.get("gptmini_config") or "{}") or {}
+    if saved.get("init_from") != init_from:
+        raise ConfigError(
+            f"--init_from {init_from} and --ckpt_path {ckpt_path} both given: --ckpt_path continues "
+            f"a run (its weights, optimizer and step), --init_from starts a new one from weights; "
+            f"drop one."
+        )
+
+
+def load_weights(model: torch.nn.Module, path: str) -> int:
+    """Copy a checkpoint's model weights into ``model`` (a bare GPTMini), strictly; returns the
+    checkpoint's step (for the log line). Optimizer state, schedule and step are not read."""
+    ckpt = read_checkpoint(path)  # CheckpointError (a ConfigError) names the file
+    try:
+        model.load_state_dict(model_state_dict(ckpt), strict=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"--init_from {path}: its weights do not fit this model ({' '.join(str(e).split())[:300]}); "
+            f"set model.arch to the checkpoint's (see its run's config.yaml)."
+        ) from None
+    return int(ckpt.get("global_step", 0))

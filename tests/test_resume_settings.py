@@ -1,0 +1,143 @@
+"""What resume (`--ckpt_path`) and `--init_from` do with the settings the user gives, through main().
+
+One short base run provides the checkpoint: tiny.yaml's lr (0.002) and a non-default MLP width
+given on the command line (mlp_ratio 2; not in tiny.yaml, so a resume that leaves it out gets the
+parser default 4, which is not the user's value). Resuming must keep its settings, refuse any differing value the user gave (listing
+all of them), allow a longer trainer.max_steps, and `--init_from` must start a new run from its
+weights with new optimizer/schedule settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from conftest import attribute_docstrings_off, tiny_cli_args
+
+from gptmini.cli import main
+from gptmini.core.checkpoint import model_state_dict, read_checkpoint
+
+BASE_STEPS = 4
+BASE_LR = 0.002  # tiny.yaml's
+
+
+def args(root: Path, corpus_file: Path, data_cache: Path, max_steps: int = BASE_STEPS) -> list[str]:
+    return tiny_cli_args(root, corpus_file, data_cache, max_steps) + [
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.callbacks=[]",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true",
+        "--trainer.callbacks+=test_resume_settings.RecordStart",
+    ]
+
+
+class RecordStart(pl.Callback):
+    """Records the state a run trains from: step, weights, AdamW state and first lr."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        RecordStart.seen = {
+            "step": trainer.global_step,
+            "weights": {k: v.clone() for k, v in pl_module.model.state_dict().items()},
+            "adam_state": len(trainer.optimizers[0].state),
+            "peak_lr": trainer.lr_scheduler_configs[0].scheduler.base_lrs[0],
+        }
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    torch.set_num_threads(1)
+    with attribute_docstrings_off():
+        yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, corpus_file, data_cache) -> dict:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("base")
+    with attribute_docstrings_off():
+        main(args(root, corpus_file, data_cache) + ["--model.arch.mlp_ratio=2"])
+    run = root / "runs" / "tiny" / "version_0"
+    return {"root": root, "ckpt": run / "checkpoints" / "last.ckpt", "run": run}
+
+
+def fail(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert "Traceback" not in err
+    return line
+
+
+def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, data_cache, capsys):
+    ckpt = base["ckpt"]
+    versions = sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir())
+    given = ["--model.optim.lr=1e-5", "--model.arch.n_embd=64", "--model.arch.n_head=4"]
+    line = fail(args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given], capsys)
+    assert f"--ckpt_path {ckpt} resumes a run exactly" in line
+    assert "model.arch.n_head: checkpoint 2, given 4" in line
+    assert "model.arch.n_embd: checkpoint 32, given 64" in line
+    assert "model.optim.lr: checkpoint 0.002, given 1e-05" in line
+    assert f"--config {base['run'] / 'config.yaml'}" in line and f"--init_from {ckpt}" in line
+    # `last` is found only in before_fit: the same check there.
+    line = fail(args(base["root"], corpus_file, data_cache, 8) + ["--ckpt_path=last", given[0]], capsys)
+    assert line.endswith("--ckpt_path.") and "1 differ: model.optim.lr: checkpoint 0.002, given 1e-05" in line
+    # A max_steps the checkpoint has already reached leaves nothing to train.
+    line = fail(args(base["root"], corpus_file, data_cache) + [f"--ckpt_path={ckpt}"], capsys)
+    assert f"is at step {BASE_STEPS}, and trainer.max_steps is {BASE_STEPS}: nothing left" in line
+    assert sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir()) == versions
+
+
+@pytest.mark.parametrize("ckpt_path", ["file", "last"])
+def test_resume_keeps_the_checkpoint_settings_and_may_train_longer(
+    base, tmp_path, corpus_file, data_cache, ckpt_path
+):
+    # The same base config without the mlp_ratio flag: the default 4 is not the user's value.
+    # (Values the user gives that equal the checkpoint's are fine: lr in tiny.yaml, n_embd=32.)
+    root = tmp_path
+    (root / "runs" / "tiny").mkdir(parents=True)
+    (root / "runs" / "tiny" / "version_0").symlink_to(base["run"], target_is_directory=True)
+    path = str(base["ckpt"]) if ckpt_path == "file" else "last"
+    main(args(root, corpus_file, data_cache, max_steps=BASE_STEPS + 2) + [f"--ckpt_path={path}"])
+    assert RecordStart.seen["step"] == BASE_STEPS and RecordStart.seen["adam_state"] > 0
+    assert RecordStart.seen["peak_lr"] == pytest.approx(BASE_LR)
+    resumed = root / "runs" / "tiny" / "version_1"
+    config = yaml.safe_load((resumed / "config.yaml").read_text())
+    assert config["model"]["arch"]["mlp_ratio"] == 2  # what was used
+    assert config["model"]["optim"]["lr"] == pytest.approx(BASE_LR)
+    assert config["trainer"]["max_steps"] == BASE_STEPS + 2
+    assert read_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == BASE_STEPS + 2
+
+
+def test_init_from_starts_a_new_run_from_the_weights(base, tmp_path, corpus_file, data_cache, capsys):
+    new = ["--model.optim.lr=1e-3", "--model.schedule.warmup_steps=1", "--model.optim.weight_decay=0"]
+    start = [f"--init_from={base['ckpt']}", "--model.arch.mlp_ratio=2"]  # the shape is the user's to give
+    main(args(tmp_path, corpus_file, data_cache, max_steps=2) + start + new)
+    seen = RecordStart.seen
+    assert seen["step"] == 0 and seen["adam_state"] == 0 and seen["peak_lr"] == pytest.approx(1e-3)
+    weights = model_state_dict(read_checkpoint(base["ckpt"]))
+    assert seen["weights"].keys() == weights.keys()
+    assert all(torch.equal(seen["weights"][k], weights[k]) for k in weights)
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["optim"]["lr"] == pytest.approx(1e-3)
+    assert yaml.safe_load((run / "config.yaml").read_text())["init_from"] == str(base["ckpt"])
+
+    # The model shape must match; and --init_from is not --ckpt_path.
+    line = fail(
+        args(tmp_path, corpus_file, data_cache) + [f"--init_from={base['ckpt']}", "--model.arch.n_embd=64"],
+        capsys,
+    )
+    assert "was trained with another model shape (model.arch.n_embd: checkpoint 32 vs config 64; " in line
+    assert "model.arch.mlp_ratio: checkpoint 2 vs config 4)" in line
+    both = [f"--init_from={base['ckpt']}", f"--ckpt_path={base['ckpt']}"]
+    line = fail(args(tmp_path, corpus_file, data_cache, 8) + both, capsys)
+    assert "both given" in line and "drop one" in line
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]
