@@ -73,7 +73,7 @@ class GPTMiniCLI(LightningCLI):
         trainer = self.trainer
         ckpt = self._resolve_ckpt_path()
         if ckpt and ckpt.endswith(".ckpt"):
-            self._resume_settings(ckpt)
+            self._resume_settings(ckpt, trainer.max_steps)
         model = self.model
         before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
@@ -81,10 +81,9 @@ class GPTMiniCLI(LightningCLI):
         self._claim_log_dir()
 
     def before_validate(self) -> None:
-        before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         ckpt = self._resolve_ckpt_path()
         if ckpt and ckpt.endswith(".ckpt"):
-            before_fit.check_checkpoint(ckpt, self.model.model_cfg)
+            self._resume_settings(ckpt, max_steps=None)
         elif ckpt is None and not self.config_init[self.subcommand].get("init_from"):
             raise ConfigError(
                 "validate needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
@@ -122,10 +121,10 @@ class GPTMiniCLI(LightningCLI):
             )
         super()._parse_ckpt_path()
 
-    def _resume_settings(self, ckpt_path: str) -> None:
+    def _resume_settings(self, ckpt_path: str, max_steps: int | None) -> None:
         """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
         sub = self.subcommand
-        ckpt = before_fit.read_resume_checkpoint(ckpt_path, self.trainer.max_steps)
+        ckpt = before_fit.read_resume_checkpoint(ckpt_path, max_steps)
         given, parsed = self._user_model
         settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
         resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))

@@ -15,7 +15,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: values for tag, (_, values) in read_scalars(run_dir).items()}
 
 
-def test_fit_end_to_end(cli_args, tmp_path):
+def test_fit_end_to_end(cli_args, tmp_path, capsys):
     main(cli_args(max_steps=40))
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     tags = scalars(run)
@@ -35,6 +35,10 @@ def test_fit_end_to_end(cli_args, tmp_path):
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert ckpt["global_step"] == 40
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 40
+    # the lowest val/loss is kept as best-step=N.ckpt and named at the end
+    _, vals = read_scalars(run)["val/loss"]
+    (best,) = run.glob("checkpoints/best-step=*.ckpt")
+    assert f"best checkpoint (val/loss {min(vals):.4f}): {best}" in capsys.readouterr().out
 
 
 def test_smoke_overfit_one_batch(cli_args, tmp_path):

@@ -79,11 +79,22 @@ def fail(argv: list[str], capsys) -> str:
 def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, data_cache, capsys):
     ckpt = base["ckpt"]
     versions = sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir())
-    given = ["--model.optim.lr=1e-5", "--model.arch.n_embd=64", "--model.arch.n_head=4"]
-    line = fail(args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given], capsys)
-    assert f"--ckpt_path {ckpt} resumes a run exactly" in line
+    # mlp_ratio=4 is the parser default, but given: it counts (a value the user set is never dropped).
+    given = [
+        "--model.optim.lr=1e-5",
+        "--model.arch.n_embd=64",
+        "--model.arch.n_head=4",
+        "--model.arch.mlp_ratio=4",
+    ]
+    linked = ["--data.block_size=16"]  # model.arch.block_size follows it
+    line = fail(
+        args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given, *linked], capsys
+    )
+    assert f"--ckpt_path {ckpt} resumes a run exactly, with its own settings, but 5 differ: " in line
     assert "model.arch.n_head: checkpoint 2, given 4" in line
     assert "model.arch.n_embd: checkpoint 32, given 64" in line
+    assert "model.arch.mlp_ratio: checkpoint 2, given 4" in line
+    assert "data.block_size: checkpoint model.arch.block_size 32, this run 16" in line
     assert "model.optim.lr: checkpoint 0.002, given 1e-05" in line
     assert f"--config {base['run'] / 'config.yaml'}" in line and f"--init_from {ckpt}" in line
     # `last` is found only in before_fit: the same check there.
@@ -92,6 +103,12 @@ def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, d
     # A max_steps the checkpoint has already reached leaves nothing to train.
     line = fail(args(base["root"], corpus_file, data_cache) + [f"--ckpt_path={ckpt}"], capsys)
     assert f"is at step {BASE_STEPS}, and trainer.max_steps is {BASE_STEPS}: nothing left" in line
+    # `validate` with the checkpoint: the same rule.
+    line = fail(
+        ["validate", *args(base["root"], corpus_file, data_cache)[1:], f"--ckpt_path={ckpt}", given[0]],
+        capsys,
+    )
+    assert "1 differ: model.optim.lr: checkpoint 0.002, given 1e-05" in line
     assert sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir()) == versions
 
 

@@ -121,7 +121,7 @@ def check_checkpoint(path: str, model_cfg: object, flag: str = "--ckpt_path") ->
     return str(Path(path).expanduser())
 
 
-def read_resume_checkpoint(path: str, max_steps: int) -> dict:
+def read_resume_checkpoint(path: str, max_steps: int | None) -> dict:
     """The checkpoint to resume from, readable, with its settings and steps left to train."""
     try:
         ckpt = read_checkpoint(path)
