@@ -21,6 +21,7 @@ import torch
 import yaml
 from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_by_step, tiny_cli_args
 
+from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
 from gptmini.core.checkpoint import load_model, read_checkpoint
 
@@ -203,3 +204,9 @@ def test_second_ctrl_c_aborts_without_saving(tmp_path, corpus_file, data_cache):
     assert status == 1, out[-3000:]  # Lightning's KeyboardInterrupt shutdown
     assert "Detected KeyboardInterrupt" in out and "saved" not in out
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resume_command_repeats_the_command_line_with_ckpt_path_last():
+    argv = ["/venv/bin/gptmini", "fit", "-c", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=x"]
+    assert resume_command(argv) == "gptmini fit -c 'a b.yaml' --ckpt_path last"
+    assert resume_command(["/src/gptmini/cli.py", "fit"]) == "python -m gptmini.cli fit --ckpt_path last"

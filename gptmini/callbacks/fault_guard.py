@@ -264,7 +264,7 @@ class FaultGuard(Callback):
             rank_zero_info(f"{what}: stopped at step {trainer.global_step}, no checkpoint saved.")
             return
         path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
         rank_zero_info(
             f"{what}: saved {path} at step {trainer.global_step}; resume with: {resume_command()}"
         )
