@@ -171,8 +171,8 @@ class Check:
 
     def prepare(self) -> None:
         code = (
-            "import sys; from gptmini.cli import main; "
-            "cli = main(args=sys.argv[1:], run=False); cli.datamodule.prepare_data()"
+            "import sys; from gptmini.cli import make_cli; "
+            "cli = make_cli(args=sys.argv[1:], run=False); cli.datamodule.prepare_data()"
         )
         cmd = [sys.executable, "-c", code, *self.fit_args(prepare_only=True)]
         self.run("prepare", cmd, later=["bench", "gpu_tests", "fit"])
