@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from lightning.pytorch import Callback, seed_everything  # noqa: E402
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype  # noqa: E402
 
-from gptmini.cli import main as cli_main  # noqa: E402
+from gptmini.cli import make_cli  # noqa: E402
 from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
 from gptmini.core.model import GPTMini  # noqa: E402
 from gptmini.core.plainloop import train_plain  # noqa: E402
@@ -229,7 +229,7 @@ class Bench:
 
     def _cli(self):
         args = self._cli_args()
-        cli = cli_main(args=args, run=False)
+        cli = make_cli(args=args, run=False)
         skip = {s for s in self.args.skip_callbacks.split(",") if s} | self.skip
         if skip:
             cli.trainer.callbacks[:] = [

@@ -57,6 +57,8 @@ RULES: list[tuple[str, str, str | None]] = [
     ("callback: FaultGuard", "gptmini/callbacks/fault_guard.py", None),
     ("callback: TextSamples", "gptmini/callbacks/samples.py", None),
     (SHARED + "data loading", "torch/utils/data/", None),
+    (SHARED + "data loading", "gptmini/train/loader.py", None),
+    (SHARED + "data loading", "gptmini/core/tokens.py", None),
     (SHARED + "model forward", "gptmini/core/model.py", None),
     (SHARED + "backward", "torch/_tensor.py", "backward"),
     (SHARED + "backward", "torch/autograd/", None),

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptmini.cli import main
+from gptmini.cli import main, make_cli
 from gptmini.tools.curves import read_scalars
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -71,7 +71,7 @@ def test_every_config_parses(config, tmp_path, monkeypatch):
     args = ["--config", str(config)]
     if config.name in OVERLAYS:
         args = ["--config", str(config.parent / OVERLAYS[config.name])] + args
-    cli = main(args, run=False)
+    cli = make_cli(args, run=False)
     assert cli.model.model_cfg.vocab_size == cli.datamodule.vocab_size
     assert cli.model.model_cfg.block_size == cli.datamodule.block_size
     assert cli.trainer.max_steps > 0
@@ -79,7 +79,7 @@ def test_every_config_parses(config, tmp_path, monkeypatch):
 
 def test_10m_config_is_the_recipe(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["--config", str(Path(__file__).parent.parent / "configs" / "10m.yaml")], run=False)
+    cli = make_cli(["--config", str(Path(__file__).parent.parent / "configs" / "10m.yaml")], run=False)
     m, o, s, d, t = (
         cli.model.model_cfg,
         cli.model.optim_cfg,

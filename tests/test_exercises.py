@@ -113,5 +113,5 @@ def test_gptmini_exercises_subcommand_runs_the_exercises_tool(capsys, monkeypatc
 
     calls = []
     monkeypatch.setattr(exe, "main", lambda args: calls.append(args))
-    assert main(["exercises", "lr", "--steps", "2"]) is None
+    assert main(["exercises", "lr", "--steps", "2"]) == 0  # the exit status
     assert calls == [["lr", "--steps", "2"]]

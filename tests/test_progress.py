@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptmini.callbacks.progress import LossProgressBar
-from gptmini.cli import main
+from gptmini.cli import make_cli
 from gptmini.train.module import GPTMiniModule
 
 
@@ -66,7 +66,7 @@ def test_bar_counts_run_steps_and_tokens_and_flags_a_long_run(cli_args):
         "--trainer.callbacks.min_interval_s=0",
         "--trainer.callbacks.long_run_hours=1e-9",
     ]
-    cli = main(args=[a for a in args if a != "fit"], run=False)
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
     bar = cli.trainer.progress_bar_callback
     assert isinstance(bar, LossProgressBar)
     with pytest.warns(UserWarning, match=r"remaining [\d,]+ steps take about .* on cpu: .*tiny.yaml"):
