@@ -62,9 +62,10 @@ RULES: list[tuple[str, str, str | None]] = [
     (SHARED + "model forward", "gptmini/core/model.py", None),
     (SHARED + "backward", "torch/_tensor.py", "backward"),
     (SHARED + "backward", "torch/autograd/", None),
-    (SHARED + "AdamW step", "torch/optim/adamw.py", None),
-    (SHARED + "AdamW step", "torch/optim/_functional", None),
     (SHARED + "zero_grad", "torch/optim/optimizer.py", "zero_grad"),
+    (SHARED + "AdamW step", "torch/optim/adam", None),  # AdamW subclasses Adam (adam.py) in recent torch
+    (SHARED + "AdamW step", "torch/optim/optimizer.py", None),
+    (SHARED + "AdamW step", "torch/optim/_functional", None),
     (SHARED + "lr scheduler", "torch/optim/lr_scheduler.py", None),
     (SHARED + "grad clipping", "torch/nn/utils/clip_grad.py", None),
 ]

@@ -127,7 +127,7 @@ class GPTMiniModule(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
-        if not self._writes_at_start and _writes_step_metrics(self.trainer):
+        if not self._writes_at_start and self.trainer.should_stop and _writes_step_metrics(self.trainer):
             for name, value in self._step_values.items():
                 self.log(name, value)
 
