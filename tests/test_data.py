@@ -61,7 +61,11 @@ def test_windows_are_deterministic_and_shifted(tiny_data):
         assert torch.equal(x, torch.from_numpy(tokens[i * B : i * B + B]))
         assert torch.equal(y, torch.from_numpy(tokens[i * B + 1 : i * B + B + 1]))
         assert torch.equal(ds[i][0], x)
-    assert len(ds) == (len(tokens) - 1) // B
+        # (window, offset): the grid shifted by offset, as window_offset=random_per_epoch samples it
+        x, y = ds[(i, B - 1)]
+        assert torch.equal(y, torch.from_numpy(tokens[i * B + B : i * B + 2 * B]))
+    assert tiny_data.window_offset == "random_per_epoch"  # the default: one block kept for the offsets
+    assert len(ds) == (len(tokens) - B) // B
 
 
 def test_train_loader_shuffles_val_loader_does_not(tiny_data):
