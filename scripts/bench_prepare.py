@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,7 +159,9 @@ def child_throughput(data: str, tokenizer: str, rounds: int) -> dict:
 
 def run_child(*args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -176,14 +179,18 @@ def main() -> None:
     a = p.parse_args()
     if a.child:
         kind, *rest = a.child
-        result = child_prepare(*rest) if kind == "prepare" else child_throughput(rest[0], rest[1], int(rest[2]))
+        result = (
+            child_prepare(*rest) if kind == "prepare" else child_throughput(rest[0], rest[1], int(rest[2]))
+        )
         print(json.dumps(result))
         return
     results: dict = {"source": str(a.source), "prepare": {}, "throughput": None}
     for shape in a.shapes:
         for repeat in a.repeat if shape == "lines" else [1]:
             data = build_shape(a.source, shape, repeat, a.work)
-            r = run_child("--child", "prepare", str(data), str(a.work / f"cache_{shape}_x{repeat}"))
+            cache = a.work / f"cache_{shape}_x{repeat}"
+            shutil.rmtree(cache, ignore_errors=True)  # an earlier run's cache would make this a no-op
+            r = run_child("--child", "prepare", str(data), str(cache))
             results["prepare"][f"{shape} x{repeat}"] = r
             print(
                 f"{shape:>8} x{repeat:<3} {r['chars'] / 1e6:7.1f}M chars  wall {r['wall_s']:7.1f}s  "
