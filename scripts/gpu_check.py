@@ -12,7 +12,7 @@ part, so a timeout or a kill still leaves the evidence gathered so far:
 2. ``bench``: ``scripts/bench.py`` on the 10m shape (configs/10m.yaml: B32 T512 bf16), Lightning vs
    the plain loop alternating, with the levers as variants: ``default`` (as configured), ``cudagraphs``
    (``model.compile_mode=reduce-overhead``), ``eager`` (``model.compile=false``) and ``guard1``
-   (``fault_guard.check_every_n_steps=1``). ``OUT/bench.json`` (rewritten after every round), ``bench.log``.
+   (``fault_guard.check_every_n_steps=1``). ``OUT/bench.json`` (rewritten after every run), ``bench.log``.
 3. ``gpu_tests``: the ``gpu``-marked tests; ``gpu_tests.xml`` (JUnit) and ``gpu_tests.log``.
 4. ``fit``: ``gptmini.cli fit --config configs/10m.yaml`` for a few hundred steps on the corpus, with
    the configs' callbacks (ThroughputLogger included); its run folder under ``OUT/runs`` and
