@@ -11,7 +11,8 @@ machine hits both alike:
 - ``lightning``: the real path. ``GPTMiniCLI`` parses the config exactly as ``gptmini.cli fit``
   does (trainer, callbacks, logger, datamodule, GPTMiniModule) and ``trainer.fit`` runs it; only
   validation is switched off, the horizon shortened, the logs sent to a temp folder and the
-  pre-training checks (``gptmini.callbacks``, work done before step 0) dropped (``--skip-callbacks``).
+  pre-training checks (LRCurveCheck, InitialLossCheck, OverfitCheck, Checklist: work done before
+  step 0) dropped (``--skip-callbacks``).
 - ``plain``: :func:`gptmini.core.plainloop.train_plain` with the same model config and seed, the same
   DataLoader, precision, two-group AdamW (fused or not, as the module decides), clipping, LambdaLR
   and compile setting. It never syncs with the host inside the loop.
@@ -23,7 +24,8 @@ matmul ceiling measured here on the same device and dtype (and the datasheet pea
 H100/H200/A100), peak memory (CUDA: max allocated; CPU: the peak RSS growth during one short run
 in a separate probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is
 faster). ``--variant NAME:KEY=VALUE,...`` adds lever settings to compare in the same alternation.
-JSON goes to ``--json``; a short table is printed last.
+JSON goes to ``--json`` (rewritten after every run: ``complete`` is false until the end); a short
+table is printed last.
 """
 
 from __future__ import annotations
@@ -48,13 +50,27 @@ sys.path.insert(0, str(REPO))
 from lightning.pytorch import Callback, seed_everything  # noqa: E402
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype  # noqa: E402
 
-from gptmini.cli import main as cli_main  # noqa: E402
+from gptmini.cli import make_cli  # noqa: E402
 from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
 from gptmini.core.model import GPTMini  # noqa: E402
 from gptmini.core.plainloop import train_plain  # noqa: E402
 from gptmini.core.step import compile_by_default  # noqa: E402
 
 PATHS = ("lightning", "plain")
+# Named shapes (CLI overrides). micro: so small that a step is nearly all fixed host cost, which
+# is what Lightning adds per step (scripts/profile_step.py splits it by component).
+PRESETS = {
+    "micro": [
+        "model.arch.n_layer=1",
+        "model.arch.n_head=2",
+        "model.arch.n_embd=32",
+        "data.block_size=16",
+        "data.batch_size=1",
+        "data.num_workers=0",
+    ],
+}
+# The pre-training checks: work done once before step 0 (a 100-step overfit), not per step.
+CHECKS = "LRCurveCheck,InitialLossCheck,OverfitCheck,Checklist"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", help="override trainer.precision (32-true, bf16-mixed)")
     p.add_argument("--batch-size", type=int, help="override data.batch_size")
     p.add_argument("--block-size", type=int, help="override data.block_size")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named shape, applied before --set: "
+        + "; ".join(f"{k}: {' '.join(v)}" for k, v in PRESETS.items()),
+    )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds (each runs both paths)")
     p.add_argument("--warmup", type=int, default=5, help="steps per run before the clock starts")
     p.add_argument("--steps", type=int, default=20, help="timed steps per run (a multiple of --window)")
@@ -82,11 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME[:KEY=VALUE,...]",
         help="a lever setting to compare, e.g. bf16:trainer.precision=bf16-mixed (repeatable; all "
-        "variants x paths alternate in one process; default: one variant 'base' with no extra settings)",
+        "variants x paths alternate in one process; default: one variant 'base' with no extra settings); "
+        "skip=A+B drops those callbacks (class names) from this variant's Lightning path",
     )
     p.add_argument(
         "--skip-callbacks",
-        default="gptmini.callbacks",
+        default=CHECKS,
         help="comma-separated callback class or module names dropped from the Lightning path; default: "
         "the pre-training checks, which only work before step 0 (a 100-step overfit each round); '' keeps all",
     )
@@ -155,7 +178,9 @@ class Bench:
     """One variant (config + overrides) and the state both of its paths share."""
 
     def __init__(self, args: argparse.Namespace, name: str = "base", sets: list[str] | None = None) -> None:
-        self.args, self.name, self.sets = args, name, list(sets or [])
+        self.args, self.name = args, name
+        self.sets = [kv for kv in sets or [] if not kv.startswith("skip=")]
+        self.skip = {c for kv in sets or [] if kv.startswith("skip=") for c in kv[5:].split("+") if c}
         self.max_steps = args.warmup + args.steps
         self.tmp = Path(tempfile.mkdtemp(prefix="gptmini-bench-"))
         # Parse once to learn what both paths run: device, precision, shapes, settings.
@@ -199,21 +224,25 @@ class Bench:
             out.append(f"--data.batch_size={a.batch_size}")
         if a.block_size:
             out.append(f"--data.block_size={a.block_size}")
-        out += [f"--{kv}" for kv in [*a.set, *self.sets]]
+        preset = PRESETS[a.preset] if a.preset else []
+        out += [f"--{kv}" for kv in [*preset, *a.set, *self.sets]]
         return out
 
     def _cli(self):
         args = self._cli_args()
-        cli = cli_main(args=args, run=False)
-        skip = {s for s in self.args.skip_callbacks.split(",") if s}
+        cli = make_cli(args=args, run=False)
+        skip = {s for s in self.args.skip_callbacks.split(",") if s} | self.skip
         if skip:
             cli.trainer.callbacks[:] = [
                 c for c in cli.trainer.callbacks if not {type(c).__name__, type(c).__module__} & skip
             ]
         return cli
 
-    def run(self, path: str) -> dict:
-        """One run of ``path``: warmup + timed steps; returns window times, peak memory, last loss."""
+    def run(self, path: str, extra_callback: Callback | None = None, on_step_end=None) -> dict:
+        """One run of ``path``: warmup + timed steps; returns window times, peak memory, last loss.
+
+        ``extra_callback`` joins the Lightning path's callbacks, ``on_step_end(step)`` is called
+        after each plain-loop step (scripts/profile_step.py starts its sampler there)."""
         clock = Clock(self.device, self.args.warmup, self.args.window)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -222,6 +251,8 @@ class Bench:
             cli = self._cli()
             cb = _ClockCallback(clock)
             cli.trainer.callbacks.append(cb)
+            if extra_callback is not None:
+                cli.trainer.callbacks.append(extra_callback)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             losses = cb.losses
         else:
@@ -238,7 +269,7 @@ class Bench:
                 precision=self.precision,
                 gradient_clip_val=self.clip,
                 device=self.device,
-                on_step_end=clock.tick,
+                on_step_end=clock.tick if on_step_end is None else lambda i: (clock.tick(), on_step_end(i)),
             )
         out = {
             "windows_ms": clock.windows_ms(),
@@ -383,6 +414,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Every run compiles a fresh model instance: do not let Dynamo fall back to eager after its
+    # default 8 recompiles of the same code within this one process.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     if args.probe:  # one short run in a fresh process, for its peak RSS
         args.steps = args.window
         bench = Bench(args, *args.variants[args.probe_variant])
@@ -401,6 +435,24 @@ def main(argv: list[str] | None = None) -> dict | None:
     measure_ceilings()
     combos = [(b, p) for b in benches for p in paths]
     results: dict[str, dict[str, list[dict]]] = {b.name: {p: [] for p in paths} for b in benches}
+    out = Path(args.json) if args.json else benches[0].tmp / "bench.json"
+
+    def write(mem: dict[str, dict[str, float | None]], final: bool) -> dict:
+        # Mid-run (final=False) only the variants whose every path has run so far.
+        done = [b for b in benches if all(results[b.name][p] for p in paths)]
+        summaries = {
+            b.name: summarize(b, results[b.name], ceilings[dtypes[b.name]], mem.get(b.name, {})) for b in done
+        }
+        first = summaries.get(benches[0].name)
+        for s in summaries.values():  # each lever against the first variant, path by path
+            for path, r in s["paths"].items():
+                if first is not None:
+                    r["speedup_vs_first_variant"] = (
+                        r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
+                    )
+        out.write_text(json.dumps({"variants": summaries, "complete": final}, indent=2))
+        return summaries
+
     for r in range(args.rounds):
         for bench, path in combos if r % 2 == 0 else combos[::-1]:
             res = bench.run(path)
@@ -410,19 +462,15 @@ def main(argv: list[str] | None = None) -> dict | None:
                 f"ms/step (windows {', '.join(f'{w:.1f}' for w in res['windows_ms'])})",
                 flush=True,
             )
+            # Evidence so far after every run, in case the caller's time runs out (gpu_check.py).
+            write({}, final=False)
     measure_ceilings()  # the best of before and after: the machine may be shared
-    summaries = {}
-    for i, bench in enumerate(benches):
-        mem: dict[str, float | None] = {}
-        if bench.device.type == "cpu" and not args.no_mem:
-            mem = {p: probe_rss(argv, p, i) for p in paths}
-        summaries[bench.name] = summarize(bench, results[bench.name], ceilings[dtypes[bench.name]], mem)
-    first = summaries[benches[0].name]
-    for s in summaries.values():  # each lever against the first variant, path by path
-        for path, r in s["paths"].items():
-            r["speedup_vs_first_variant"] = r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
-    out = Path(args.json) if args.json else benches[0].tmp / "bench.json"
-    out.write_text(json.dumps({"variants": summaries}, indent=2))
+    mem = {
+        b.name: {p: probe_rss(argv, p, i) for p in paths}
+        for i, b in enumerate(benches)
+        if b.device.type == "cpu" and not args.no_mem
+    }
+    summaries = write(mem, final=True)
     print(f"[bench] JSON: {out}")
     print("\n".join(table(s) for s in summaries.values()))
     return summaries

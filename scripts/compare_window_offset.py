@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODES = ["fixed", "random_per_epoch", "random"]
 
 
-def run(out: Path, mode: str, seed: int, steps: int, layers: int, embd: int) -> float:
+def run(out: Path, mode: str, seed: int, steps: int, layers: int, embd: int, data: str | None) -> float:
     root = out / f"{mode}-s{seed}"
     root.mkdir(parents=True, exist_ok=True)
     extra = root / "no_callbacks.yaml"
@@ -52,7 +52,11 @@ def run(out: Path, mode: str, seed: int, steps: int, layers: int, embd: int) -> 
         f"--data.cache_dir={out / 'data_cache'}",
         f"--data.window_offset={mode}",
     ]
-    subprocess.run(args, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    if data:
+        args.append(f"--data.data={data}")
+    subprocess.run(
+        args, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    )
     (logdir,) = (root / "runs" / "tiny").glob("version_*")
     steps_vals = read_scalars(logdir)["val/loss"]
     return float(steps_vals[1][-1])
@@ -63,6 +67,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embd", type=int, default=64)
+    p.add_argument("--data", default=None, help="a smaller corpus: more epochs in the same steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337])
     p.add_argument("--modes", nargs="+", default=MODES)
     p.add_argument("--out", type=Path, default=Path("/tmp/window_offset"))
@@ -70,7 +75,7 @@ def main() -> None:
     results: dict[str, dict[int, float]] = {m: {} for m in a.modes}
     for seed in a.seeds:
         for mode in a.modes:
-            results[mode][seed] = run(a.out, mode, seed, a.steps, a.layers, a.embd)
+            results[mode][seed] = run(a.out, mode, seed, a.steps, a.layers, a.embd, a.data)
             print(f"{mode:>17} seed {seed}: final val/loss {results[mode][seed]:.4f}", flush=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=2))
     for mode, by_seed in results.items():

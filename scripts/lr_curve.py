@@ -23,7 +23,7 @@ from gptmini.callbacks.checklist import Checklist
 from gptmini.callbacks.lr_curve import curve_shape, lr_curve_problems, lr_curves, render_lr_curve
 from gptmini.callbacks.recipe_checks import interval_item, peak_lr_item, warmup_items
 from gptmini.callbacks.report import CheckItem
-from gptmini.cli import main as cli_main
+from gptmini.cli import make_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_args = [a for c in args.config for a in ("--config", c)] + args.overrides
     # Builds trainer, module and datamodule objects only: no data is read, nothing is trained.
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from cli_args only
-    cli = cli_main(cli_args, run=False)
+    cli = make_cli(cli_args, run=False)
     trainer, module = cli.trainer, cli.model
     module.trainer = trainer  # configure_optimizers reads trainer.max_steps and the precision
     optimizers, scheduler_configs = _init_optimizers_and_lr_schedulers(module)

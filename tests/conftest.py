@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,12 @@ def cli_args(tmp_path, corpus_file, data_cache):
         return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps)
 
     return make
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a CLI subprocess: this checkout and tests/ (for test-only callbacks) first."""
+    tests = Path(__file__).parent
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]), "OMP_NUM_THREADS": "1"}
 
 
 def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:

@@ -1,9 +1,12 @@
-"""Test-only callback that breaks a run at a chosen optimizer step (used via class_path)."""
+"""Test-only callbacks (used via class_path): break a run at a chosen optimizer step; hold runs
+started together at a rendezvous."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -11,16 +14,20 @@ from lightning.pytorch.callbacks import Callback
 
 
 class InjectFault(Callback):
-    def __init__(self, at_step: int, kind: str = "nan") -> None:
+    def __init__(self, at_step: int, kind: str = "nan", marker: str | None = None) -> None:
         """Break the run once trainer.global_step == at_step.
 
         Args:
             at_step: Optimizer step (0-based: the step that would make global_step at_step + 1).
             kind: "nan" multiplies that step's loss by NaN before backward; "sigterm"/"sigkill"
-                signal this process after the step has finished (its checkpoints included).
+                signal this process after the step has finished (its checkpoints included);
+                "pause" waits there, so that a test can signal the process group from outside.
+            marker: For "pause": a file created when the pause begins; the pause ends when
+                ``<marker>.go`` exists (signal handlers run meanwhile).
         """
         self.at_step = at_step
         self.kind = kind
+        self.marker = marker
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -30,5 +37,35 @@ class InjectFault(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         # global_step has just been incremented: the step with index at_step has completed.
-        if trainer.global_step == self.at_step + 1 and self.kind in ("sigterm", "sigkill"):
+        if trainer.global_step != self.at_step + 1:
+            return
+        if self.kind in ("sigterm", "sigkill"):
             os.kill(os.getpid(), signal.SIGTERM if self.kind == "sigterm" else signal.SIGKILL)
+        elif self.kind == "pause":
+            Path(self.marker).touch()
+            go, deadline = Path(f"{self.marker}.go"), time.monotonic() + 120
+            while not go.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"paused at step {trainer.global_step}, no signal came")
+                time.sleep(0.02)
+
+
+class Rendezvous(Callback):
+    def __init__(self, folder: str, parties: int) -> None:
+        """Hold each run at ``setup`` (after the CLI's before_fit, before the config is written)
+        until ``parties`` runs have arrived: runs started together reach the log folder together.
+
+        Args:
+            folder: Where each run leaves a file named by its pid.
+            parties: Runs to wait for.
+        """
+        self.folder = Path(folder)
+        self.parties = parties
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 240
+        while len(list(self.folder.iterdir())) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(list(self.folder.iterdir()))} of {self.parties} runs came")
+            time.sleep(0.05)

@@ -102,6 +102,10 @@ CASES = {
         lambda t, c, d: ["--model.optim.weight_decay=-0.1"],
         'key "model.optim.weight_decay": Not of type NonNegativeFloat',
     ),
+    "fault_guard.check_every_n_steps < 1": (
+        lambda t, c, d: ["--fault_guard.check_every_n_steps=0"],
+        'key "fault_guard.check_every_n_steps": Not of type PositiveInt',
+    ),
     "batch_size < 1": (
         lambda t, c, d: ["--data.batch_size=0"],
         'key "data.batch_size": Not of type PositiveInt',
@@ -149,6 +153,7 @@ CASES = {
 PARSE_ERRORS = {
     "lr <= 0",
     "batch_size < 1",
+    "fault_guard.check_every_n_steps < 1",
     "betas outside [0, 1)",
     "weight decay < 0",
     "min_lr_ratio outside [0, 1]",

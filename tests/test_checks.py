@@ -25,7 +25,7 @@ from gptmini.callbacks.recipe_checks import (
     warmup_items,
 )
 from gptmini.callbacks.report import SanityCheckError
-from gptmini.cli import main
+from gptmini.cli import main, make_cli
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, lr_multiplier
@@ -390,7 +390,7 @@ def test_tiny_config_runs_the_checks_and_the_smoke_preset_combines(cli_args, tmp
     # The smoke preset goes after the main config; the test's small-model overrides still follow.
     args = cli_args(max_steps=30)  # the lr horizon; max_epochs stops the smoke run at 10 steps
     smoke = args[:3] + ["--config", str(SMOKE)] + args[3:]
-    cli = main(smoke)
+    cli = make_cli(smoke)
     assert cli.trainer.overfit_batches == 1 and cli.trainer.global_step == 10  # max_epochs 10 x 1 batch
     (run,) = (tmp_path / "runs" / "smoke").iterdir()
     assert (run / "lr_curve.png").is_file()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptmini.cli import main
+from gptmini.cli import main, make_cli
 from gptmini.tools.curves import read_scalars
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -15,7 +15,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: values for tag, (_, values) in read_scalars(run_dir).items()}
 
 
-def test_fit_end_to_end(cli_args, tmp_path):
+def test_fit_end_to_end(cli_args, tmp_path, capsys):
     main(cli_args(max_steps=40))
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     tags = scalars(run)
@@ -35,6 +35,10 @@ def test_fit_end_to_end(cli_args, tmp_path):
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert ckpt["global_step"] == 40
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 40
+    # the lowest val/loss is kept as best-step=N.ckpt and named at the end
+    _, vals = read_scalars(run)["val/loss"]
+    (best,) = run.glob("checkpoints/best-step=*.ckpt")
+    assert f"best checkpoint (val/loss {min(vals):.4f}): {best}" in capsys.readouterr().out
 
 
 def test_smoke_overfit_one_batch(cli_args, tmp_path):
@@ -67,7 +71,7 @@ def test_every_config_parses(config, tmp_path, monkeypatch):
     args = ["--config", str(config)]
     if config.name in OVERLAYS:
         args = ["--config", str(config.parent / OVERLAYS[config.name])] + args
-    cli = main(args, run=False)
+    cli = make_cli(args, run=False)
     assert cli.model.model_cfg.vocab_size == cli.datamodule.vocab_size
     assert cli.model.model_cfg.block_size == cli.datamodule.block_size
     assert cli.trainer.max_steps > 0
@@ -75,7 +79,7 @@ def test_every_config_parses(config, tmp_path, monkeypatch):
 
 def test_10m_config_is_the_recipe(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["--config", str(Path(__file__).parent.parent / "configs" / "10m.yaml")], run=False)
+    cli = make_cli(["--config", str(Path(__file__).parent.parent / "configs" / "10m.yaml")], run=False)
     m, o, s, d, t = (
         cli.model.model_cfg,
         cli.model.optim_cfg,

@@ -105,3 +105,13 @@ def test_bad_exercise_settings(tmp_path):
 
 def test_default_configs_exist():
     assert all(Path(c).is_file() for c in exe.DEFAULT_CONFIGS)
+
+
+def test_gptmini_exercises_subcommand_runs_the_exercises_tool(capsys, monkeypatch):
+    """`gptmini exercises ...` (the console script) is `python -m gptmini.tools.exercises ...`."""
+    from gptmini.cli import main
+
+    calls = []
+    monkeypatch.setattr(exe, "main", lambda args: calls.append(args))
+    assert main(["exercises", "lr", "--steps", "2"]) == 0  # the exit status
+    assert calls == [["lr", "--steps", "2"]]

@@ -203,7 +203,7 @@ def test_bad_checkpoint_file_gets_a_message_naming_it(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, corpus_file, data_cache) -> Path:
     """A 4-step tiny fit with TextSamples; returns its log folder (checkpoints/last.ckpt inside)."""
-    from gptmini.cli import main
+    from gptmini.cli import make_cli
 
     tmp = tmp_path_factory.mktemp("genrun")
     callbacks = [
@@ -216,7 +216,7 @@ def trained_run(tmp_path_factory, corpus_file, data_cache) -> Path:
     args = tiny_cli_args(tmp, corpus_file, data_cache, max_steps=4) + [
         f"--trainer.callbacks={json.dumps(callbacks)}"
     ]
-    cli = main(args)
+    cli = make_cli(args)
     return Path(cli.trainer.logger.log_dir)
 
 

@@ -16,6 +16,7 @@ def make_trainer(**kwargs) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        log_every_n_steps=1,  # step metrics reach callback_metrics on written steps (Recorder reads them)
     )
     return pl.Trainer(**{**defaults, **kwargs})
 

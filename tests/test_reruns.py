@@ -1,15 +1,18 @@
-"""A second run into the same folder never overwrites the first run's config or checkpoints."""
+"""A second run into the same folder never overwrites the first run's config or checkpoints, runs
+started together each get their own folder, and `validate` checks the weights it was pointed at."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_cli_args
+from conftest import callbacks_args, cli_env, tiny_cli_args
 
-from gptmini.cli import main
+from gptmini.cli import main, make_cli
+from gptmini.core.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
 
@@ -19,16 +22,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def args(tmp_path: Path, corpus_file: Path, data_cache: Path) -> list[str]:
-    extra = tmp_path / "callbacks.yaml"
+def args(tmp_path: Path, corpus_file: Path, data_cache: Path, *callbacks: dict) -> list[str]:
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"save_last": True},
     }
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint]}}))
     return tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps=2) + [
-        "--config",
-        str(extra),
+        *callbacks_args(tmp_path, [*callbacks, checkpoint]),
         "--trainer.limit_val_batches=0",
         "--model.schedule.warmup_steps=1",
     ]
@@ -59,3 +59,40 @@ def test_rerun_into_a_fixed_version_is_refused_before_any_work(tmp_path, corpus_
     assert info.value.code == 2
     assert "already holds a run (config.yaml); refusing to overwrite" in capsys.readouterr().err
     assert files(folder) == before
+
+
+def test_runs_started_together_get_their_own_versions(tmp_path, corpus_file, data_cache):
+    """A sweep: three runs of one name at once, through the installed `gptmini` script."""
+    meet = tmp_path / "rendezvous"
+    meet.mkdir()
+    rendezvous = {"class_path": "fault_injection.Rendezvous", "init_args": {"folder": str(meet), "parties": 3}}
+    script = Path(sys.executable).with_name("gptmini")  # what `pip install` made of [project.scripts]
+    cmd = [str(script), *args(tmp_path, corpus_file, data_cache, rendezvous)]
+    procs = [
+        subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for e in errors]  # 0: finished
+    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1", "version_2"]
+    for run in runs:
+        assert (run / "config.yaml").is_file()
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_validate_last_uses_the_newest_checkpoint(tmp_path, corpus_file, data_cache, capsys):
+    fit = args(tmp_path, corpus_file, data_cache)
+    main(fit)
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    validate = ["validate", *fit[1:], "--trainer.limit_val_batches=2"]
+    cli = make_cli([*validate, "--ckpt_path=last"])
+    assert cli.trainer.ckpt_path == str(last)
+    trained = read_checkpoint(last)["state_dict"]
+    assert all(torch.equal(v, trained[k]) for k, v in cli.model.state_dict().items())
+    assert "val/loss" in cli.trainer.callback_metrics
+
+    with pytest.raises(SystemExit) as info:  # untrained weights would be a meaningless val loss
+        main(validate)
+    assert info.value.code == 2
+    assert "validate needs trained weights: add --ckpt_path last" in capsys.readouterr().err

@@ -1,8 +1,10 @@
-"""Exact resume through the CLI: SIGTERM and SIGKILL mid-run, `--ckpt_path last`, same losses and lr.
+"""Exact resume through the CLI: SIGTERM, Ctrl-C and SIGKILL mid-run, `--ckpt_path last`, same losses and lr.
 
 Epochs are cut to 6 batches (limit_train_batches) so the runs cross epoch boundaries, and
 checkpoints come every 4 steps: the SIGKILL case resumes from step 12, the last batch of an epoch,
-the SIGTERM case from the checkpoint the guard writes at step 7, in the middle of one.
+the SIGTERM and Ctrl-C cases from the checkpoint the guard writes at steps 7 or 9, in the middle of
+one. The "-group" cases signal the whole process group from outside, as `timeout`, `scancel` and a
+terminal's Ctrl-C do, with DataLoader workers running.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import attribute_docstrings_off, callbacks_args, scalars_by_step, tiny_cli_args
+from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_by_step, tiny_cli_args
 
+from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
 from gptmini.core.checkpoint import load_model, read_checkpoint
 
@@ -49,15 +53,51 @@ def run_args(root: Path, corpus_file: Path, data_cache: Path, fault: dict | None
 
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)]), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "gptmini.cli", *args],
         cwd=REPO,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def signal_group_when_paused(args: list[str], marker: Path, *signums: int) -> tuple[int, str]:
+    """Run the CLI as a job of its own (new process group), wait for InjectFault's pause, send each
+    signal to the whole group, then let the run go on. Returns (exit status, output)."""
+    log = marker.with_suffix(".log")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptmini.cli", *args],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A terminal's default, even when the tests run in the background (where SIGINT is ignored).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        wait_for(lambda: marker.exists(), proc, log)
+        for i, signum in enumerate(signums):
+            if i:  # the next Ctrl-C only once the first one has been handled
+                wait_for(lambda: "Ctrl-C: finishing the current step" in log.read_text(), proc, log)
+            os.killpg(proc.pid, signum)
+        Path(f"{marker}.go").touch()
+        status = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return status, log.read_text()
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"exited with {proc.returncode} too early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -112,20 +152,37 @@ def test_checkpoint_contents(reference):
     assert model.cfg.n_embd == 32 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize(("kind", "at_step", "resumed_from"), [("sigkill", 13, 12), ("sigterm", 6, 7)])
+@pytest.mark.parametrize(
+    ("kind", "at_step", "resumed_from"),
+    [("sigkill", 13, 12), ("sigterm", 6, 7), ("SIGTERM-group", 8, 9), ("SIGINT-group", 6, 7)],
+)
 def test_exact_resume_after_interrupt(
     reference, tmp_path, corpus_file, data_cache, kind, at_step, resumed_from
 ):
     args = run_args(tmp_path, corpus_file, data_cache, fault={"at_step": at_step, "kind": kind})
+    first = tmp_path / "runs" / "tiny" / "version_0"
+    last = first / "checkpoints" / "last.ckpt"
     if kind == "sigkill":  # a hard kill needs a process of its own
         proc = run_subprocess(args)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    else:  # SIGTERM is handled by Lightning: in this process, through the same main()
+    elif kind == "sigterm":  # SIGTERM is handled by Lightning: in this process, through the same main()
         with attribute_docstrings_off(), pytest.raises(SystemExit) as info:
             main(args)
         assert info.value.code == 143  # 128 + SIGTERM: the process reports "stopped", not "finished"
-    first = tmp_path / "runs" / "tiny" / "version_0"
-    assert read_checkpoint(first / "checkpoints" / "last.ckpt")["global_step"] == resumed_from
+    else:  # to the whole process group from outside (timeout, scancel, Ctrl-C), workers running
+        signum = getattr(signal, kind.split("-")[0])
+        marker = tmp_path / "paused"
+        fault = {"at_step": at_step, "kind": "pause", "marker": str(marker)}
+        args = run_args(tmp_path, corpus_file, data_cache, fault) + ["--data.num_workers=2"]
+        status, out = signal_group_when_paused(args, marker, signum)
+        assert status == 128 + signum, out[-3000:]  # 143 or 130
+        assert "DataLoader worker" not in out
+        # One line: where the checkpoint is and the command that resumes from it.
+        (line,) = [line for line in out.splitlines() if f"saved {last}" in line]
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        assert line.startswith(f"{what}: saved {last} at step {resumed_from}; resume with: python -m gptmini.cli fit")
+        assert line.endswith("--data.num_workers=2 --ckpt_path last")
+    assert read_checkpoint(last)["global_step"] == resumed_from
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and "events" not in p.name}
 
     with attribute_docstrings_off():
@@ -137,3 +194,19 @@ def test_exact_resume_after_interrupt(
     saved = yaml.safe_load((resumed / "config.yaml").read_text())
     assert saved["ckpt_path"] == str(first / "checkpoints" / "last.ckpt")
     compare(reference, resumed, resumed_from)
+
+
+def test_second_ctrl_c_aborts_without_saving(tmp_path, corpus_file, data_cache):
+    marker = tmp_path / "paused"
+    fault = {"at_step": 1, "kind": "pause", "marker": str(marker)}  # before the first checkpoint
+    args = run_args(tmp_path, corpus_file, data_cache, fault) + ["--data.num_workers=2"]
+    status, out = signal_group_when_paused(args, marker, signal.SIGINT, signal.SIGINT)
+    assert status == 1, out[-3000:]  # Lightning's KeyboardInterrupt shutdown
+    assert "Detected KeyboardInterrupt" in out and "saved" not in out
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resume_command_repeats_the_command_line_with_ckpt_path_last():
+    argv = ["/venv/bin/gptmini", "fit", "-c", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=x"]
+    assert resume_command(argv) == "gptmini fit -c 'a b.yaml' --ckpt_path last"
+    assert resume_command(["/src/gptmini/cli.py", "fit"]) == "python -m gptmini.cli fit --ckpt_path last"

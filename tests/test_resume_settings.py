@@ -79,11 +79,22 @@ def fail(argv: list[str], capsys) -> str:
 def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, data_cache, capsys):
     ckpt = base["ckpt"]
     versions = sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir())
-    given = ["--model.optim.lr=1e-5", "--model.arch.n_embd=64", "--model.arch.n_head=4"]
-    line = fail(args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given], capsys)
-    assert f"--ckpt_path {ckpt} resumes a run exactly" in line
+    # mlp_ratio=4 is the parser default, but given: it counts (a value the user set is never dropped).
+    given = [
+        "--model.optim.lr=1e-5",
+        "--model.arch.n_embd=64",
+        "--model.arch.n_head=4",
+        "--model.arch.mlp_ratio=4",
+    ]
+    linked = ["--data.block_size=16"]  # model.arch.block_size follows it
+    line = fail(
+        args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given, *linked], capsys
+    )
+    assert f"--ckpt_path {ckpt} resumes a run exactly, with its own settings, but 5 differ: " in line
     assert "model.arch.n_head: checkpoint 2, given 4" in line
     assert "model.arch.n_embd: checkpoint 32, given 64" in line
+    assert "model.arch.mlp_ratio: checkpoint 2, given 4" in line
+    assert "data.block_size: checkpoint model.arch.block_size 32, this run 16" in line
     assert "model.optim.lr: checkpoint 0.002, given 1e-05" in line
     assert f"--config {base['run'] / 'config.yaml'}" in line and f"--init_from {ckpt}" in line
     # `last` is found only in before_fit: the same check there.
@@ -92,6 +103,12 @@ def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, d
     # A max_steps the checkpoint has already reached leaves nothing to train.
     line = fail(args(base["root"], corpus_file, data_cache) + [f"--ckpt_path={ckpt}"], capsys)
     assert f"is at step {BASE_STEPS}, and trainer.max_steps is {BASE_STEPS}: nothing left" in line
+    # `validate` with the checkpoint: the same rule.
+    line = fail(
+        ["validate", *args(base["root"], corpus_file, data_cache)[1:], f"--ckpt_path={ckpt}", given[0]],
+        capsys,
+    )
+    assert "1 differ: model.optim.lr: checkpoint 0.002, given 1e-05" in line
     assert sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir()) == versions
 
 
@@ -141,3 +158,20 @@ def test_init_from_starts_a_new_run_from_the_weights(base, tmp_path, corpus_file
     line = fail(args(tmp_path, corpus_file, data_cache, 8) + both, capsys)
     assert "both given" in line and "drop one" in line
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]
+
+
+def test_runtime_keys_are_the_users_on_resume(tmp_path):
+    from gptmini.train.resume import resume_settings
+
+    hparams = {
+        "arch": {"n_embd": 32},
+        "optim": {"lr": 0.002, "betas": [0.9, 0.95], "fused": None},
+        "schedule": {"warmup_steps": 3},
+        "compile": None,
+        "compile_mode": None,
+    }
+    given = {"compile": True, "optim.fused": False, "optim.betas": (0.9, 0.95), "arch.n_embd": 32}
+    parsed = {**given, "compile_mode": None, "optim.lr": 6e-4}  # lr: a default, not given
+    settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, given, parsed)
+    assert settings["compile"] is True and settings["optim"]["fused"] is False
+    assert settings["optim"]["lr"] == 0.002 and hparams["optim"]["fused"] is None  # input untouched

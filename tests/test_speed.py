@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.callbacks.throughput import ThroughputLogger
-from gptmini.cli import main
+from gptmini.cli import make_cli
 from gptmini.core.flops import chip_of, device_peak_flops, flops_per_token
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.plainloop import train_plain
@@ -42,7 +42,7 @@ class _Losses(Callback):
 
 
 def _fit(args: list[str], *callbacks: Callback):
-    cli = main(args=[a for a in args if a != "fit"], run=False)
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli
@@ -155,7 +155,7 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
 
 def test_cli_swaps_default_bar_for_loss_bar(cli_args):
     args = [a for a in cli_args(max_steps=1) if "enable_progress_bar" not in a]
-    cli = main(args=[a for a in args if a != "fit"], run=False)
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
     assert type(cli.trainer.progress_bar_callback) is LossProgressBar
 
 

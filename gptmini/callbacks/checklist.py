@@ -284,6 +284,8 @@ class Checklist(Callback):
                 parts.append(f"checkpoint every {n} steps" + (" + last" if cb.save_last else ""))
                 if max_steps > 0 and n > max_steps:
                     status = "note"
+            elif cb.monitor:
+                parts.append(f"keep the best {cb.monitor}")
             else:
                 parts.append("checkpoint after validation/epoch" + (" + last" if cb.save_last else ""))
         return CheckItem("frequency", "logging/ckpt", status, ", ".join(parts))

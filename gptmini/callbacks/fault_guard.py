@@ -9,24 +9,34 @@
   skips up to N bad updates (all gradients dropped, so AdamW leaves weights and moments alone).
   With fused AdamW this costs no host sync per step: fused AdamW honours a ``found_inf`` flag and
   drops the update on the device; the flag counters are read every ``check_every_n_steps``.
-- **SIGTERM** (preemption, ``scancel``, ``kill``). Lightning finishes the current batch and raises;
-  the guard then saves ``last.ckpt`` next to the other checkpoints, so ``--ckpt_path last`` resumes
-  from the exact step (a hard kill resumes from the previous interval checkpoint instead).
+- **SIGTERM and Ctrl-C** (preemption, ``scancel``, ``timeout``, ``kill``; SIGINT). Lightning finishes
+  the current step on SIGTERM and raises ``SIGTERMException``; a first Ctrl-C is turned into the
+  same stop (a second one raises ``KeyboardInterrupt`` at once: abort, nothing saved). The guard then
+  saves ``last.ckpt`` next to the other checkpoints, prints where it is and the resume command, and
+  sets the exit status to 128 + the signal (143, 130), so ``--ckpt_path last`` resumes from the
+  exact step (a hard kill resumes from the previous interval checkpoint instead). DataLoader workers
+  ignore both signals (``gptmini.train.loader.ignore_stop_signals``), so a signal to the whole
+  process group does not kill them mid-step.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gptmini.core.config import ConfigError
+from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,9 +53,36 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command that started this process with ``--ckpt_path last`` instead of any ckpt_path."""
+    argv = sys.argv if argv is None else argv
+    prog = {"cli.py": ["python", "-m", "gptmini.cli"], "gptmini": ["gptmini"]}.get(Path(argv[0]).name)
+    if prog is None:  # started from Python (tests, notebooks): no command line to repeat
+        return "--ckpt_path last"
+    args, skip = [], False
+    for a in argv[1:]:
+        if skip or a.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if a == "--ckpt_path":
+            skip = True
+            continue
+        args.append(a)
+    return shlex.join([*prog, *args, "--ckpt_path", "last"])
+
+
+def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+    """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
+    loss = getattr(pl_module, "last_loss", None)
+    return loss if loss is not None else trainer.callback_metrics.get("train/loss")
+
+
 class FaultGuard(Callback):
     def __init__(
-        self, max_skipped_steps: int = 0, check_every_n_steps: int = 1, save_on_sigterm: bool = True
+        self,
+        max_skipped_steps: NonNegativeInt = 0,
+        check_every_n_steps: PositiveInt = 1,
+        save_on_sigterm: bool = True,
     ):
         """Stop on non-finite losses; save a checkpoint on SIGTERM.
 
@@ -55,16 +92,15 @@ class FaultGuard(Callback):
             check_every_n_steps: Check every n-th optimizer step. Unfused AdamW: each check is one
                 host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
                 guarded on the device and the verdict is read (one sync) every n steps.
-            save_on_sigterm: Save ``last.ckpt`` when SIGTERM stops the run.
+            save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
         """
-        if max_skipped_steps < 0:
-            raise ConfigError(f"fault_guard.max_skipped_steps must be >= 0, got {max_skipped_steps}.")
-        if check_every_n_steps < 1:
-            raise ConfigError(f"fault_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}.")
-        self.max_skipped_steps = max_skipped_steps
-        self.check_every_n_steps = check_every_n_steps
+        checked = check_args(FaultGuard.__init__, "fault_guard", locals())  # the range types above
+        self.max_skipped_steps = checked["max_skipped_steps"]
+        self.check_every_n_steps = checked["check_every_n_steps"]
         self.save_on_sigterm = save_on_sigterm
         self.skipped = 0
+        self.stop_signal: int | None = None  # the signal that stopped the run
+        self._previous_sigint: Any = None
 
     # -- non-finite ------------------------------------------------------------------------
     def on_before_optimizer_step(
@@ -77,7 +113,7 @@ class FaultGuard(Callback):
             return
         if step % self.check_every_n_steps:
             return
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
@@ -118,7 +154,7 @@ class FaultGuard(Callback):
         if not grads:
             return
         bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = _step_loss(trainer, pl_module)
         if loss is not None:
             bad = bad | ~torch.isfinite(loss.detach().to(bad.device)).all()
         optimizer.found_inf = bad.float()
@@ -173,18 +209,65 @@ class FaultGuard(Callback):
                 f"saved. The last good checkpoint is {last} (left intact)."
             )
 
-    # -- SIGTERM ---------------------------------------------------------------------------
+    # -- SIGTERM and Ctrl-C ------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
+        # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
+        # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.stop_signal = None
+        previous = signal.getsignal(signal.SIGINT)
+        if previous in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
+            return
+        self._previous_sigint = previous
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self._restore_sigint()  # a second Ctrl-C raises KeyboardInterrupt at once: abort
+            self.stop_signal = signal.SIGINT
+            # Lightning reads this flag after every step (and broadcasts rank 0's under DDP); it
+            # has no public setter.
+            trainer._signal_connector.received_sigterm = True
+            rank_zero_info(
+                "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "
+                "without saving)."
+            )
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint()
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if not (self.save_on_sigterm and isinstance(exception, SIGTERMException)):
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException):
             return
+        signum = self.stop_signal or signal.SIGTERM
+        # SIGTERMException is a SystemExit: its code becomes the exit status. Lightning leaves it
+        # 0; a scheduler or requeue script must tell "stopped" from "finished" (128 + signal).
+        exception.code = 128 + signum
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         cb = trainer.checkpoint_callback
-        if not isinstance(cb, ModelCheckpoint) or cb.dirpath is None:
+        if (
+            not self.save_on_sigterm
+            or trainer.state.fn != TrainerFn.FITTING
+            or not isinstance(cb, ModelCheckpoint)
+            or cb.dirpath is None
+        ):
+            rank_zero_info(f"{what}: stopped at step {trainer.global_step}, no checkpoint saved.")
             return
         path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        trainer.save_checkpoint(path)
-        rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+        trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        rank_zero_info(
+            f"{what}: saved {path} at step {trainer.global_step}; resume with: {resume_command()}"
+        )
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

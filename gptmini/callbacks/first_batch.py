@@ -23,7 +23,7 @@ from gptmini.callbacks.report import (
     _training_loss,
     _vocab_size,
 )
-from gptmini.core.config import ConfigError
+from gptmini.core.config import NonNegativeInt, PositiveFloat, PositiveInt, check_args
 from gptmini.core.step import NoGradientError, train_step
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class InitialLossCheck(_FirstBatchCheck):
     key = "initial_loss"
     title = "initial loss"
 
-    def __init__(self, tolerance: float = 1.0, vocab_size: int | None = None) -> None:
+    def __init__(self, tolerance: PositiveFloat = 1.0, vocab_size: int | None = None) -> None:
         """At init the model should predict a near-uniform distribution: loss ~ ln(vocab_size).
 
         Args:
@@ -90,8 +90,7 @@ class InitialLossCheck(_FirstBatchCheck):
                 datamodule's ``vocab_size``.
         """
         super().__init__()
-        if not tolerance > 0:
-            raise ConfigError(f"InitialLossCheck.tolerance must be > 0, got {tolerance}.")
+        tolerance = check_args(InitialLossCheck.__init__, "InitialLossCheck", locals())["tolerance"]
         self.tolerance = tolerance
         self.vocab_size = vocab_size
 
@@ -149,11 +148,11 @@ class OverfitCheck(_FirstBatchCheck):
 
     def __init__(
         self,
-        steps: int = 100,
+        steps: PositiveInt = 100,
         threshold: float = 0.5,
-        warmup_steps: int = 10,
-        rows: int | None = None,
-        log_every: int = 20,
+        warmup_steps: NonNegativeInt = 10,
+        rows: PositiveInt | None = None,
+        log_every: PositiveInt = 20,
         stop_early: bool = True,
     ) -> None:
         """Train a copy of the model on the first batch; the loss must fall below ``threshold``.
@@ -172,13 +171,9 @@ class OverfitCheck(_FirstBatchCheck):
             stop_early: Stop as soon as the loss is below ``threshold`` (the check has passed).
         """
         super().__init__()
-        if steps <= 0 or warmup_steps < 0 or log_every <= 0 or (rows is not None and rows <= 0):
-            raise ConfigError(
-                "OverfitCheck: steps and log_every must be > 0, warmup_steps >= 0, rows null or > 0; "
-                f"got steps={steps}, warmup_steps={warmup_steps}, log_every={log_every}, rows={rows}."
-            )
-        self.steps, self.threshold, self.warmup_steps = steps, threshold, warmup_steps
-        self.rows, self.log_every, self.stop_early = rows, log_every, stop_early
+        c = check_args(OverfitCheck.__init__, "OverfitCheck", locals())  # the range types above
+        self.steps, self.threshold, self.warmup_steps = c["steps"], threshold, c["warmup_steps"]
+        self.rows, self.log_every, self.stop_early = c["rows"], c["log_every"], stop_early
         self.losses: list[float] = []
 
     def _fail(self, what: str, peak: float | None = None) -> CheckItem:

@@ -254,7 +254,7 @@ def _dataset_stream(ds: Any, where: str, field: str, progress: Progress) -> Stre
     names = getattr(ds, "column_names", None)
     if names is not None and field not in names:
         raise _field_error(where, field, names)
-    if names is not None and len(names) > 1:
+    if names is not None and len(names) > 1 and hasattr(ds, "select_columns"):
         ds = ds.select_columns([field])  # read only the text column
     seen = 0
     for batch in ds.iter(batch_size=ROWS_PER_BATCH):

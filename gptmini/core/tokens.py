@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,19 +125,31 @@ def record_separator(tok) -> str:
     return EOT
 
 
+def _write_ids(f, encodings) -> int:
+    count = sum(len(e.ids) for e in encodings)
+    np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), TOKEN_DTYPE, count).tofile(f)
+    return count
+
+
 def encode_to_file(tok, texts: Iterable[str], out: Path) -> int:
-    """Encode pieces into uint16 ids written to ``out``; returns the token count."""
+    """Encode pieces into uint16 ids written to ``out``; returns the token count.
+
+    One batch is encoded (tokenizers releases the GIL and uses every core) while this thread reads
+    the next one and writes the previous one: reading and writing cost almost no encoding time.
+    """
     encode = _encode_batch(tok)
     n = 0
-    with open(out, "wb") as f:
-        it = iter(texts)
-        while batch := list(itertools.islice(it, PIECES_PER_BATCH)):
-            encodings = encode(batch)
-            count = sum(len(e.ids) for e in encodings)
-            ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), TOKEN_DTYPE, count)
-            ids.tofile(f)
-            n += count
-    return n
+    it = iter(texts)
+    with open(out, "wb") as f, ThreadPoolExecutor(max_workers=1) as pool:
+        running = None
+        while True:
+            batch = list(itertools.islice(it, PIECES_PER_BATCH))
+            nxt = pool.submit(encode, batch) if batch else None
+            if running is not None:
+                n += _write_ids(f, running.result())
+            if nxt is None:
+                return n
+            running = nxt
 
 
 def split_tail(all_path: Path, n_tail: int, train_path: Path, tail_path: Path, chunk: int = 1 << 22) -> None:

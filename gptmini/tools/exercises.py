@@ -292,7 +292,7 @@ def run_variant(
     warmup: int,
     save_dir: Path,
 ) -> RunResult:
-    from gptmini.cli import main as cli_main
+    from gptmini.cli import make_cli
 
     label = ex.label(value)
     args = [a for c in configs for a in ("--config", str(c))]
@@ -302,7 +302,7 @@ def run_variant(
     with warnings.catch_warnings(), _no_attribute_docstrings():
         # Lightning warns when args= is used while sys.argv has arguments (ours, not the CLI's).
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = cli_main(args=args, run=False)
+        cli = make_cli(args=args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - t0
     logdir = Path(cli.trainer.logger.log_dir)

@@ -9,6 +9,8 @@ Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the 
 from __future__ import annotations
 
 import glob
+import os
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -119,7 +121,7 @@ def check_checkpoint(path: str, model_cfg: object, flag: str = "--ckpt_path") ->
     return str(Path(path).expanduser())
 
 
-def read_resume_checkpoint(path: str, max_steps: int) -> dict:
+def read_resume_checkpoint(path: str, max_steps: int | None) -> dict:
     """The checkpoint to resume from, readable, with its settings and steps left to train."""
     try:
         ckpt = read_checkpoint(path)
@@ -135,6 +137,30 @@ def read_resume_checkpoint(path: str, max_steps: int) -> dict:
             f"left to train. Raise trainer.max_steps to continue (the cosine is recomputed over it)."
         )
     return ckpt
+
+
+def claim_version(trainer: pl.Trainer) -> None:
+    """Create the next free ``version_N`` folder for each logger without a fixed version.
+
+    Lightning's loggers pick ``max(N) + 1`` lazily and create the folder later, so runs started
+    together (a sweep) pick the same one. ``os.mkdir`` succeeds for exactly one process per name;
+    the others move on to the next number.
+    """
+    for logger in trainer.loggers:
+        # `_version` is None until the logger picks one (no public way to tell without picking).
+        root = getattr(logger, "root_dir", None)
+        if getattr(logger, "_version", "fixed") is not None or not root or "://" in str(root):
+            continue  # a fixed version (check_log_dir_free guards it), or a remote filesystem
+        os.makedirs(root, exist_ok=True)
+        taken = [int(m.group(1)) for d in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", d))]
+        n = max(taken, default=-1) + 1
+        while True:
+            try:
+                os.mkdir(os.path.join(root, f"version_{n}"))
+                break
+            except FileExistsError:
+                n += 1
+        logger._version = n
 
 
 def check_log_dir_free(trainer: pl.Trainer) -> None:

@@ -33,7 +33,13 @@ from gptmini.core.prepare import prepare_tokens
 from gptmini.core.sources import ReadOptions, resolve_sources
 from gptmini.core.tokenizer import vocab_of
 from gptmini.core.tokens import META_VERSION, TOKEN_DTYPE, TokenWindows
-from gptmini.train.loader import WINDOW_OFFSETS, ResumableLoader, ResumableSampler, WindowOffset
+from gptmini.train.loader import (
+    WINDOW_OFFSETS,
+    ResumableLoader,
+    ResumableSampler,
+    WindowOffset,
+    ignore_stop_signals,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -224,6 +230,7 @@ class GPTMiniData(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

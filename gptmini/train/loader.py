@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Literal
 
@@ -11,6 +14,31 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 WindowOffset = Literal["fixed", "random_per_epoch", "random"]
 WINDOW_OFFSETS: tuple[str, ...] = WindowOffset.__args__  # type: ignore[attr-defined]
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores Ctrl-C and any SIGTERM but its parent's.
+
+    ``timeout``, ``scancel``, preemption and Ctrl-C signal the whole process group. A worker that
+    dies of it makes the main process raise "DataLoader worker is killed" mid-step, before
+    FaultGuard can save; so the main process alone decides, finishes the step, saves and shuts its
+    workers down. The parent's own SIGTERM (the DataLoader's ``terminate()`` of a stuck worker, also
+    at interpreter exit) still ends the worker, as torch's handler does: SIG_IGN would hang that exit.
+    A worker whose parent died exits on its own (torch's watchdog). As a ``worker_init_fn`` it stands
+    in for Lightning's per-worker seeding, which the deterministic token windows do not need.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: keep torch's SIGTERM handling
+        return
+    # Blocked here, inherited by the thread: SIGTERM stays pending until the thread takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parent_sigterm, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_on_parent_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)  # what torch's worker handler does on its parent's SIGTERM
 
 
 class ResumableSampler(DistributedSampler):

@@ -1,0 +1,79 @@
+"""The run-level progress bar, and step metrics logged only on the steps Lightning writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import scalars_by_step
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from gptmini.callbacks.progress import LossProgressBar
+from gptmini.cli import make_cli
+from gptmini.train.module import GPTMiniModule
+
+
+class _StepLosses(Callback):
+    """Every step's loss and pre-clip grad norm, and (optionally) a stop request after one step."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.stop_after = stop_after
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+        if batch_idx == self.stop_after:
+            trainer.should_stop = True  # as Lightning's Timer does, mid-step
+
+
+@pytest.mark.parametrize("stop_after", [None, 4])
+def test_step_curves_are_written_at_every_log_step_with_that_steps_value(
+    stop_after, tiny_data, tiny_model_cfg, tmp_path
+):
+    """GPTMiniModule calls self.log only on written steps: the curves keep every written point and
+    its value, including the extra point Lightning writes when a callback stops the run mid-step."""
+    module = GPTMiniModule(tiny_model_cfg)
+    module.schedule_cfg.warmup_steps = 2
+    rec = _StepLosses(stop_after)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=10,
+        log_every_n_steps=3,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[rec],
+    )
+    trainer.fit(module, datamodule=tiny_data)
+    curves = scalars_by_step(trainer.logger.log_dir)
+    expected = [2, 5, 8] if stop_after is None else [2, 4]
+    assert sorted(curves["train/loss"]) == expected
+    assert sorted(curves["train/grad_norm"]) == expected
+    for step in expected:
+        assert curves["train/loss"][step] == pytest.approx(rec.losses[step], rel=1e-6)
+
+
+def test_bar_counts_run_steps_and_tokens_and_flags_a_long_run(cli_args):
+    """The bar spans the run (step / max_steps, tokens seen) and, once the first steps are timed,
+    says in one line when the whole run would take longer than long_run_hours."""
+    args = [a for a in cli_args(max_steps=8) if "enable_progress_bar" not in a]
+    args += [
+        "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=gptmini.callbacks.progress.LossProgressBar",
+        "--trainer.callbacks.min_interval_s=0",
+        "--trainer.callbacks.long_run_hours=1e-9",
+    ]
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, LossProgressBar)
+    with pytest.warns(UserWarning, match=r"remaining [\d,]+ steps take about .* on cpu: .*tiny.yaml"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert bar.train_progress_bar.total == 8 and bar.train_progress_bar.n == 8
+    metrics = bar.get_metrics(cli.trainer, cli.model)
+    tokens_per_step = cli.datamodule.batch_size * cli.datamodule.block_size
+    assert metrics["tokens"] == "2.05k" and 8 * tokens_per_step == 2048  # 8 steps x B8 x T32
+    assert float(metrics["loss"]) == pytest.approx(cli.model.last_loss.item(), abs=1e-3)
+    assert torch.isfinite(cli.model.last_loss)
