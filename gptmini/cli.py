@@ -214,6 +214,9 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
             seed_everything_default=1337,
             parser_class=GPTMiniParser,
             save_config_callback=SaveConfigToCheckpoint,
+            # `gptmini --help` names the tools dispatched before this parser (see TOOLS).
+            parser_kwargs={"description": "Pretrain GPTMini models (fit, validate). Also: "
+                           + ", ".join(f"gptmini {t}" for t in TOOLS) + " (each with --help)."},
             args=args,
             run=run,
         )

@@ -291,6 +291,9 @@ def test_export_then_generate_through_console_script_and_without_lightning(
     with pytest.raises(SystemExit) as e:  # a second export is refused (in process: cli.main's dispatch)
         cli_main(["export", str(ckpt), str(out)])
     assert e.value.code == 2 and "--overwrite=true" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "gptmini generate, gptmini export" in " ".join(capsys.readouterr().out.split())
 
     args = ["--prompt=ROMEO:", "--max_new_tokens=12", "--seed=5", "--device=cpu", "--num_samples=2"]
     res = _console("generate", str(out), *args, cwd=tmp_path)
