@@ -1,3 +1,5 @@
-from gptmini.cli import main
+import sys
 
-main()
+from gptmini.commands import main
+
+sys.exit(main())

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -15,8 +11,10 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
+from gptmini import commands
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.commands import TOOLS, user_errors
 from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
 from gptmini.train import before_fit, resume
@@ -172,34 +170,9 @@ class GPTMiniCLI(LightningCLI):
 
 
 # `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
-TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
-
-TRACEBACK_ENV = "GPTMINI_TRACEBACK"
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """A bad setting (:class:`ConfigError`) ends the run with one ``error: ...`` line and exit
-    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
-    try:
-        yield
-    except ConfigError as e:
-        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-
-
 def main(args: list[str] | None = None) -> int:
-    """The ``gptmini`` console script and ``python -m gptmini.cli``: exit status 0 when the command
-    finished. Otherwise: 2 a bad argument or setting (one ``error:`` line), 1 any other error, 143
-    stopped by SIGTERM and 130 by Ctrl-C (``last.ckpt`` saved; FaultGuard sets the status)."""
-    argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in TOOLS:
-        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-    else:
-        make_cli(args)
-    return 0
+    """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands)."""
+    return commands.main(args)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
@@ -214,6 +187,9 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
             seed_everything_default=1337,
             parser_class=GPTMiniParser,
             save_config_callback=SaveConfigToCheckpoint,
+            # `gptmini --help` names the tools dispatched before this parser (see TOOLS).
+            parser_kwargs={"description": "Pretrain GPTMini models (fit, validate). Also: "
+                           + ", ".join(f"gptmini {t}" for t in TOOLS) + " (each with --help)."},
             args=args,
             run=run,
         )

@@ -32,7 +32,7 @@ def main(args: list[str] | None = None) -> Path:
     from jsonargparse import CLI
 
     try:
-        return CLI(export, args=args)
+        return CLI(export, args=args, prog="gptmini export")
     except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -82,7 +82,7 @@ def main(args: list[str] | None = None) -> list[str]:
     from jsonargparse import CLI
 
     try:
-        return CLI(generate, args=args)
+        return CLI(generate, args=args, prog="gptmini generate")
     except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

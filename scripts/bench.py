@@ -24,7 +24,8 @@ matmul ceiling measured here on the same device and dtype (and the datasheet pea
 H100/H200/A100), peak memory (CUDA: max allocated; CPU: the peak RSS growth during one short run
 in a separate probe process per path) and the ratio lightning/plain in tokens/s (> 1: Lightning is
 faster). ``--variant NAME:KEY=VALUE,...`` adds lever settings to compare in the same alternation.
-JSON goes to ``--json``; a short table is printed last.
+JSON goes to ``--json`` (rewritten after every run: ``complete`` is false until the end); a short
+table is printed last.
 """
 
 from __future__ import annotations
@@ -437,14 +438,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     out = Path(args.json) if args.json else benches[0].tmp / "bench.json"
 
     def write(mem: dict[str, dict[str, float | None]], final: bool) -> dict:
+        # Mid-run (final=False) only the variants whose every path has run so far.
+        done = [b for b in benches if all(results[b.name][p] for p in paths)]
         summaries = {
-            b.name: summarize(b, results[b.name], ceilings[dtypes[b.name]], mem.get(b.name, {}))
-            for b in benches
+            b.name: summarize(b, results[b.name], ceilings[dtypes[b.name]], mem.get(b.name, {})) for b in done
         }
-        first = summaries[benches[0].name]
+        first = summaries.get(benches[0].name)
         for s in summaries.values():  # each lever against the first variant, path by path
             for path, r in s["paths"].items():
-                r["speedup_vs_first_variant"] = r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
+                if first is not None:
+                    r["speedup_vs_first_variant"] = (
+                        r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
+                    )
         out.write_text(json.dumps({"variants": summaries, "complete": final}, indent=2))
         return summaries
 
@@ -457,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 f"ms/step (windows {', '.join(f'{w:.1f}' for w in res['windows_ms'])})",
                 flush=True,
             )
-        if r < args.rounds - 1:  # evidence so far, in case the caller's time runs out (gpu_check.py)
+            # Evidence so far after every run, in case the caller's time runs out (gpu_check.py).
             write({}, final=False)
     measure_ceilings()  # the best of before and after: the machine may be shared
     mem = {

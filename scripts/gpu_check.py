@@ -12,7 +12,7 @@ part, so a timeout or a kill still leaves the evidence gathered so far:
 2. ``bench``: ``scripts/bench.py`` on the 10m shape (configs/10m.yaml: B32 T512 bf16), Lightning vs
    the plain loop alternating, with the levers as variants: ``default`` (as configured), ``cudagraphs``
    (``model.compile_mode=reduce-overhead``), ``eager`` (``model.compile=false``) and ``guard1``
-   (``fault_guard.check_every_n_steps=1``). ``OUT/bench.json`` (rewritten after every round), ``bench.log``.
+   (``fault_guard.check_every_n_steps=1``). ``OUT/bench.json`` (rewritten after every run), ``bench.log``.
 3. ``gpu_tests``: the ``gpu``-marked tests; ``gpu_tests.xml`` (JUnit) and ``gpu_tests.log``.
 4. ``fit``: ``gptmini.cli fit --config configs/10m.yaml`` for a few hundred steps on the corpus, with
    the configs' callbacks (ThroughputLogger included); its run folder under ``OUT/runs`` and
@@ -119,6 +119,7 @@ class Check:
         self.out, self.plan, self.data, self.smoke = out, plan, data, smoke
         self.start = time.monotonic()
         self.parts: dict[str, dict] = {}
+        self.active: tuple[str, subprocess.Popen, float] | None = None  # the part running now
         self.status_path = out / "status.json"
 
     # -- running ------------------------------------------------------------------------------
@@ -145,12 +146,15 @@ class Check:
             proc = subprocess.Popen(
                 cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
             )
+            self.active = (name, proc, t0)
             try:
                 rc = proc.wait(timeout=timeout)
                 timed_out = False
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 rc, timed_out = proc.wait(), True
+            finally:
+                self.active = None
         part = {"rc": rc, "timed_out": timed_out, "seconds": round(time.monotonic() - t0, 1), "log": log.name}
         self.parts[name] = part
         self.save()
@@ -159,6 +163,23 @@ class Check:
         if rc != 0:
             print(_tail(log), flush=True)
         return part
+
+    def stop(self, signum: int, _frame: object) -> None:
+        """SIGTERM/SIGINT (the caller's own time limit): kill the running part's process group (it
+        has its own session, so the signal did not reach it), record it, print the summary, exit."""
+        if self.active is not None:
+            name, proc, t0 = self.active
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.parts[name] = {
+                "rc": proc.returncode,
+                "timed_out": True,
+                "seconds": round(time.monotonic() - t0, 1),
+                "log": f"{name}.log",
+            }
+        self.save()
+        print(self.summary(), flush=True)
+        sys.exit(128 + signum)
 
     def save(self) -> None:
         self.status_path.write_text(json.dumps({"parts": self.parts, "smoke": self.smoke}, indent=2))
@@ -427,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_check: no CUDA device visible; use --cpu-smoke to check the path on CPU.")
     check = Check(out, plan, find_data(args.data, args.cpu_smoke, out), args.cpu_smoke)
+    signal.signal(signal.SIGTERM, check.stop)
+    signal.signal(signal.SIGINT, check.stop)
     for part in args.parts.split(","):
         getattr(check, part)()
     check.save()

@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import tiny_cli_args
 
-from gptmini.cli import TRACEBACK_ENV, main
+from gptmini.cli import main
+from gptmini.commands import TRACEBACK_ENV
 from gptmini.core.config import ConfigError
 from gptmini.train import before_fit
 

@@ -278,14 +278,22 @@ print(json.dumps(out))
 """
 
 
-def test_export_then_generate_through_console_script_and_without_lightning(trained_run, data_cache, tmp_path):
+def test_export_then_generate_through_console_script_and_without_lightning(
+    trained_run, data_cache, tmp_path, capsys
+):
+    from gptmini.cli import main as cli_main
+
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     out = tmp_path / "tiny_model"
     res = _console("export", str(ckpt), str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
-    res = _console("export", str(ckpt), str(out), cwd=tmp_path)  # a second export is refused, exit 2
-    assert res.returncode == 2 and "--overwrite=true" in res.stderr and "Traceback" not in res.stderr
+    with pytest.raises(SystemExit) as e:  # a second export is refused (in process: cli.main's dispatch)
+        cli_main(["export", str(ckpt), str(out)])
+    assert e.value.code == 2 and "--overwrite=true" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "gptmini generate, gptmini export" in " ".join(capsys.readouterr().out.split())
 
     args = ["--prompt=ROMEO:", "--max_new_tokens=12", "--seed=5", "--device=cpu", "--num_samples=2"]
     res = _console("generate", str(out), *args, cwd=tmp_path)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,3 +56,37 @@ def test_a_part_past_its_limit_is_killed_and_the_evidence_stays(tmp_path):
     assert part["timed_out"] and part["seconds"] < 30
     assert "started" in (tmp_path / "prepare.log").read_text()
     assert "| prepare | timed out |" in (tmp_path / "summary.md").read_text()
+
+
+def test_sigterm_kills_the_running_part_and_still_prints_the_summary(tmp_path):
+    """The caller's own time limit (SIGTERM) mid-bench: the bench's process group dies with it (it
+    runs in its own session), status.json records it, and the summary is still printed last."""
+    out = tmp_path / "check"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gpu_check.py"),
+            str(out),
+            "--cpu-smoke",
+            "--parts=bench,fit",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "bench.log").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    bench = ["pgrep", "-f", "--", f"--json={out}/bench.json"]
+    assert subprocess.run(bench, capture_output=True).returncode == 0  # the bench is running now
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout[-2000:]
+    parts = json.loads((out / "status.json").read_text())["parts"]
+    assert parts["bench"]["timed_out"] and "fit" not in parts
+    assert stdout.rstrip().endswith((out / "summary.md").read_text().rstrip())
+    survivors = subprocess.run(bench, capture_output=True, text=True)
+    assert survivors.returncode == 1, survivors.stdout  # pgrep: no such process left

@@ -69,6 +69,17 @@ def test_every_core_module_imports_where_lightning_cannot():
     assert proc.stdout.split() == ["ok", str(len(modules))]
 
 
+def test_console_script_tools_start_without_lightning():
+    """``gptmini generate|export`` are dispatched before anything imports Lightning (gptmini.commands)."""
+    modules = ["gptmini.commands", "gptmini.generate", "gptmini.export"]
+    code = BLOCKER.format(blocked=BLOCKED, modules=modules)
+    code += "from gptmini.commands import main\ntry:\n    main(['export', '--help'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+    env = {**os.environ, "PYTHONPATH": str(CORE.parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["exit", "0"] and "out_dir" in proc.stdout
+
+
 def test_rename_table_points_at_what_exists_now():
     """Every old class path in gptmini.train.names leads to a real module or class, and is really gone."""
     import importlib.util
