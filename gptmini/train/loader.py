@@ -52,7 +52,8 @@ class ResumableSampler(DistributedSampler):
     ``window_offset`` (on a ``TokenWindows`` dataset): ``fixed`` yields window indices of the fixed
     grid; ``random_per_epoch`` shifts the whole grid by one offset in [0, block_size) drawn per
     epoch; ``random`` draws each window's start uniformly (nanoGPT's sampling, with replacement).
-    Both draw from ``seed``, ``epoch`` and ``rank`` only, so a resumed epoch replays exactly.
+    Both draw from ``seed`` and ``epoch`` only, so a resumed epoch replays exactly and N ranks
+    together see what one process sees.
     """
 
     def __init__(
@@ -73,14 +74,15 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         indices: list = list(super().__iter__())
         if self.window_offset != "fixed":
-            # A generator of its own (not the permutation's): the offsets do not change the order.
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 257 + self.rank)
+            # A generator of its own (the permutation's stays as it was), seeded by seed and epoch
+            # only: every rank draws the same numbers, so N ranks see what one process would.
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1)
             if self.window_offset == "random_per_epoch":
                 offset = int(torch.randint(self.dataset.block_size, (1,), generator=g))
                 indices = [(i, offset) for i in indices]
-            else:
-                starts = torch.randint(self.dataset.max_start + 1, (len(indices),), generator=g)
-                indices = [(0, s) for s in starts.tolist()]
+            else:  # this rank's share of one global draw, split as DistributedSampler splits
+                starts = torch.randint(self.dataset.max_start + 1, (self.total_size,), generator=g)
+                indices = [(0, s) for s in starts[self.rank : self.total_size : self.num_replicas].tolist()]
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
 
