@@ -87,8 +87,8 @@ def test_weight_decay(micro, tmp_path):
     result = exe.run_exercise(
         "wd", [exe.CONFIG_DIR / "tiny.yaml"], micro, steps=8, out=tmp_path, verbose=False
     )
-    rows = check_outputs(result, n_variants=3, n_panels=3)
-    norms = [float(r["param norm"]) for r in rows]
+    check_outputs(result, n_variants=3, n_panels=3)
+    norms = [r.extra["param_norm"] for r in result.runs]  # unrounded: 8 steps move the 3rd digit
     assert norms[0] > norms[1] > norms[2]  # decay shrinks the weights, more decay more
     assert "train/param_norm" in result.runs[0].scalars
 
