@@ -193,3 +193,30 @@ def test_hub_name_goes_through_load_dataset(tmp_path, monkeypatch):
     assert all_text(dm) == "".join(r + EOT for r in RECORDS) + "".join(r + EOT for r in RECORDS[:40])
     with pytest.raises(ValueError, match=r"no split 'dev'.*data\.hf_split"):
         make("hf:someone/stories", tmp_path, hf_split="dev").prepare_data()
+
+
+def test_cli_fit_on_a_saved_dataset(tmp_path, corpus_file, capfd, no_attribute_docstrings):
+    # The user's path: `gptmini.cli fit --data.data=<saved dataset>`, prepared with bars on stderr.
+    from conftest import tiny_cli_args
+
+    from gptmini.cli import main
+
+    datasets = pytest.importorskip("datasets")
+    text = corpus_file.read_text()
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"story": paragraphs[40:]}),
+            "validation": datasets.Dataset.from_dict({"story": paragraphs[:40]}),
+        }
+    ).save_to_disk(str(tmp_path / "ds"))
+    cache = tmp_path / "cache"
+    args = tiny_cli_args(tmp_path, corpus_file, cache, max_steps=4)
+    main(
+        [a for a in args if not a.startswith("--data.data=")]
+        + [f"--data.data={tmp_path / 'ds'}", "--data.text_field=story"]
+    )
+    assert "gptmini: encoding validation" in capfd.readouterr().err
+    (meta,) = cache.glob("*/meta.json")
+    assert json.loads(meta.read_text())["val_from"] == "validation split"
+    assert list((tmp_path / "runs").glob("tiny/version_0/checkpoints/last.ckpt"))
