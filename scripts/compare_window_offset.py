@@ -47,8 +47,8 @@ def run(out: Path, mode: str, seed: int, steps: int, layers: int, embd: int, dat
         "--trainer.enable_model_summary=false",
         "--trainer.enable_checkpointing=false",
         f"--trainer.logger.init_args.save_dir={root / 'runs'}",
-        f"--model.model.n_layer={layers}",
-        f"--model.model.n_embd={embd}",
+        f"--model.arch.n_layer={layers}",
+        f"--model.arch.n_embd={embd}",
         f"--data.cache_dir={out / 'data_cache'}",
         f"--data.window_offset={mode}",
     ]
