@@ -64,8 +64,10 @@ def test_windows_are_deterministic_and_shifted(tiny_data):
         # (window, offset): the grid shifted by offset, as window_offset=random_per_epoch samples it
         x, y = ds[(i, B - 1)]
         assert torch.equal(y, torch.from_numpy(tokens[i * B + B : i * B + 2 * B]))
-    assert tiny_data.window_offset == "random_per_epoch"  # the default: one block kept for the offsets
-    assert len(ds) == (len(tokens) - B) // B
+    assert tiny_data.window_offset == "fixed"  # the default
+    assert len(ds) == (len(tokens) - 1) // B
+    shifted = TokenWindows(tiny_data.cache_path / "train.bin", B, shifted=True)
+    assert len(shifted) == (len(tokens) - B) // B  # one block kept for the offsets
 
 
 def test_train_loader_shuffles_val_loader_does_not(tiny_data):
