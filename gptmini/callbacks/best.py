@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
@@ -25,6 +26,23 @@ class BestCheckpoint(ModelCheckpoint):
         **kwargs: Any,
     ) -> None:
         super().__init__(monitor=monitor, mode=mode, save_top_k=save_top_k, filename=filename, **kwargs)
+        self._resumed_best: torch.Tensor | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A resume writes into a new version folder, where Lightning reloads only best_model_path,
+        # not its score: the first validation after the resume would then be "best" however bad.
+        # Keep the score, so only a lower val/loss replaces the run's best.
+        super().load_state_dict(state_dict)
+        score = state_dict.get("best_model_score")
+        if self.best_model_score is None and score is not None:
+            self.best_model_score = self._resumed_best = score
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is not None and self._resumed_best is not None and not self.best_k_models:
+            better = torch.lt if self.mode == "min" else torch.gt
+            if not better(current, self._resumed_best.to(current.device)):
+                return False
+        return super().check_monitor_top_k(trainer, current)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.best_model_path:
