@@ -7,7 +7,6 @@ load it without Lightning or the data cache. ``--help`` lists every option.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from gptmini.core.export import export_model
@@ -31,11 +30,10 @@ def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrit
 def main(args: list[str] | None = None) -> Path:
     from jsonargparse import CLI
 
-    try:
+    from gptmini.commands import user_errors
+
+    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(export, args=args, prog="gptmini export")
-    except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

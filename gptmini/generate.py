@@ -12,8 +12,6 @@ before it did). ``--help`` lists every option.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from gptmini.core.checkpoint import load_model_and_tokenizer
@@ -81,11 +79,10 @@ def generate(
 def main(args: list[str] | None = None) -> list[str]:
     from jsonargparse import CLI
 
-    try:
+    from gptmini.commands import user_errors
+
+    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(generate, args=args, prog="gptmini generate")
-    except ValueError as e:  # user errors (CheckpointError included): the message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
