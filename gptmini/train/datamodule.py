@@ -90,11 +90,11 @@ class GPTMiniData(pl.LightningDataModule):
             window_offset: Where training windows start: ``fixed`` = the same grid of block_size
                 windows every epoch, ``random_per_epoch`` = the grid shifted by a random offset each
                 epoch, ``random`` = each window at a random token (nanoGPT). Drawn from seed + epoch:
-                resume stays exact. Measured: README "Train on a real corpus".
+                resume stays exact. Measured: docs/data.md.
             text_field: The field (JSONL) or column (Parquet, datasets) that holds the text.
             bpe_sample_chars: Characters the BPE tokenizer is trained on at most (the start of each
                 source, in proportion to its size); the whole corpus is then encoded. Bounds the
-                tokenizer's time and memory (timings: README "Train on a real corpus").
+                tokenizer's time and memory (timings: docs/data.md).
             hf_config: The Hugging Face dataset's configuration (subset) name, if it has several.
             hf_split: The split to train on; the dataset's ``validation`` split, when it has one, is
                 the validation set (else the last data.val_fraction of the tokens).

@@ -49,12 +49,12 @@ class GPTMiniModule(pl.LightningModule):
 
         Args:
             arch: Model architecture (layers, heads, width); ``vocab_size`` and ``block_size`` are
-                linked from ``data``. Was ``model.model`` before 0.2 (README "What changed").
+                linked from ``data``. Was ``model.model`` before 0.2 (CHANGELOG.md).
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
                 hold no ``_orig_mod.``); null = on for CUDA, off for CPU, where minutes of
-                compilation outweigh a ~20% faster step on short runs (README "Speed"; the rule
+                compilation outweigh a ~20% faster step on short runs (docs/performance.md; the rule
                 is ``gptmini.core.step.compile_by_default``).
             compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
