@@ -109,11 +109,12 @@ def calibrate(names: list[str], cache_dir: Path, steps: int, rounds: int) -> dic
     for _ in range(rounds):
         for name in names:
             model, opt, params, (x, y) = states[name]
+            loss = lambda m=model, x=x, y=y: m(x, y)[1]  # noqa: E731
             for _ in range(2):  # warm the allocator and caches
-                train_step(lambda: model(x, y)[1], opt, params, clip=1.0)
+                train_step(loss, opt, params, clip=1.0)
             t0 = time.process_time()
             for _ in range(steps):
-                train_step(lambda: model(x, y)[1], opt, params, clip=1.0)
+                train_step(loss, opt, params, clip=1.0)
             best[name] = min(best[name], (time.process_time() - t0) / steps)
     return best
 
