@@ -13,7 +13,8 @@ then scores its final model on the whole validation split: every val token after
 target exactly once (windows of the point's own context, stride = context), so every point is scored
 on the same bytes whatever its context. val/bpb = summed nats / ln 2 / UTF-8 bytes of those tokens.
 
-Prints a Markdown table (point | settings | steps | one column per seed | mean | spread) and writes
+Prints a Markdown table (point | settings | steps | val/bpb per seed | mean | spread | the CPU seconds
+each run's training really took, to check the calibration) and writes
 ``results.json`` under ``--out``; finished (point, seed) results there are reused on a rerun.
 """
 
@@ -189,8 +190,11 @@ def run_one(name: str, seed: int, steps: int, cache_dir: Path, out: Path) -> dic
 
 
 def table(results: list[dict], seeds: list[int], names: list[str]) -> str:
-    head = "| point | settings | steps | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread |"
-    lines = [head, "|" + "---|" * (5 + len(seeds))]
+    head = (
+        "| point | settings | steps | " + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean | spread | train CPU s |"
+    )
+    lines = [head, "|" + "---|" * (6 + len(seeds))]
     for name in names:
         rows = {r["seed"]: r for r in results if r["point"] == name}
         if not rows:
@@ -198,9 +202,10 @@ def table(results: list[dict], seeds: list[int], names: list[str]) -> str:
         vals = [rows[s]["val_bpb"] for s in seeds if s in rows]
         cells = [f"{rows[s]['val_bpb']:.4f}" if s in rows else "-" for s in seeds]
         steps = next(iter(rows.values()))["steps"]
+        cpu = [round(r["train_cpu_s"]) for r in rows.values()]  # what each run really used (1 thread)
         lines.append(
             f"| {name} | {POINTS[name].label()} | {steps} | " + " | ".join(cells)
-            + f" | {sum(vals) / len(vals):.4f} | {max(vals) - min(vals):.4f} |"
+            + f" | {sum(vals) / len(vals):.4f} | {max(vals) - min(vals):.4f} | {', '.join(map(str, cpu))} |"
         )
     return "\n".join(lines)
 
