@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -15,12 +16,14 @@ from gptmini import commands
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.commands import TOOLS, user_errors
+from gptmini.core.checkpoint import read_checkpoint
 from gptmini.core.config import ConfigError
 from gptmini.core.tokenizer import vocab_of
 from gptmini.train import before_fit, resume
+from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
-from gptmini.train.names import did_you_mean
+from gptmini.train.names import did_you_mean, upgrade_hparams
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -69,6 +72,7 @@ class GPTMiniCLI(LightningCLI):
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         trainer = self.trainer
+        before_fit.check_writable(trainer, self.datamodule)
         ckpt = self._resolve_ckpt_path()
         if ckpt and ckpt.endswith(".ckpt"):
             self._resume_settings(ckpt, trainer.max_steps)
@@ -77,8 +81,12 @@ class GPTMiniCLI(LightningCLI):
         before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
         self._init_from(ckpt)
         self._claim_log_dir()
+        if rank_zero_only.rank == 0:
+            before_fit.remove_stale_temps(trainer)
+            before_fit.warn_if_disk_too_small(trainer, sum(p.numel() for p in model.parameters()))
 
     def before_validate(self) -> None:
+        before_fit.check_writable(self.trainer, self.datamodule)
         ckpt = self._resolve_ckpt_path()
         if ckpt and ckpt.endswith(".ckpt"):
             self._resume_settings(ckpt, max_steps=None)
@@ -109,15 +117,31 @@ class GPTMiniCLI(LightningCLI):
         self._args = args
 
     def _parse_ckpt_path(self) -> None:
-        """Keep the user's model settings before LightningCLI puts the checkpoint's over them."""
+        """LightningCLI's, with the checkpoint's settings under today's names (older checkpoints,
+        gptmini.train.names.upgrade_hparams) and a one-line error for an unreadable file; first
+        keeps the user's model settings before the checkpoint's are put over them."""
         sub = self.config.get("subcommand")
-        if sub and self.config[sub].get("ckpt_path"):
-            given = resume.given_values(self.parser, self._args)
-            self._user_model = (
-                resume.flatten(given.get(sub, {}).get("model") or {}),
-                resume.flatten(self.config[sub]["model"]),
-            )
-        super()._parse_ckpt_path()
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path:
+            return
+        given = resume.given_values(self.parser, self._args)
+        self._user_model = (
+            resume.flatten(given.get(sub, {}).get("model") or {}),
+            resume.flatten(self.config[sub]["model"]),
+        )
+        if not Path(ckpt_path).expanduser().is_file():
+            return  # `last` (resolved in before_fit) or a missing file (an error there)
+        hparams = upgrade_hparams(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the settings stored in --ckpt_path {ckpt_path} failed.\n")
+            raise
 
     def _resume_settings(self, ckpt_path: str, max_steps: int | None) -> None:
         """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
@@ -159,6 +183,9 @@ class GPTMiniCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        # Crash-safe checkpoint files (temp file in the folder, fsync, rename), unless the user
+        # configured a CheckpointIO plugin of their own.
+        use_atomic_checkpoint_io(trainer.strategy)
         # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
         # for one that reads the loss only when it redraws (see gptmini.callbacks.progress). Any other bar
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.

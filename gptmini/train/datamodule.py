@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptmini.core import atomic
 from gptmini.core.config import (
     ConfigError,
     NonNegativeInt,
@@ -160,6 +161,8 @@ class GPTMiniData(pl.LightningDataModule):
         # Build in a temp folder and rename: an interrupted run never leaves a half cache behind.
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_root))
         try:
+            # mkdtemp's 0700 would become the cache folder's mode on the rename: give it mkdir's.
+            tmp.chmod(0o777 & ~atomic.current_umask())
             show = self.trainer is None or self.trainer.is_global_zero
             meta = prepare_tokens(
                 self.sources,
@@ -172,9 +175,14 @@ class GPTMiniData(pl.LightningDataModule):
                 bpe_sample_chars=self.bpe_sample_chars,
                 show_progress=show,
             )
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            for name in ("train.bin", "val.bin", "tokenizer.json"):  # durable before meta.json says "done"
+                if (tmp / name).is_file():
+                    with open(tmp / name, "rb+") as f:
+                        os.fsync(f.fileno())
+            atomic.write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             try:
                 os.replace(tmp, final)
+                atomic.fsync_dir(self.cache_root)
             except OSError:  # another process finished first; its cache is as good as ours
                 if not (final / "meta.json").is_file():
                     raise
