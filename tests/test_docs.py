@@ -359,3 +359,31 @@ def test_quickstart_export_generate_and_python_snippets_run(tmp_path, monkeypatc
         for n, body in fenced_blocks(path, "python"):
             code = "\n".join(body).replace("max_new_tokens=100", "max_new_tokens=20")
             exec(compile(code, f"{path.name}:{n}", "exec"), {"__name__": "doc_snippet"})
+
+
+SHAPE = re.compile(
+    r"d(\d+)\s+L(\d+)\s+H(\d+),\s+vocab\s+(\d+),\s+context\s+(\d+),\s+batch\s+(\d+)(?:,\s+(\d+)(k?)\s+steps)?"
+)
+
+
+def test_shapes_quoted_in_the_docs_are_a_shipped_preset():
+    """'d128 L4 H4, vocab 2048, context 128, batch 32, 600 steps' in a page is one of configs/*.yaml."""
+    import yaml
+
+    presets = {}
+    for path in (ROOT / "configs").glob("*.yaml"):
+        c = yaml.safe_load(path.read_text())
+        arch, data = c.get("model", {}).get("arch", {}), c.get("data", {})
+        if {"n_embd", "n_layer", "n_head"} <= arch.keys() and {"vocab_size", "block_size", "batch_size"} <= data.keys():
+            shape = (arch["n_embd"], arch["n_layer"], arch["n_head"], data["vocab_size"], data["block_size"], data["batch_size"])
+            presets[path.name] = (shape, c["trainer"]["max_steps"])
+    assert {"tiny.yaml", "10m.yaml"} <= presets.keys()
+    quoted = 0
+    for path in DOCS:
+        for m in SHAPE.finditer(path.read_text(encoding="utf-8")):
+            shape = tuple(int(g) for g in m.groups()[:6])
+            steps = None if m.group(7) is None else int(m.group(7)) * (1000 if m.group(8) else 1)
+            matches = [n for n, (s, st) in presets.items() if s == shape and steps in (None, st)]
+            assert matches, f"{path.name}: '{' '.join(m.group(0).split())}' is none of {presets}"
+            quoted += 1
+    assert quoted >= 2  # README quotes the tiny and the 10m shapes
