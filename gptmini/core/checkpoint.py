@@ -29,6 +29,9 @@ COMPILED_PREFIX = "_orig_mod."
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+# GPTMiniModule's run record in each checkpoint: {"tokens_seen": int, "val": [{"step", "val/loss",
+# "val/bpb"}, ...]} (the export's model card reads it).
+RUN_STATE_KEY = "gptmini_run"
 
 
 class CheckpointError(ConfigError):
