@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
+from gptmini.core import formats
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
@@ -75,6 +76,7 @@ class GPTMiniModule(pl.LightningModule):
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
@@ -185,11 +187,12 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
-        checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
+        # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
+        checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
+        checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tok_path = getattr(dm, "tokenizer_path", None)
         if tok_path is not None and tok_path.is_file():
-            checkpoint["gptmini_tokenizer"] = tok_path.read_text(encoding="utf-8")
+            checkpoint[formats.CKPT_TOKENIZER] = tok_path.read_text(encoding="utf-8")
