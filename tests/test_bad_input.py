@@ -127,7 +127,7 @@ CASES = {
         lambda t, c, d: ["--config", write(t / "typo.yaml", TYPO)],
         "Did you mean trainer.max_steps?",
     ),
-    # Names of earlier versions (README "What changed"): the error names today's.
+    # Names of earlier versions (CHANGELOG.md): the error names today's.
     "old key model.model": (lambda t, c, d: ["--model.model.n_layer=2"], "Did you mean model.arch.n_layer?"),
     "old key guard in a config file": (
         lambda t, c, d: ["--config", write(t / "old.yaml", b"guard:\n  max_skipped_steps: 1\n")],

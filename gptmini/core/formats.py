@@ -25,8 +25,11 @@ CKPT_FORMAT = "gptmini_format"
 CKPT_MODEL_CONFIG = "gptmini_model_config"  # the ModelConfig as a dict: enough to rebuild a bare GPTMini
 CKPT_TOKENIZER = "gptmini_tokenizer"  # tokenizer.json's text: generation works without the data cache
 CKPT_RUN_CONFIG = "gptmini_config"  # the run's resolved config (config.yaml's text)
+# The module's run record: {"tokens_seen": int, "val": [{"step", "val/loss", "val/bpb"}, ...]}
+# (restored on resume; the export's model card reads it).
+CKPT_RUN_STATE = "gptmini_run"
 # Every gptmini key a checkpoint written today holds (the tokenizer only when the data had one).
-CKPT_GPTMINI_KEYS = (CKPT_FORMAT, CKPT_MODEL_CONFIG, CKPT_TOKENIZER, CKPT_RUN_CONFIG)
+CKPT_GPTMINI_KEYS = (CKPT_FORMAT, CKPT_MODEL_CONFIG, CKPT_TOKENIZER, CKPT_RUN_CONFIG, CKPT_RUN_STATE)
 # Lightning's keys that gptmini reads.
 CKPT_STATE_DICT = "state_dict"
 CKPT_HPARAMS = "hyper_parameters"
@@ -59,6 +62,12 @@ def split_file(split: str) -> str:
 def meta_tokens(split: str) -> str:
     """meta.json's key for the number of tokens in ``split``'s file (checked against its size)."""
     return f"{split}_tokens"
+
+
+def meta_bytes(split: str) -> str:
+    """meta.json's key for the UTF-8 bytes of text ``split``'s tokens decode to (val/bpb); its value
+    is null when the tokenizer is not byte-exact."""
+    return f"{split}_bytes"
 
 
 # -- export folder -------------------------------------------------------------------------------

@@ -20,14 +20,16 @@ from gptmini.core.formats import (
     META_VERSION,
     META_VOCAB_SIZE,
     TOKEN_DTYPE,
+    meta_bytes,
     meta_tokens,
     split_file,
 )
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
-from gptmini.core.tokenizer import load_tokenizer, train_tokenizer
+from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 from gptmini.core.tokens import (
     EOT,
     TextSeen,
+    bytes_of_tokens,
     encode_to_file,
     pieces,
     record_separator,
@@ -101,10 +103,15 @@ def prepare_tokens(
     separate_val = has_val_split(sources, opts)
     seen = TextSeen()
 
+    text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
+
     def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
         with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
             texts = itertools.chain.from_iterable(stream(s, opts, split, up) for s in srcs)
-            return encode_to_file(tok, pieces(seen.watch(texts), sep), path)
+            before = seen.bytes
+            n = encode_to_file(tok, pieces(seen.watch(texts), sep), path)
+            text_bytes.append(seen.bytes - before)
+            return n
 
     train_path, val_path = out / split_file("train"), out / split_file("val")
     if separate_val:
@@ -131,6 +138,7 @@ def prepare_tokens(
         )
     if not separate_val:
         split_tail(out / CACHE_ALL_TOKENS, n_val, train_path, val_path)
+    train_bytes, val_bytes = split_bytes(tok, train_path, val_path, text_bytes)
     return {
         "version": META_VERSION,
         META_VOCAB_SIZE: tok.get_vocab_size(),
@@ -138,7 +146,22 @@ def prepare_tokens(
         meta_tokens("train"): n_train,
         meta_tokens("val"): n_val,
         "token_bytes": TOKEN_DTYPE().itemsize,
+        # UTF-8 bytes of the text each split's tokens decode to (val/bpb); null: not byte-level.
+        meta_bytes("train"): train_bytes,
+        meta_bytes("val"): val_bytes,
         "val_from": f"{VAL_SPLIT} split" if separate_val else f"last {val_fraction} of the tokens",
         "sources": [{"source": str(s), "bytes": s.size()} for s in sources],
         "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",
     }
+
+
+def split_bytes(tok, train_path: Path, val_path: Path, text_bytes: list[int]) -> tuple[int | None, int | None]:
+    """The UTF-8 bytes of the train and val splits by the tokenizer's per-token byte table, checked
+    against the bytes of the text that was encoded (the table's sum must give them back exactly:
+    a normalizer or a non-byte-level tokenizer would not); (None, None) when they differ."""
+    table = token_byte_lengths(tok)
+    if table is None:
+        return None, None
+    train, val = bytes_of_tokens(train_path, table), bytes_of_tokens(val_path, table)
+    counted = [train, val] if len(text_bytes) == 2 else [train + val]
+    return (train, val) if counted == text_bytes else (None, None)

@@ -37,7 +37,7 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
 
 def compile_by_default(setting: bool | None, device: torch.device | str) -> bool:
     """``model.compile``: an explicit setting wins; null = on for CUDA, off for CPU, where minutes of
-    compilation outweigh a ~20% faster step on short runs (README "Speed")."""
+    compilation outweigh a ~20% faster step on short runs (docs/performance.md)."""
     if setting is not None:
         return bool(setting)
     return torch.device(device).type == "cuda"

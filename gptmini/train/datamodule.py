@@ -36,12 +36,13 @@ from gptmini.core.formats import (
     META_VOCAB_SIZE,
     SPLITS,
     TOKEN_DTYPE,
+    meta_bytes,
     meta_tokens,
     split_file,
 )
 from gptmini.core.prepare import prepare_tokens
 from gptmini.core.sources import ReadOptions, resolve_sources
-from gptmini.core.tokenizer import vocab_of
+from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, vocab_of
 from gptmini.core.tokens import TokenWindows
 from gptmini.train.loader import (
     WINDOW_OFFSETS,
@@ -100,11 +101,11 @@ class GPTMiniData(pl.LightningDataModule):
             window_offset: Where training windows start: ``fixed`` = the same grid of block_size
                 windows every epoch, ``random_per_epoch`` = the grid shifted by a random offset each
                 epoch, ``random`` = each window at a random token (nanoGPT). Drawn from seed + epoch:
-                resume stays exact. Measured: README "Train on a real corpus".
+                resume stays exact. Measured: docs/data.md.
             text_field: The field (JSONL) or column (Parquet, datasets) that holds the text.
             bpe_sample_chars: Characters the BPE tokenizer is trained on at most (the start of each
                 source, in proportion to its size); the whole corpus is then encoded. Bounds the
-                tokenizer's time and memory (timings: README "Train on a real corpus").
+                tokenizer's time and memory (timings: docs/data.md).
             hf_config: The Hugging Face dataset's configuration (subset) name, if it has several.
             hf_split: The split to train on; the dataset's ``validation`` split, when it has one, is
                 the validation set (else the last data.val_fraction of the tokens).
@@ -196,6 +197,15 @@ class GPTMiniData(pl.LightningDataModule):
         if not path.is_file():
             raise ConfigError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
         return json.loads(path.read_text())
+
+    def token_byte_table(self) -> np.ndarray | None:
+        """UTF-8 bytes per token id of this cache's tokenizer (val/bpb), or None when preparation
+        found the tokenizer not byte-exact (meta.json's val_bytes is null)."""
+        meta = self.meta()
+        if meta_bytes("val") in meta and meta[meta_bytes("val")] is None:
+            return None
+        # A cache written before val_bytes existed: the table alone decides (byte-level or not).
+        return token_byte_lengths(load_tokenizer(self.tokenizer_path))
 
     def setup(self, stage: str | None = None) -> None:
         meta = self.meta()

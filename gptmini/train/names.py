@@ -1,7 +1,7 @@
 """Names: what gptmini calls its settings and classes now, and what users may call them instead.
 
 The one rename table: settings other trainers name differently (``ALIASES``), and the keys and class
-paths earlier gptmini versions used (``RENAMED_KEYS``, ``MOVED``; README "What changed").
+paths earlier gptmini versions used (``RENAMED_KEYS``, ``MOVED``; CHANGELOG.md).
 :func:`did_you_mean` turns an unknown-key or unknown-class error into one that names the new name.
 """
 
@@ -33,7 +33,7 @@ ALIASES = {
 }
 
 
-# Key prefixes earlier versions used -> today's (README "What changed").
+# Key prefixes earlier versions used -> today's (CHANGELOG.md).
 RENAMED_KEYS = {
     "model.model.": "model.arch.",
     "guard.": "fault_guard.",
@@ -120,5 +120,5 @@ def did_you_mean(message: str, known: list[str]) -> str:
             moves.append(f"{path} is now {target}")
     out = f" Did you mean {' or '.join(hints)}?" if hints else ""
     if moves:
-        out += "\nMoved: " + "; ".join(moves) + ' (README "What changed").'
+        out += "\nMoved: " + "; ".join(moves) + ' (CHANGELOG.md).'
     return out

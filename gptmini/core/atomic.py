@@ -1,0 +1,201 @@
+"""Crash-safe file writes: a reader sees the old file or the complete new one, never a partial one.
+
+Every file a user relies on (checkpoints, the export folder, the data cache's ``meta.json``) is
+written to a temporary file *in the destination folder* (``.last.ckpt.tmp-<host>-<pid>-<rand>``),
+flushed and fsynced, renamed over the final name with ``os.replace`` (atomic within one
+filesystem), and the folder is fsynced so the rename itself survives a power loss. A write that
+fails or is killed at any moment leaves the previous file of that name intact.
+
+Why not a library: Lightning's ``_atomic_save`` stages through fsspec's transaction, whose temp file
+lives in ``$TMPDIR``; moving it onto ``runs/`` on another filesystem is a copy into the final name
+(a kill mid-copy leaves a truncated checkpoint). ``tempfile.mkstemp`` creates files with mode
+0600; the temp file here is created with 0666 minus the umask, the mode ``open(path, "w")`` gives.
+
+Leftover temp files (a process killed mid-write) are never read (:func:`is_temp` names them) and
+are removed by :func:`remove_stale_temps` when they belong to no live writer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO
+
+# ".<final name>.tmp-<host>-<pid>-<8 hex>": hidden, and never ends in a real suffix (.ckpt, .json).
+_TEMP = re.compile(r"\.(?P<final>.+)\.tmp-(?P<host>[A-Za-z0-9_]*)-(?P<pid>\d+)-[0-9a-f]{8}")
+# A temp file untouched this long belongs to no live write, whatever its host (shared storage).
+STALE_AFTER_S = 6 * 3600
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32]
+
+
+def temp_path(final: str | Path) -> Path:
+    """A fresh temp file name beside ``final`` (same folder, hence same filesystem)."""
+    final = Path(final)
+    return final.parent / f".{final.name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def is_temp(name: str | Path) -> bool:
+    """Whether ``name`` is a temp file of :func:`atomic_write` (never a finished file)."""
+    return _TEMP.fullmatch(Path(name).name) is not None
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable. Filesystems that cannot fsync a folder are skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_temp(final: Path) -> tuple[Path, int]:
+    while True:
+        tmp = temp_path(final)
+        try:
+            # 0o666 & ~umask, like open(path, "w"); O_EXCL: never write into someone else's file.
+            return tmp, os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+            )
+        except FileExistsError:
+            continue
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _discard(tmp: Path) -> None:
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temp file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    On an exception inside the block (or in the flush/fsync) the temp file is removed and the
+    exception propagates; ``path`` is untouched. ``mode`` is ``"wb"`` or ``"w"`` (text).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', not {mode!r}")
+    final = Path(path)
+    tmp, fd = _create_temp(final)
+    try:
+        f = os.fdopen(fd, "w", encoding=encoding or "utf-8") if mode == "w" else os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        _discard(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _commit(tmp, final)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """For writers that take a file name (safetensors, tokenizers): yields a temp path to write;
+    on a clean exit it is fsynced and renamed over ``path``."""
+    final = Path(path)
+    tmp, fd = _create_temp(final)
+    os.close(fd)  # created with the umask's mode; the writer truncates and fills it
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        _commit(tmp, final)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def write_bytes(
+    path: str | Path, data: bytes | memoryview, write: Callable[[IO, bytes | memoryview], None] | None = None
+) -> None:
+    """Write ``data`` to ``path`` atomically (``write(f, data)`` replaces ``f.write``, e.g. in tests)."""
+    with atomic_write(path, "wb") as f:
+        (write or _write_all)(f, data)
+
+
+def _write_all(f: IO, data: bytes | memoryview) -> None:
+    f.write(data)
+
+
+def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
+    """Temp files in ``folder`` no live writer owns: this host's with a dead pid, or untouched for
+    :data:`STALE_AFTER_S` (another host's on shared storage, or a reused pid)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host, out = _host(), []
+    for p in folder.iterdir():
+        m = _TEMP.fullmatch(p.name)
+        if m is None or not p.is_file():
+            continue
+        pid = int(m.group("pid"))
+        try:
+            old = now - p.stat().st_mtime > STALE_AFTER_S
+        except FileNotFoundError:  # its writer just renamed it
+            continue
+        mine = m.group("host") == host and pid == os.getpid()
+        if old or (m.group("host") == host and not mine and not _alive(pid)):
+            out.append(p)
+    return sorted(out)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete :func:`stale_temps` of ``folder``; returns what was removed."""
+    removed = []
+    for p in stale_temps(folder):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
