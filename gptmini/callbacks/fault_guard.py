@@ -16,11 +16,15 @@
   sets the exit status to 128 + the signal (143, 130), so ``--ckpt_path last`` resumes from the
   exact step (a hard kill resumes from the previous interval checkpoint instead). DataLoader workers
   ignore both signals (``gptmini.train.loader.ignore_stop_signals``), so a signal to the whole
-  process group does not kill them mid-step.
+  process group does not kill them mid-step. A stop inside a gradient-accumulation window waits for
+  the window's optimizer step (the half-summed gradients are in no checkpoint); one during the
+  validation of step N stops after the current validation batch, and the resumed run repeats that
+  validation from its start.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import signal
@@ -71,6 +75,36 @@ def resume_command(argv: list[str] | None = None) -> str:
     return shlex.join([*prog, *args, "--ckpt_path", "last"])
 
 
+class _StopAtWindowEnd:
+    """Mixed into the trainer's ``_SignalConnector``: its SIGTERM flag reads False while a
+    gradient-accumulation window is open, so every place Lightning checks it (after each batch, in
+    validation, rank 0's broadcast under DDP) stops only once the window's optimizer step is done.
+    Lightning stops after any micro-batch and saves no gradients: a resume from there would run a
+    partial window, i.e. a different step. Lightning has no option for this; the flag is the one
+    place all its checks read."""
+
+    trainer: pl.Trainer
+    _stop_requested: bool = False
+
+    @property
+    def received_sigterm(self) -> bool:
+        # Lightning's own rule for "this batch ends a window" (epoch end included).
+        return self._stop_requested and not self.trainer.fit_loop.epoch_loop._should_accumulate()
+
+    @received_sigterm.setter
+    def received_sigterm(self, value: bool) -> None:
+        self._stop_requested = value
+
+
+def _stop_at_window_end(trainer: pl.Trainer) -> None:
+    connector = trainer._signal_connector
+    if isinstance(connector, _StopAtWindowEnd):
+        return
+    requested = connector.received_sigterm
+    connector.__class__ = type("WindowEndSignalConnector", (_StopAtWindowEnd, type(connector)), {})
+    connector.received_sigterm = requested
+
+
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
     """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
     loss = getattr(pl_module, "last_loss", None)
@@ -101,6 +135,8 @@ class FaultGuard(Callback):
         self.skipped = 0
         self.stop_signal: int | None = None  # the signal that stopped the run
         self._previous_sigint: Any = None
+        self._val_progress: dict | None = None  # validation counters at the start of a running validation
+        self._saving_stop = False
 
     # -- non-finite ------------------------------------------------------------------------
     def on_before_optimizer_step(
@@ -195,6 +231,8 @@ class FaultGuard(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        if self._saving_stop and self._val_progress is not None:
+            self._as_before_validation(checkpoint)
         # Between checks (check_every_n_steps > 1) a NaN may have reached the weights: never let
         # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
         bad = [
@@ -210,7 +248,30 @@ class FaultGuard(Callback):
             )
 
     # -- SIGTERM and Ctrl-C ------------------------------------------------------------------
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            val_loop = trainer.fit_loop.epoch_loop.val_loop
+            self._val_progress = copy.deepcopy(val_loop.batch_progress.state_dict())
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_progress = None
+
+    def _as_before_validation(self, checkpoint: dict[str, Any]) -> None:
+        """Make a checkpoint saved mid-validation resume with that whole validation, run again.
+
+        Lightning resumes such a checkpoint "mid-evaluation" and runs only the remaining batches,
+        while the token-weighted val/loss sums (a metric state no checkpoint holds) start empty: the
+        validation of that step would be lost (Lightning 2.6: not logged at all). Setting the
+        validation counters back to the validation's start, with its first batch "started", makes
+        Lightning's mid-evaluation restart run every batch again before the next training step."""
+        val = copy.deepcopy(self._val_progress)
+        for counts in (val["total"], val["current"]):
+            counts["ready"] += 1
+            counts["started"] += 1
+        checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] = val
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _stop_at_window_end(trainer)
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
         # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM.
@@ -264,7 +325,11 @@ class FaultGuard(Callback):
             rank_zero_info(f"{what}: stopped at step {trainer.global_step}, no checkpoint saved.")
             return
         path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        self._saving_stop = True
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        finally:
+            self._saving_stop = False
         rank_zero_info(
             f"{what}: saved {path} at step {trainer.global_step}; resume with: {resume_command()}"
         )
