@@ -8,6 +8,7 @@ Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import re
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from gptmini.core import atomic
 from gptmini.core.checkpoint import checkpoint_problem, model_config, read_checkpoint
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import CHECKPOINT_DIR, CKPT_HPARAMS, CKPT_STEP, LAST_CKPT_GLOB, RUN_CONFIG_FILE
 from gptmini.core.schedule import validate_horizon
 from gptmini.train.names import upgrade_hparams
 
@@ -78,9 +80,9 @@ def _checkpoint_dir_globs(trainer: pl.Trainer) -> list[str]:
     for logger in trainer.loggers:
         root = getattr(logger, "root_dir", None)
         if root:
-            globs.append(str(Path(root) / "*" / "checkpoints"))
+            globs.append(str(Path(root) / "*" / CHECKPOINT_DIR))
     if not trainer.loggers:
-        globs.append(str(Path(trainer.default_root_dir) / "checkpoints"))
+        globs.append(str(Path(trainer.default_root_dir) / CHECKPOINT_DIR))
     return globs
 
 
@@ -102,9 +104,9 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         dirs = checkpoint_dirs(trainer)
         # Hidden temp files of interrupted saves (".last.ckpt.tmp-...") never match "*.ckpt".
         every = _newest_first([p for d in dirs for p in d.glob("*.ckpt") if p.is_file()])
-        lasts = [p for p in every if p.name.startswith("last")]
+        lasts = [p for p in every if fnmatch.fnmatch(p.name, LAST_CKPT_GLOB)]
         if not lasts:
-            looked = ", ".join(str(Path(g) / "last*.ckpt") for g in _checkpoint_dir_globs(trainer))
+            looked = ", ".join(str(Path(g) / LAST_CKPT_GLOB) for g in _checkpoint_dir_globs(trainer))
             raise ConfigError(
                 f"--ckpt_path last: no last.ckpt found (looked for {looked}); drop "
                 f"--ckpt_path to start a new run, or give the checkpoint file."
@@ -159,10 +161,10 @@ def read_resume_checkpoint(path: str, max_steps: int | None) -> dict:
         model_config(ckpt, path)
     except ValueError as e:
         raise ConfigError(f"--ckpt_path: {e}") from None
-    if not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise ConfigError(f"--ckpt_path {path} holds no hyper_parameters; it is not a gptmini checkpoint.")
-    ckpt["hyper_parameters"] = upgrade_hparams(ckpt["hyper_parameters"])  # older checkpoints' names
-    step = int(ckpt.get("global_step", 0))
+    if not isinstance(ckpt.get(CKPT_HPARAMS), dict):
+        raise ConfigError(f"--ckpt_path {path} holds no {CKPT_HPARAMS}; it is not a gptmini checkpoint.")
+    ckpt[CKPT_HPARAMS] = upgrade_hparams(ckpt[CKPT_HPARAMS])  # older checkpoints' names (train.names)
+    step = int(ckpt.get(CKPT_STEP, 0))
     if max_steps is not None and 0 < max_steps <= step:
         raise ConfigError(
             f"--ckpt_path {path} is at step {step}, and trainer.max_steps is {max_steps}: nothing "
@@ -200,7 +202,7 @@ def check_log_dir_free(trainer: pl.Trainer) -> None:
     log_dir = trainer.log_dir
     if log_dir is None:
         return
-    old = [p for p in (Path(log_dir) / "config.yaml", Path(log_dir) / "checkpoints") if p.exists()]
+    old = [p for p in (Path(log_dir) / RUN_CONFIG_FILE, Path(log_dir) / CHECKPOINT_DIR) if p.exists()]
     if old:
         raise ConfigError(
             f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "
