@@ -236,3 +236,18 @@ def test_checkpoint_from_before_the_arch_rename_validates_and_resumes(
     assert ckpt["global_step"] == 6 and ckpt["hyper_parameters"]["arch"]["n_embd"] == 16
     trained = {k: v for k, v in ckpt["state_dict"].items()}
     assert any(not torch.equal(trained[k], saved["state_dict"][k]) for k in saved["state_dict"])
+
+
+def test_cli_saves_through_atomic_checkpoint_io_unless_the_user_gives_one(cli_args, no_attribute_docstrings):
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+
+    from gptmini.cli import make_cli
+    from gptmini.train.checkpoint_io import AtomicCheckpointIO
+
+    args = cli_args(4)[1:]  # run=False: no subcommand
+    assert type(make_cli(args, run=False).trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    own = make_cli(args + ["--trainer.plugins=lightning.pytorch.plugins.io.TorchCheckpointIO"], run=False)
+    assert type(own.trainer.strategy.checkpoint_io) is TorchCheckpointIO  # the user's choice, kept
+    wrapped = make_cli(args + ["--trainer.plugins=lightning.pytorch.plugins.io.AsyncCheckpointIO"], run=False)
+    io = wrapped.trainer.strategy.checkpoint_io
+    assert type(io) is AsyncCheckpointIO and type(io.checkpoint_io) is AtomicCheckpointIO
