@@ -29,7 +29,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 # GPTMiniModule's run record in each checkpoint: {"tokens_seen": int, "val": [{"step", "val/loss",
-# "val/bpb"}, ...]} (the export's model card reads it).
+# "val/bpb"}, ...], "corpus": meta.json's CORPUS_KEYS} (the export's model card reads it).
 RUN_STATE_KEY = "gptmini_run"
 
 

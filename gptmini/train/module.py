@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric, Metric
 from gptmini.core.checkpoint import RUN_STATE_KEY
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.model_card import CORPUS_KEYS
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
@@ -113,6 +114,7 @@ class GPTMiniModule(pl.LightningModule):
         self.val_bpb = BitsPerByte()
         # What the export's model card reports; saved in checkpoints (RUN_STATE_KEY).
         self.tokens_seen = 0
+        self.corpus: dict[str, Any] = {}
         self.val_history: list[dict[str, float]] = []
 
     def setup(self, stage: str) -> None:
@@ -120,6 +122,9 @@ class GPTMiniModule(pl.LightningModule):
         # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
         check_data_matches_model(dm, self.model_cfg)
         table = dm.token_byte_table() if hasattr(dm, "token_byte_table") else None
+        if hasattr(dm, "meta"):  # the corpus, for the export's model card
+            meta = dm.meta()
+            self.corpus = {k: meta.get(k) for k in CORPUS_KEYS}
         self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
@@ -233,7 +238,11 @@ class GPTMiniModule(pl.LightningModule):
         # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
         checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
         # Tokens seen and every validation result: the export's model card reads them.
-        checkpoint[RUN_STATE_KEY] = {"tokens_seen": self.tokens_seen, "val": list(self.val_history)}
+        checkpoint[RUN_STATE_KEY] = {
+            "tokens_seen": self.tokens_seen,
+            "val": list(self.val_history),
+            "corpus": dict(self.corpus),
+        }
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -245,3 +254,4 @@ class GPTMiniModule(pl.LightningModule):
         state = checkpoint.get(RUN_STATE_KEY) or {}
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.val_history = list(state.get("val", []))
+        self.corpus = dict(state.get("corpus") or self.corpus)
