@@ -14,18 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptmini.core.atomic import atomic_path, write_text
-from gptmini.core.checkpoint import (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    load_model_and_tokenizer,
-    read_checkpoint,
-)
+from gptmini.core.checkpoint import load_model_and_tokenizer, read_checkpoint
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import CARD_FILE, CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
 from gptmini.core.model import GPTMini
-from gptmini.core.model_card import CARD_FILE, model_card
-
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, CARD_FILE)
+from gptmini.core.model_card import model_card
 
 
 def save_folder(model: GPTMini, tokenizer, out_dir: str | Path, card: str | None = None) -> Path:

@@ -2,7 +2,8 @@
 
 Everything comes from the checkpoint: the model config, ``global_step``, the run record that
 ``GPTMiniModule`` saves (tokens seen, every validation's val/loss and val/bpb, the corpus's
-meta.json figures; ``RUN_STATE_KEY``) and the resolved config the CLI saves (``gptmini_config``).
+meta.json figures; ``formats.CKPT_RUN_STATE``) and the resolved config the CLI saves
+(``formats.CKPT_RUN_CONFIG``).
 A figure the checkpoint does not hold (one written before gptmini recorded it) reads "not recorded".
 """
 
@@ -12,13 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gptmini.core.formats import CKPT_RUN_CONFIG, CKPT_RUN_STATE, CKPT_STEP
 from gptmini.core.sources import default_corpus
 
-CARD_FILE = "README.md"
-# meta.json keys the run record keeps for the card (gptmini.core.prepare writes them).
-CORPUS_KEYS = ("sources", "train_tokens", "val_tokens", "val_from", "tokenizer", "train_bytes", "val_bytes")
 NOT_RECORDED = "not recorded"
-CONFIG_KEY = "gptmini_config"  # the resolved config YAML (gptmini.cli.SaveConfigToCheckpoint)
 
 
 def _corpus_notice() -> str:
@@ -71,17 +69,17 @@ def model_card(
     """The model card's Markdown. ``cfg`` is the ModelConfig as a dict, ``ckpt`` the checkpoint
     (None when exporting from an export folder without a card)."""
     ckpt = ckpt or {}
-    run = ckpt.get("gptmini_run") or {}
+    run = ckpt.get(CKPT_RUN_STATE) or {}
     history = run.get("val") or []
     final = history[-1] if history else None
     best = min(history, key=lambda e: e["val/loss"]) if history else None  # BestCheckpoint's rule
-    steps = ckpt.get("global_step")
+    steps = ckpt.get(CKPT_STEP)
     tokens = run.get("tokens_seen")
     shape = (
         f"d{cfg['n_embd']} L{cfg['n_layer']} H{cfg['n_head']}, vocab {cfg['vocab_size']}, "
         f"context {cfg['block_size']}"
     )
-    config = ckpt.get(CONFIG_KEY)
+    config = ckpt.get(CKPT_RUN_CONFIG)
     config_block = (
         f"```yaml\n{config.rstrip()}\n```"
         if isinstance(config, str)
