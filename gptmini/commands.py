@@ -1,5 +1,5 @@
 """The ``gptmini`` console script: ``gptmini fit|validate ...`` (the LightningCLI in gptmini.cli) and
-the tools ``gptmini generate|export|exercises ...``.
+the tools ``gptmini generate|export|eval|exercises ...``.
 
 The tools are dispatched here, before anything imports Lightning, so sampling and exporting start
 in about a second instead of paying Lightning's import (~3 s). Exit status: 0 done, 2 a bad
@@ -17,7 +17,12 @@ from contextlib import contextmanager
 
 from gptmini.core.config import ConfigError
 
-TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
+TOOLS = {
+    "generate": "gptmini.generate",
+    "export": "gptmini.export",
+    "eval": "gptmini.evaluate",
+    "exercises": "gptmini.tools.exercises",
+}
 
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 

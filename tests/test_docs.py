@@ -8,8 +8,11 @@ rule that matches its first words:
   the real CLI parser, built once in this process (every config file exists, every key is accepted,
   every value has its type). A run's saved config, ``--config runs/NAME/version_N/config.yaml``, is
   parsed as ``configs/NAME.yaml``, the config that run was started from.
-- ``srun CMD``: CMD by these rules. ``torchrun OPTS -m MODULE ARGS``: OPTS by torchrun's own parser,
-  then ``python -m MODULE ARGS`` by these rules.
+- ``srun CMD``, ``exec CMD``: CMD by these rules. ``torchrun OPTS -m MODULE ARGS``: OPTS by
+  torchrun's own parser, then ``python -m MODULE ARGS`` by these rules. ``sbatch [OPTS] FILE``: FILE
+  is a file of this repository, checked like a script block (below).
+- A word that is only a shell variable (``$RESUME``, ``"${EXTRA}"``) is left out of the parse: it
+  holds options only the shell knows.
 - ``gptmini generate|export|exercises|...`` (any tool of ``gptmini.commands.TOOLS``),
   ``python -m gptmini.X ...``, ``python scripts/X.py ...``: the tool's or script's own code runs in
   this process and is stopped right after its argument parser accepted the arguments.
@@ -65,7 +68,9 @@ class Command:
         words = shlex.split(self.text, comments=True)
         while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):  # VAR=value prefixes
             words.pop(0)
-        return words
+        # A word that is only a shell variable ($RESUME, "${EXTRA}") holds options only the shell
+        # knows: left out of the parse.
+        return [w for w in words if not re.fullmatch(r"\$(\w+|\{\w+\}|@)", w)]
 
 
 def fenced_blocks(path: Path, lang: str) -> Iterator[tuple[int, list[str]]]:
@@ -88,26 +93,36 @@ def fenced_blocks(path: Path, lang: str) -> Iterator[tuple[int, list[str]]]:
             yield start + 1, body
 
 
+def commands_of(body: list[str], first: int, name: str, script: bool) -> list[Command]:
+    """The commands of a block's lines (or a script file's) numbered from `first`."""
+    out = []
+    joined: list[tuple[int, str]] = []
+    for n, line in enumerate(body, first):
+        if joined and joined[-1][1].endswith("\\"):
+            joined[-1] = (joined[-1][0], joined[-1][1][:-1] + " " + line.strip())
+        else:
+            joined.append((n, line))
+    for n, line in joined:
+        skipped = ""
+        if SKIP_MARK in line:
+            line, _, reason = line.partition(SKIP_MARK)
+            skipped = reason.strip() or "no reason given"
+        for part in re.split(r"\s(?:&&|\|\||;)\s", line):
+            try:
+                words = shlex.split(part, comments=True)
+            except ValueError:  # a quote spanning lines: only in scripts, left to bash -n
+                words = [] if script else [part]
+            if words:
+                out.append(Command(f"{name}:{n}", part.strip(), script, skipped))
+    return out
+
+
 def doc_commands() -> list[Command]:
     out = []
     for path in DOCS:
         name = path.relative_to(ROOT).as_posix()
         for first, body in fenced_blocks(path, "bash"):
-            script = bool(body) and body[0].startswith("#!")
-            joined: list[tuple[int, str]] = []
-            for n, line in enumerate(body, first):
-                if joined and joined[-1][1].endswith("\\"):
-                    joined[-1] = (joined[-1][0], joined[-1][1][:-1] + " " + line.strip())
-                else:
-                    joined.append((n, line))
-            for n, line in joined:
-                skipped = ""
-                if SKIP_MARK in line:
-                    line, _, reason = line.partition(SKIP_MARK)
-                    skipped = reason.strip() or "no reason given"
-                for part in re.split(r"\s(?:&&|\|\||;)\s", line):
-                    if shlex.split(part, comments=True):
-                        out.append(Command(f"{name}:{n}", part.strip(), script, skipped))
+            out += commands_of(body, first, name, bool(body) and body[0].startswith("#!"))
     return out
 
 
@@ -219,8 +234,19 @@ def check(cmd: Command, parser) -> str | None:
         return None  # CI runs it (test_readme_setup_and_test_commands_are_what_ci_runs)
     argv = cmd.argv
     head, rest = argv[0], argv[1:]
-    if head == "srun":
+    if head in ("srun", "exec"):
         return check(Command(cmd.where, shlex.join(rest), cmd.in_script), parser)
+    if head == "sbatch":  # sbatch [OPTIONS] FILE: a script of this repository, checked as a doc's script
+        files = [a for a in rest if not a.startswith("-")]
+        script = ROOT / files[0] if files else None
+        if script is None or not script.is_file():
+            return f"sbatch {files[:1]}: not a file of this repository"
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        if proc.returncode:
+            return f"bash -n {files[0]}: {proc.stderr.strip()}"
+        lines = script.read_text().splitlines()
+        inner = [check(c, parser) for c in commands_of(lines, 1, files[0], True) if not c.skipped]
+        return "; ".join(w for w in inner if w) or None
     if head == "torchrun":
         from torch.distributed.run import get_args_parser
 
@@ -326,10 +352,16 @@ def test_the_checker_refuses_what_the_code_would(cli_parser, monkeypatch):
         "torchrun --nnodes=2 gptmini/cli.py fit",
         "torchrun --nnodes=2 -m gptmini.cli fit --trainer.nope=1",
         "make everything",
+        "sbatch scripts/nope.sbatch",
     ]
     for text in bad:
         assert check(Command("test", text), cli_parser), f"accepted: {text}"
-    assert check(Command("test", "gptmini fit --config runs/10m/version_3/config.yaml --ckpt_path last"), cli_parser) is None
+    good = [
+        "gptmini fit --config runs/10m/version_3/config.yaml --ckpt_path last",  # a run's saved config
+        'srun gptmini fit --config configs/10m.yaml "$RESUME"',  # options only the shell knows
+    ]
+    for text in good:
+        assert check(Command("test", text), cli_parser) is None, text
 
 
 def test_quickstart_export_generate_and_python_snippets_run(tmp_path, monkeypatch, corpus_file, data_cache, capsys):

@@ -11,11 +11,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from gptmini.core.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model_and_tokenizer
+from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
 from gptmini.core.model import GPTMini
-
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
 
 
 def save_folder(model: GPTMini, tokenizer, out_dir: str | Path) -> Path:

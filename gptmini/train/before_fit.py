@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gptmini.core.checkpoint import model_config, read_checkpoint
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import CHECKPOINT_DIR, CKPT_HPARAMS, CKPT_STEP, LAST_CKPT_GLOB, RUN_CONFIG_FILE
 from gptmini.core.schedule import validate_horizon
 
 
@@ -71,13 +72,13 @@ def _last_checkpoint_globs(trainer: pl.Trainer) -> list[str]:
     globs = []
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
-            globs.append(str(Path(cb.dirpath) / "last*.ckpt"))
+            globs.append(str(Path(cb.dirpath) / LAST_CKPT_GLOB))
     for logger in trainer.loggers:
         root = getattr(logger, "root_dir", None)
         if root:
-            globs.append(str(Path(root) / "*" / "checkpoints" / "last*.ckpt"))
+            globs.append(str(Path(root) / "*" / CHECKPOINT_DIR / LAST_CKPT_GLOB))
     if not trainer.loggers:
-        globs.append(str(Path(trainer.default_root_dir) / "checkpoints" / "last*.ckpt"))
+        globs.append(str(Path(trainer.default_root_dir) / CHECKPOINT_DIR / LAST_CKPT_GLOB))
     return globs
 
 
@@ -128,9 +129,9 @@ def read_resume_checkpoint(path: str, max_steps: int | None) -> dict:
         model_config(ckpt, path)
     except ValueError as e:
         raise ConfigError(f"--ckpt_path: {e}") from None
-    if not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise ConfigError(f"--ckpt_path {path} holds no hyper_parameters; it is not a gptmini checkpoint.")
-    step = int(ckpt.get("global_step", 0))
+    if not isinstance(ckpt.get(CKPT_HPARAMS), dict):
+        raise ConfigError(f"--ckpt_path {path} holds no {CKPT_HPARAMS}; it is not a gptmini checkpoint.")
+    step = int(ckpt.get(CKPT_STEP, 0))
     if max_steps is not None and 0 < max_steps <= step:
         raise ConfigError(
             f"--ckpt_path {path} is at step {step}, and trainer.max_steps is {max_steps}: nothing "
@@ -168,7 +169,7 @@ def check_log_dir_free(trainer: pl.Trainer) -> None:
     log_dir = trainer.log_dir
     if log_dir is None:
         return
-    old = [p for p in (Path(log_dir) / "config.yaml", Path(log_dir) / "checkpoints") if p.exists()]
+    old = [p for p in (Path(log_dir) / RUN_CONFIG_FILE, Path(log_dir) / CHECKPOINT_DIR) if p.exists()]
     if old:
         raise ConfigError(
             f"{log_dir} already holds a run ({old[0].name}); refusing to overwrite it. Leave "

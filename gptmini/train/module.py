@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric, Metric
 
-from gptmini.core.checkpoint import RUN_STATE_KEY
+from gptmini.core import formats
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
@@ -99,6 +99,7 @@ class GPTMiniModule(pl.LightningModule):
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
@@ -111,7 +112,7 @@ class GPTMiniModule(pl.LightningModule):
         # a tokenizer that is not byte-level, or validation without GPTMiniData). Not saved.
         self.register_buffer("token_bytes", None, persistent=False)
         self.val_bpb = BitsPerByte()
-        # What the export's model card reports; saved in checkpoints (RUN_STATE_KEY).
+        # What the export's model card reports; saved in checkpoints (formats.CKPT_RUN_STATE).
         self.tokens_seen = 0
         self.val_history: list[dict[str, float]] = []
 
@@ -230,18 +231,19 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
-        checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
+        # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
+        checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
+        checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
         # Tokens seen and every validation result: the export's model card reads them.
-        checkpoint[RUN_STATE_KEY] = {"tokens_seen": self.tokens_seen, "val": list(self.val_history)}
+        checkpoint[formats.CKPT_RUN_STATE] = {"tokens_seen": self.tokens_seen, "val": list(self.val_history)}
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tok_path = getattr(dm, "tokenizer_path", None)
         if tok_path is not None and tok_path.is_file():
-            checkpoint["gptmini_tokenizer"] = tok_path.read_text(encoding="utf-8")
+            checkpoint[formats.CKPT_TOKENIZER] = tok_path.read_text(encoding="utf-8")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(RUN_STATE_KEY) or {}
+        state = checkpoint.get(formats.CKPT_RUN_STATE) or {}
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.val_history = list(state.get("val", []))
