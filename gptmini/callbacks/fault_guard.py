@@ -41,6 +41,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
+from gptmini.train.compat import grad_scaler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -143,7 +144,7 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        no_scaler = grad_scaler(trainer) is None
         if no_scaler and optimizer.defaults.get("fused"):
             self._flag_on_device(trainer, pl_module, optimizer, step)
             return
