@@ -18,6 +18,7 @@ from gptmini.commands import TOOLS, user_errors
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.train import before_fit, resume
+from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
@@ -68,12 +69,17 @@ class GPTMiniCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
+        before_fit.check_writable(self.trainer, self.datamodule)
         resume.start_run(self, self._args, self.trainer.max_steps)
         before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
+        if rank_zero_only.rank == 0:
+            before_fit.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
+            before_fit.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
 
     def before_validate(self) -> None:
+        before_fit.check_writable(self.trainer, self.datamodule)
         resume.start_run(self, self._args, max_steps=None, need_weights=True)
         self._claim_log_dir()
 
@@ -107,6 +113,9 @@ class GPTMiniCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
+        # unless the user configured a CheckpointIO plugin of their own.
+        use_atomic_checkpoint_io(trainer.strategy)
         # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
         # for one that reads the loss only when it redraws (see gptmini.callbacks.progress). Any other bar
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.

@@ -40,6 +40,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.train.compat import grad_scaler
 
@@ -58,12 +59,12 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
-def resume_command(argv: list[str] | None = None) -> str:
-    """The command that started this process with ``--ckpt_path last`` instead of any ckpt_path."""
+def resume_command(argv: list[str] | None = None, ckpt: str = "last") -> str:
+    """The command that started this process with ``--ckpt_path last`` (or ``ckpt``) instead of any ckpt_path."""
     argv = sys.argv if argv is None else argv
     prog = {"cli.py": ["python", "-m", "gptmini.cli"], "gptmini": ["gptmini"]}.get(Path(argv[0]).name)
     if prog is None:  # started from Python (tests, notebooks): no command line to repeat
-        return "--ckpt_path last"
+        return f"--ckpt_path {ckpt}"
     args, skip = [], False
     for a in argv[1:]:
         if skip or a.startswith("--ckpt_path="):
@@ -73,7 +74,15 @@ def resume_command(argv: list[str] | None = None) -> str:
             skip = True
             continue
         args.append(a)
-    return shlex.join([*prog, *args, "--ckpt_path", "last"])
+    return shlex.join([*prog, *args, "--ckpt_path", ckpt])
+
+
+def _name_last_intact(trainer: pl.Trainer, error: DiskFullError) -> None:
+    """Complete a full-disk error with the checkpoint to resume from and the command."""
+    last = last_good_checkpoint(trainer)
+    error.last_intact = last
+    if last:  # `last` resolves to the newest last*.ckpt; any other file is named
+        error.resume = resume_command(ckpt="last" if Path(last).name.startswith("last") else last)
 
 
 class _StopAtWindowEnd:
@@ -309,6 +318,9 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore_sigint()
+        if isinstance(exception, DiskFullError):
+            _name_last_intact(trainer, exception)
+            return
         if not isinstance(exception, SIGTERMException):
             return
         signum = self.stop_signal or signal.SIGTERM
@@ -329,6 +341,9 @@ class FaultGuard(Callback):
         self._saving_stop = True
         try:
             trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        except DiskFullError as e:
+            _name_last_intact(trainer, e)
+            raise
         finally:
             self._saving_stop = False
         rank_zero_info(

@@ -13,6 +13,7 @@ so checkpoints written before that was fixed upstream still load.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,25 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({CKPT_FORMAT_VERSION}); upgrade gptmini (pip install -U gptmini) to load it."
         )
     return ckpt
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable gptmini checkpoint (a short reason), or None when it is.
+
+    Memory-mapped: reads the archive's index and the pickled structure, not the tensor data, so
+    probing many files (``--ckpt_path last`` falling back past a damaged one) stays cheap.
+    """
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if not zipfile.is_zipfile(path):  # torch.save's format: a zip whose index is at the end
+        return f"{size} bytes, truncated or corrupt: not a complete torch.save archive"
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch.load raises many types on bad bytes
+        text = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
+        return f"{size} bytes, truncated or corrupt: {text}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "no state_dict, not a gptmini checkpoint"
+    return None
 
 
 def clean_key(key: str) -> str:
@@ -120,7 +140,9 @@ def _model_from_folder(folder: Path) -> GPTMini:
         # safetensors' load_model knows the tied head (stored once) and checks every key.
         load_safetensors(model, folder / WEIGHTS_FILE, strict=True)
     except (RuntimeError, SafetensorError) as e:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE} does not match {CONFIG_FILE} or is corrupt: {e}") from e
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE} does not match {CONFIG_FILE} or is corrupt: {e}"
+        ) from e
     return model
 
 

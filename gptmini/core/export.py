@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from gptmini.core.atomic import atomic_path, is_temp, remove_stale_temps, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
@@ -23,10 +24,13 @@ def save_folder(model: GPTMini, tokenizer, out_dir: str | Path) -> Path:
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    # save_model drops the second name of the tied matrix (save_file refuses shared tensors).
-    save_safetensors(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out / CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n", encoding="utf-8")
-    tokenizer.save(str(out / TOKENIZER_FILE))
+    # Each file crash-safe (gptmini.core.atomic): a kill or full disk leaves no half-written file.
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        # save_model drops the second name of the tied matrix (save_file refuses shared tensors).
+        save_safetensors(model, str(tmp), metadata={"format": "pt"})
+    write_text(out / CONFIG_FILE, json.dumps(asdict(model.cfg), indent=2) + "\n")
+    with atomic_path(out / TOKENIZER_FILE) as tmp:
+        tokenizer.save(str(tmp))
     return out
 
 
@@ -38,9 +42,13 @@ def export_model(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir {out} is a file; give a folder path.")
     if out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        # A killed export's temp files are not "other files" (removed when no live writer owns them).
+        remove_stale_temps(out)
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES and not is_temp(p.name))
         if others:
-            raise ConfigError(f"out_dir {out} already holds other files ({', '.join(others[:3])}); give a new folder.")
+            raise ConfigError(
+                f"out_dir {out} already holds other files ({', '.join(others[:3])}); give a new folder."
+            )
         if any((out / name).exists() for name in EXPORT_FILES) and not overwrite:
             raise ConfigError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
     model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptmini.core import atomic
 from gptmini.core.config import (
     ConfigError,
     NonNegativeInt,
@@ -171,6 +172,8 @@ class GPTMiniData(pl.LightningDataModule):
         # Build in a temp folder and rename: an interrupted run never leaves a half cache behind.
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_root))
         try:
+            # mkdtemp's 0700 would become the cache folder's mode on the rename: give it mkdir's.
+            tmp.chmod(0o777 & ~atomic.current_umask())
             show = self.trainer is None or self.trainer.is_global_zero
             meta = prepare_tokens(
                 self.sources,
@@ -183,9 +186,15 @@ class GPTMiniData(pl.LightningDataModule):
                 bpe_sample_chars=self.bpe_sample_chars,
                 show_progress=show,
             )
-            (tmp / CACHE_META).write_text(json.dumps(meta, indent=2))
+            # The token files durable before meta.json says "done".
+            for name in (*(split_file(s) for s in SPLITS), CACHE_TOKENIZER):
+                if (tmp / name).is_file():
+                    with open(tmp / name, "rb+") as f:
+                        os.fsync(f.fileno())
+            atomic.write_text(tmp / CACHE_META, json.dumps(meta, indent=2))
             try:
                 os.replace(tmp, final)
+                atomic.fsync_dir(self.cache_root)
             except OSError:  # another process finished first; its cache is as good as ours
                 if not (final / CACHE_META).is_file():
                     raise
