@@ -42,6 +42,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
+from gptmini.core.formats import CKPT_STATE_DICT
 from gptmini.train.compat import grad_scaler
 
 
@@ -247,7 +248,7 @@ class FaultGuard(Callback):
         # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
         bad = [
             k
-            for k, v in checkpoint.get("state_dict", {}).items()
+            for k, v in checkpoint.get(CKPT_STATE_DICT, {}).items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         if bad:
