@@ -79,8 +79,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     except Exception as e:  # torch.load raises many types on bad bytes
         text = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
         return f"{size} bytes, truncated or corrupt: {text}"
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return "no state_dict, not a gptmini checkpoint"
+    if not isinstance(ckpt, dict) or CKPT_STATE_DICT not in ckpt:
+        return f"no {CKPT_STATE_DICT}, not a gptmini checkpoint"
     return None
 
 
