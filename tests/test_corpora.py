@@ -177,6 +177,38 @@ def test_bpe_trains_on_a_bounded_sample(tmp_path, monkeypatch):
     assert dm.meta()["train_tokens"] + dm.meta()["val_tokens"] > 5000  # yet all of it is encoded
 
 
+def test_bpe_sample_takes_each_source_in_proportion_to_its_size(tmp_path, monkeypatch):
+    # data.md: "the start of every source in proportion to its size" (not the first sources only).
+    texts = []
+    real = prep_mod.train_tokenizer
+
+    def spy(pieces, vocab_size):
+        texts.extend(pieces)
+        return real(texts, vocab_size)
+
+    monkeypatch.setattr(prep_mod, "train_tokenizer", spy)
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text("alpha " * 3000)  # 18,000 bytes: 3/4 of the corpus
+    small.write_text("omega " * 1000)  # 6,000 bytes: 1/4
+    make([str(big), str(small)], tmp_path, bpe_sample_chars=4000).prepare_data()
+    chars = {w: sum(len(t) for t in texts if w in t) for w in ("alpha", "omega")}
+    assert chars == {"alpha": 3000, "omega": 1000}, chars
+
+
+def test_cache_key_follows_a_file_rewritten_to_the_same_size(tmp_path):
+    # README: path, size and modification time: a changed file is prepared again, even at equal size.
+    import os
+
+    path = tmp_path / "x.txt"
+    path.write_text("the cat sat\n" * 100)
+    key = make(str(path), tmp_path).cache_key()
+    before = path.stat()
+    path.write_text("the dog ran\n" * 100)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # coarse clocks: 1 s later
+    assert path.stat().st_size == before.st_size
+    assert make(str(path), tmp_path).cache_key() != key
+
+
 def test_cache_key_follows_content_and_settings(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", RECORDS)
     key = make(str(path), tmp_path).cache_key()

@@ -42,6 +42,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
+from gptmini.core.formats import CKPT_STATE_DICT
+from gptmini.train.compat import grad_scaler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -152,7 +154,7 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        no_scaler = grad_scaler(trainer) is None
         if no_scaler and optimizer.defaults.get("fused"):
             self._flag_on_device(trainer, pl_module, optimizer, step)
             return
@@ -246,7 +248,7 @@ class FaultGuard(Callback):
         # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
         bad = [
             k
-            for k, v in checkpoint.get("state_dict", {}).items()
+            for k, v in checkpoint.get(CKPT_STATE_DICT, {}).items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         if bad:

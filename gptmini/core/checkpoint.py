@@ -25,7 +25,6 @@ from gptmini.core.formats import (
     CKPT_FORMAT_VERSION,
     CKPT_HPARAMS,
     CKPT_MODEL_CONFIG,
-    CKPT_RUN_STATE,
     CKPT_STATE_DICT,
     CKPT_TOKENIZER,
     COMPILED_PREFIX,
@@ -36,8 +35,6 @@ from gptmini.core.formats import (
 )
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
-
-RUN_STATE_KEY = CKPT_RUN_STATE  # the name the export's model card imports
 
 
 class CheckpointError(ConfigError):
@@ -82,8 +79,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     except Exception as e:  # torch.load raises many types on bad bytes
         text = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
         return f"{size} bytes, truncated or corrupt: {text}"
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return "no state_dict, not a gptmini checkpoint"
+    if not isinstance(ckpt, dict) or CKPT_STATE_DICT not in ckpt:
+        return f"no {CKPT_STATE_DICT}, not a gptmini checkpoint"
     return None
 
 

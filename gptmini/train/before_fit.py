@@ -22,7 +22,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from gptmini.core import atomic
 from gptmini.core.checkpoint import checkpoint_problem, model_config, read_checkpoint
 from gptmini.core.config import ConfigError
-from gptmini.core.formats import CHECKPOINT_DIR, CKPT_HPARAMS, CKPT_STEP, LAST_CKPT_GLOB, RUN_CONFIG_FILE
+from gptmini.core.formats import (
+    CACHE_META,
+    CHECKPOINT_DIR,
+    CKPT_HPARAMS,
+    CKPT_STEP,
+    LAST_CKPT_GLOB,
+    RUN_CONFIG_FILE,
+)
 from gptmini.core.schedule import validate_horizon
 from gptmini.train.names import upgrade_hparams
 
@@ -229,7 +236,7 @@ def check_writable(trainer: pl.Trainer, datamodule: object | None = None) -> Non
     where: list[tuple[str, Path]] = []
     cache = getattr(datamodule, "cache_root", None)
     prepared = getattr(datamodule, "cache_path", None)
-    if cache is not None and not (prepared is not None and (Path(prepared) / "meta.json").is_file()):
+    if cache is not None and not (prepared is not None and (Path(prepared) / CACHE_META).is_file()):
         where.append(("data.cache_dir", Path(cache)))  # a prepared cache is only read: read-only is fine
     for logger in trainer.loggers:
         save_dir = getattr(logger, "save_dir", None)
