@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -19,11 +20,14 @@ import torch
 from gptmini.train.checkpoint_io import AtomicCheckpointIO
 
 
-def _slow_write(f: IO, data: memoryview, chunks: int, delay_s: float) -> None:
+def _slow_write(f: IO, data: memoryview, chunks: int, delay_s: float, progress: int) -> None:
+    """Write in chunks; after each, tell the parent (pipe ``progress``) how many bytes are written."""
     step = max(1, len(data) // chunks)
+    os.write(progress, b"0\n")
     for i in range(0, len(data), step):
         f.write(data[i : i + step])
-        f.flush()  # visible to the test's size poll
+        f.flush()
+        os.write(progress, f"{min(i + step, len(data))}\n".encode())
         time.sleep(delay_s)
 
 
@@ -85,41 +89,44 @@ class KillInsideSaves(AtomicCheckpointIO):
             Path(self.marker).touch()
             time.sleep(120)
             raise TimeoutError("paused in a save; no kill came")
-        _slow_write(f, data, self.chunks, self.delay_s)  # a forked copy: wait to be killed
-        time.sleep(60)
+        _slow_write(f, data, self.chunks, self.delay_s, self._progress)  # a forked copy
+        time.sleep(60)  # all written, not yet renamed: wait to be killed
 
     def _kill_a_copy(self, path: Path, data: memoryview, fraction: float) -> None:
         before = path.read_bytes() if path.is_file() else None
         target = int(len(data) * fraction)
+        read_end, self._progress = os.pipe()
         pid = os.fork()
         if pid == 0:  # the copy: the same save, slowed; never returns
             try:
+                os.close(read_end)
                 self._mode = "copy"
                 super().write_file(path, data)
             finally:
                 os._exit(1)
-        size, deadline = -1, time.monotonic() + 20
+        os.close(self._progress)
+        written, deadline, pending = -1, time.monotonic() + 20, b""
         try:
-            while time.monotonic() < deadline:
-                temps = list(path.parent.glob(f".{path.name}.tmp-*-{pid}-*"))
-                if temps:
-                    try:
-                        size = temps[0].stat().st_size
-                    except FileNotFoundError:
-                        size = -1
-                    if size >= target:
-                        break
-                time.sleep(0.0005)
+            while written < target and time.monotonic() < deadline:
+                if select.select([read_end], [], [], 0.5)[0]:
+                    chunk = os.read(read_end, 4096)
+                    if not chunk:
+                        break  # the copy died on its own
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    written = max([written, *(int(x) for x in lines if x)])
         finally:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            os.close(read_end)
+        size = written
         after = path.read_bytes() if path.is_file() else None
         record = {
             "save": self.saves,
             "file": path.name,
             "fraction": fraction,
             "bytes": len(data),
-            "temp_bytes_at_kill": size,
+            "bytes_written_at_kill": size,
             "reached": size >= target,
             "unchanged": after == before,
             "all_load": _every_checkpoint_loads(path.parent),

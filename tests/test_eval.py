@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_BLOCK, TINY_VOCAB, tiny_cli_args
+from conftest import TINY_BLOCK, TINY_VOCAB
 
 from gptmini.core.evaluate import score_tokens, window_plan
 from gptmini.core.model import GPTMini
@@ -20,21 +20,6 @@ from gptmini.evaluate import evaluate
 from gptmini.train.datamodule import GPTMiniData
 
 VAL_BATCHES = 4  # tiny_cli_args' limit_val_batches
-
-
-@pytest.fixture(scope="module")
-def fitted_run(tmp_path_factory, corpus_file, data_cache) -> Path:
-    """A 6-step tiny fit (validation at steps 3 and 6); returns its log folder."""
-    from gptmini.cli import make_cli
-
-    tmp = tmp_path_factory.mktemp("evalrun")
-    callbacks = [  # not tiny.yaml's step-0 checks: only what eval and export read
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-        {"class_path": "gptmini.callbacks.best.BestCheckpoint"},
-    ]
-    args = tiny_cli_args(tmp, corpus_file, data_cache, max_steps=6) + [f"--trainer.callbacks={json.dumps(callbacks)}"]
-    cli = make_cli(args)
-    return Path(cli.trainer.logger.log_dir)
 
 
 def val_bin(corpus_file, data_cache) -> Path:

@@ -77,8 +77,10 @@ def test_sigkill_inside_saves_resumes_exactly(reference, shm_root, tmp_path, cor
 
     kills = [json.loads(line) for line in report.read_text().splitlines()]
     # saves 1-6: step=4, last, step=8, last, step=12, last; 5 kill points each
-    assert len(kills) == 6 * 5 and all(k["reached"] for k in kills), kills
-    assert all(k["unchanged"] and k["all_load"] for k in kills), [k for k in kills if not k["unchanged"]]
+    assert len(kills) == 6 * 5, kills
+    assert all(k["reached"] for k in kills), [k for k in kills if not k["reached"]]
+    assert all(k["unchanged"] for k in kills), [k for k in kills if not k["unchanged"]]
+    assert all(k["all_load"] for k in kills), [k for k in kills if not k["all_load"]]
     ckpts = shm_root / "runs" / "tiny" / "version_0" / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
     temps = [n for n in names if atomic.is_temp(n)]
@@ -236,3 +238,18 @@ def test_checkpoint_from_before_the_arch_rename_validates_and_resumes(
     assert ckpt["global_step"] == 6 and ckpt["hyper_parameters"]["arch"]["n_embd"] == 16
     trained = {k: v for k, v in ckpt["state_dict"].items()}
     assert any(not torch.equal(trained[k], saved["state_dict"][k]) for k in saved["state_dict"])
+
+
+def test_cli_saves_through_atomic_checkpoint_io_unless_the_user_gives_one(cli_args, no_attribute_docstrings):
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+
+    from gptmini.cli import make_cli
+    from gptmini.train.checkpoint_io import AtomicCheckpointIO
+
+    args = cli_args(4)[1:]  # run=False: no subcommand
+    assert type(make_cli(args, run=False).trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    own = make_cli(args + ["--trainer.plugins=lightning.pytorch.plugins.io.TorchCheckpointIO"], run=False)
+    assert type(own.trainer.strategy.checkpoint_io) is TorchCheckpointIO  # the user's choice, kept
+    wrapped = make_cli(args + ["--trainer.plugins=lightning.pytorch.plugins.io.AsyncCheckpointIO"], run=False)
+    io = wrapped.trainer.strategy.checkpoint_io
+    assert type(io) is AsyncCheckpointIO and type(io.checkpoint_io) is AtomicCheckpointIO

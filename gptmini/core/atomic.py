@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -144,9 +145,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     on a clean exit it is fsynced and renamed over ``path``."""
     final = Path(path)
     tmp, fd = _create_temp(final)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)  # created with the umask's mode; the writer truncates and fills it
     try:
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            # The writer replaced the file with its own (safetensors >= 0.7 writes a 0600 temp
+            # file and renames it): give it back the umask's mode.
+            os.chmod(tmp, mode)
         _fsync_file(tmp)
         _commit(tmp, final)
     except BaseException:

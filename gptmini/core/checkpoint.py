@@ -25,7 +25,6 @@ from gptmini.core.formats import (
     CKPT_FORMAT_VERSION,
     CKPT_HPARAMS,
     CKPT_MODEL_CONFIG,
-    CKPT_RUN_STATE,
     CKPT_STATE_DICT,
     CKPT_TOKENIZER,
     COMPILED_PREFIX,
@@ -36,8 +35,6 @@ from gptmini.core.formats import (
 )
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
-
-RUN_STATE_KEY = CKPT_RUN_STATE  # the name the export's model card imports
 
 
 class CheckpointError(ConfigError):

@@ -1,8 +1,10 @@
 """Write a trained model as a folder others can load without gptmini's training stack. No Lightning.
 
 ``model.safetensors`` (weights only: bare ``GPTMini`` keys, no ``model.``/``_orig_mod.`` prefixes, the
-tied embedding/head matrix stored once), ``config.json`` (the ModelConfig) and ``tokenizer.json``.
-:func:`gptmini.core.checkpoint.load_model` and ``gptmini generate`` read the folder back.
+tied embedding/head matrix stored once), ``config.json`` (the ModelConfig), ``tokenizer.json`` and
+``README.md`` (the model card, gptmini.core.model_card). Each file is written atomically with the
+mode the umask gives (gptmini.core.atomic), so a group folder's model is readable by the group.
+:func:`gptmini.core.checkpoint.load_model`, ``gptmini generate`` and ``gptmini eval`` read it back.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptmini.core.atomic import atomic_path, is_temp, remove_stale_temps, write_text
-from gptmini.core.checkpoint import load_model_and_tokenizer
+from gptmini.core.checkpoint import load_model_and_tokenizer, read_checkpoint
 from gptmini.core.config import ConfigError
-from gptmini.core.formats import CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
+from gptmini.core.formats import CARD_FILE, CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
 from gptmini.core.model import GPTMini
+from gptmini.core.model_card import model_card
 
 
-def save_folder(model: GPTMini, tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` into ``out_dir`` (created if needed)."""
+def save_folder(model: GPTMini, tokenizer, out_dir: str | Path, card: str | None = None) -> Path:
+    """Write ``model``, ``tokenizer`` and the model card (when given) into ``out_dir`` (created if needed)."""
     from safetensors.torch import save_model as save_safetensors
 
     out = Path(out_dir).expanduser()
@@ -31,6 +34,8 @@ def save_folder(model: GPTMini, tokenizer, out_dir: str | Path) -> Path:
     write_text(out / CONFIG_FILE, json.dumps(asdict(model.cfg), indent=2) + "\n")
     with atomic_path(out / TOKENIZER_FILE) as tmp:
         tokenizer.save(str(tmp))
+    if card is not None:
+        write_text(out / CARD_FILE, card)
     return out
 
 
@@ -52,4 +57,15 @@ def export_model(
         if any((out / name).exists() for name in EXPORT_FILES) and not overwrite:
             raise ConfigError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
     model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config
-    return save_folder(model, tok, out)
+    src = Path(source).expanduser()
+    if src.is_dir():  # another export folder: its card, if it has one, still describes the model
+        card = (src / CARD_FILE).read_text(encoding="utf-8") if (src / CARD_FILE).is_file() else None
+        if card is None:
+            card = model_card(out.name, asdict(model.cfg), _n_params(model), None, str(source))
+    else:
+        card = model_card(out.name, asdict(model.cfg), _n_params(model), read_checkpoint(src), str(source))
+    return save_folder(model, tok, out, card)
+
+
+def _n_params(model: GPTMini) -> int:
+    return sum(p.numel() for p in model.parameters())  # the tied matrix counted once

@@ -25,8 +25,8 @@ CKPT_FORMAT = "gptmini_format"
 CKPT_MODEL_CONFIG = "gptmini_model_config"  # the ModelConfig as a dict: enough to rebuild a bare GPTMini
 CKPT_TOKENIZER = "gptmini_tokenizer"  # tokenizer.json's text: generation works without the data cache
 CKPT_RUN_CONFIG = "gptmini_config"  # the run's resolved config (config.yaml's text)
-# The module's run record: {"tokens_seen": int, "val": [{"step", "val/loss", "val/bpb"}, ...]}
-# (restored on resume; the export's model card reads it).
+# The module's run record: {"tokens_seen": int, "val": [{"step", "val/loss", "val/bpb"}, ...],
+# "corpus": meta.json's CORPUS_KEYS} (restored on resume; the export's model card reads it).
 CKPT_RUN_STATE = "gptmini_run"
 # Every gptmini key a checkpoint written today holds (the tokenizer only when the data had one).
 CKPT_GPTMINI_KEYS = (CKPT_FORMAT, CKPT_MODEL_CONFIG, CKPT_TOKENIZER, CKPT_RUN_CONFIG, CKPT_RUN_STATE)
@@ -52,6 +52,8 @@ CACHE_META = "meta.json"  # written last: its presence marks a finished cache
 CACHE_ALL_TOKENS = "all.bin"  # the whole stream before the val tail is split off
 SPLITS = ("train", "val")
 META_VOCAB_SIZE = "vocab_size"  # meta.json: the tokenizer's vocab (checked against data.vocab_size)
+# meta.json keys a checkpoint's run record keeps for the export's model card.
+META_CORPUS_KEYS = ("sources", "train_tokens", "val_tokens", "val_from", "tokenizer", "train_bytes", "val_bytes")
 
 
 def split_file(split: str) -> str:
@@ -74,4 +76,5 @@ def meta_bytes(split: str) -> str:
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
+CARD_FILE = "README.md"  # the model card (gptmini.core.model_card)
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, CARD_FILE)

@@ -107,6 +107,7 @@ class GPTMiniModule(pl.LightningModule):
         self.val_bpb = BitsPerByte()
         # What the export's model card reports; saved in checkpoints (formats.CKPT_RUN_STATE).
         self.tokens_seen = 0
+        self.corpus: dict[str, Any] = {}
         self.val_history: list[dict[str, float]] = []
 
     def setup(self, stage: str) -> None:
@@ -114,6 +115,9 @@ class GPTMiniModule(pl.LightningModule):
         # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
         check_data_matches_model(dm, self.model_cfg)
         table = dm.token_byte_table() if hasattr(dm, "token_byte_table") else None
+        if hasattr(dm, "meta"):  # the corpus, for the export's model card
+            meta = dm.meta()
+            self.corpus = {k: meta.get(k) for k in formats.META_CORPUS_KEYS}
         self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
@@ -229,7 +233,11 @@ class GPTMiniModule(pl.LightningModule):
         checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
         checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
         # Tokens seen and every validation result: the export's model card reads them.
-        checkpoint[formats.CKPT_RUN_STATE] = {"tokens_seen": self.tokens_seen, "val": list(self.val_history)}
+        checkpoint[formats.CKPT_RUN_STATE] = {
+            "tokens_seen": self.tokens_seen,
+            "val": list(self.val_history),
+            "corpus": dict(self.corpus),
+        }
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
         dm = getattr(attached_trainer(self), "datamodule", None)
@@ -241,3 +249,4 @@ class GPTMiniModule(pl.LightningModule):
         state = checkpoint.get(formats.CKPT_RUN_STATE) or {}
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.val_history = list(state.get("val", []))
+        self.corpus = dict(state.get("corpus") or self.corpus)
