@@ -158,6 +158,8 @@ class GPTMiniCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
         # for one that reads the loss only when it redraws (see gptmini.callbacks.progress). Any other bar
