@@ -1,10 +1,11 @@
 """The ``gptmini`` console script: ``gptmini fit|validate ...`` (the LightningCLI in gptmini.cli) and
-the tools ``gptmini generate|export|exercises ...``.
+the tools ``gptmini generate|export|eval|exercises ...``.
 
 The tools are dispatched here, before anything imports Lightning, so sampling and exporting start
 in about a second instead of paying Lightning's import (~3 s). Exit status: 0 done, 2 a bad
-argument or setting (one ``error:`` line), 1 any other error, 143 stopped by SIGTERM, 130 by
-Ctrl-C and 138 by SLURM's requeue signal SIGUSR1 (``last.ckpt`` saved).
+argument or setting (one ``error:`` line), 74 the disk filled while saving a checkpoint (one
+``error:`` line; the earlier checkpoints are intact), 1 any other error, 143 stopped by SIGTERM,
+130 by Ctrl-C and 138 by SLURM's requeue signal SIGUSR1 (``last.ckpt`` saved).
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import ConfigError
 
-TOOLS = {"generate": "gptmini.generate", "export": "gptmini.export", "exercises": "gptmini.tools.exercises"}
+TOOLS = {
+    "generate": "gptmini.generate",
+    "export": "gptmini.export",
+    "eval": "gptmini.evaluate",
+    "exercises": "gptmini.tools.exercises",
+}
 
 TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 
@@ -25,14 +32,15 @@ TRACEBACK_ENV = "GPTMINI_TRACEBACK"
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A bad setting (:class:`ConfigError`) ends the command with one ``error: ...`` line and exit
-    code 2, as jsonargparse does for parse errors; ``GPTMINI_TRACEBACK=1`` shows the traceback."""
+    code 2, as jsonargparse does for parse errors; a full disk (:class:`DiskFullError`) likewise
+    with exit code 74. ``GPTMINI_TRACEBACK=1`` shows the traceback."""
     try:
         yield
-    except ConfigError as e:
+    except (ConfigError, DiskFullError) as e:
         if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(e, "exit_status", 2)) from None
 
 
 def main(args: list[str] | None = None) -> int:

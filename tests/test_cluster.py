@@ -308,9 +308,9 @@ def test_fsdp_on_cpu_is_one_line_error(tmp_path, corpus_file, data_cache):
 
 def test_resume_command_under_a_launcher():
     argv = ["/src/gptmini/cli.py", "fit", "--config", "c.yaml", "--ckpt_path=x"]
-    assert resume_command(argv, {}) == "python -m gptmini.cli fit --config c.yaml --ckpt_path last"
+    assert resume_command(argv, environ={}) == "python -m gptmini.cli fit --config c.yaml --ckpt_path last"
     assert (
-        resume_command(argv, {"TORCHELASTIC_RUN_ID": "job"})
+        resume_command(argv, environ={"TORCHELASTIC_RUN_ID": "job"})
         == "torchrun <the same torchrun options> -m gptmini.cli fit --config c.yaml --ckpt_path last"
     )
-    assert resume_command(argv, {"SLURM_STEP_ID": "0"}) == "srun python -m gptmini.cli fit --config c.yaml --ckpt_path last"
+    assert resume_command(argv, environ={"SLURM_STEP_ID": "0"}) == "srun python -m gptmini.cli fit --config c.yaml --ckpt_path last"

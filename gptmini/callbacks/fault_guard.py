@@ -43,7 +43,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.callbacks import requeue
+from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
+from gptmini.core.formats import CKPT_STATE_DICT
+from gptmini.train.compat import grad_scaler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,8 +63,10 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
-def resume_command(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> str:
-    """The command that started this process with ``--ckpt_path last`` instead of any ckpt_path.
+def resume_command(
+    argv: list[str] | None = None, ckpt: str = "last", environ: dict[str, str] | None = None
+) -> str:
+    """The command that started this process with ``--ckpt_path last`` (or ``ckpt``) instead of any ckpt_path.
 
     Under torchrun or srun a worker does not see the launcher's own options: they are left as
     ``<the same torchrun options>``."""
@@ -69,7 +74,7 @@ def resume_command(argv: list[str] | None = None, environ: dict[str, str] | None
     environ = os.environ if environ is None else environ
     prog = {"cli.py": ["python", "-m", "gptmini.cli"], "gptmini": ["gptmini"]}.get(Path(argv[0]).name)
     if prog is None:  # started from Python (tests, notebooks): no command line to repeat
-        return "--ckpt_path last"
+        return f"--ckpt_path {ckpt}"
     launcher = ""
     if "TORCHELASTIC_RUN_ID" in environ:  # set by torchrun for its workers
         launcher, prog = "torchrun <the same torchrun options> ", ["-m", "gptmini.cli"]
@@ -84,7 +89,15 @@ def resume_command(argv: list[str] | None = None, environ: dict[str, str] | None
             skip = True
             continue
         args.append(a)
-    return launcher + shlex.join([*prog, *args, "--ckpt_path", "last"])
+    return launcher + shlex.join([*prog, *args, "--ckpt_path", ckpt])
+
+
+def _name_last_intact(trainer: pl.Trainer, error: DiskFullError) -> None:
+    """Complete a full-disk error with the checkpoint to resume from and the command."""
+    last = last_good_checkpoint(trainer)
+    error.last_intact = last
+    if last:  # `last` resolves to the newest last*.ckpt; any other file is named
+        error.resume = resume_command(ckpt="last" if Path(last).name.startswith("last") else last)
 
 
 class _StopAtWindowEnd:
@@ -161,7 +174,7 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        no_scaler = grad_scaler(trainer) is None
         if no_scaler and optimizer.defaults.get("fused"):
             self._flag_on_device(trainer, pl_module, optimizer, step)
             return
@@ -255,7 +268,7 @@ class FaultGuard(Callback):
         # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
         bad = [
             k
-            for k, v in checkpoint.get("state_dict", {}).items()
+            for k, v in checkpoint.get(CKPT_STATE_DICT, {}).items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         if bad:
@@ -337,6 +350,9 @@ class FaultGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore_handlers()
+        if isinstance(exception, DiskFullError):
+            _name_last_intact(trainer, exception)
+            return
         if not isinstance(exception, SIGTERMException):
             return
         signum = self.stop_signal or signal.SIGTERM
@@ -357,6 +373,9 @@ class FaultGuard(Callback):
         self._saving_stop = True
         try:
             trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        except DiskFullError as e:
+            _name_last_intact(trainer, e)
+            raise
         finally:
             self._saving_stop = False
         then = f"resume with: {resume_command()}"

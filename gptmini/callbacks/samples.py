@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
+from gptmini.train.compat import uses_fsdp
 
 
 def _markdown_block(text: str) -> str:
@@ -75,7 +76,7 @@ class TextSamples(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if "FSDP" in type(trainer.strategy).__name__:
+        if uses_fsdp(trainer):
             # Sharded weights: a forward on rank 0 alone would wait forever for the other ranks.
             if not self._warned:
                 rank_zero_warn("TextSamples is skipped under FSDP; sample from a checkpoint instead.")

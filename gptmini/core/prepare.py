@@ -14,12 +14,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import (
+    CACHE_ALL_TOKENS,
+    CACHE_TOKENIZER,
+    META_VERSION,
+    META_VOCAB_SIZE,
+    TOKEN_DTYPE,
+    meta_bytes,
+    meta_tokens,
+    split_file,
+)
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 from gptmini.core.tokens import (
     EOT,
-    META_VERSION,
-    TOKEN_DTYPE,
     TextSeen,
     bytes_of_tokens,
     encode_to_file,
@@ -90,7 +98,7 @@ def prepare_tokens(
             tok = train_tokenizer(
                 pieces(sample_stream(sources, opts, bpe_sample_chars, up), sep=None), vocab_size
             )
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(out / CACHE_TOKENIZER))
     sep = record_separator(tok)
     separate_val = has_val_split(sources, opts)
     seen = TextSeen()
@@ -105,12 +113,12 @@ def prepare_tokens(
             text_bytes.append(seen.bytes - before)
             return n
 
-    train_path, val_path = out / "train.bin", out / "val.bin"
+    train_path, val_path = out / split_file("train"), out / split_file("val")
     if separate_val:
         n_train = encode(sources, opts.hf_split, train_path, f"gptmini: encoding {opts.hf_split}")
         n_val = encode(sources, VAL_SPLIT, val_path, f"gptmini: encoding {VAL_SPLIT}")
     else:
-        n = encode(sources, None, out / "all.bin", "gptmini: encoding")
+        n = encode(sources, None, out / CACHE_ALL_TOKENS, "gptmini: encoding")
         n_val = int(n * val_fraction)
         n_train = n - n_val
     if not seen.any:
@@ -129,18 +137,18 @@ def prepare_tokens(
             f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
         )
     if not separate_val:
-        split_tail(out / "all.bin", n_val, train_path, val_path)
+        split_tail(out / CACHE_ALL_TOKENS, n_val, train_path, val_path)
     train_bytes, val_bytes = split_bytes(tok, train_path, val_path, text_bytes)
     return {
         "version": META_VERSION,
-        "vocab_size": tok.get_vocab_size(),
+        META_VOCAB_SIZE: tok.get_vocab_size(),
         "eot_id": tok.token_to_id(EOT),
-        "train_tokens": n_train,
-        "val_tokens": n_val,
+        meta_tokens("train"): n_train,
+        meta_tokens("val"): n_val,
         "token_bytes": TOKEN_DTYPE().itemsize,
         # UTF-8 bytes of the text each split's tokens decode to (val/bpb); null: not byte-level.
-        "train_bytes": train_bytes,
-        "val_bytes": val_bytes,
+        meta_bytes("train"): train_bytes,
+        meta_bytes("val"): val_bytes,
         "val_from": f"{VAL_SPLIT} split" if separate_val else f"last {val_fraction} of the tokens",
         "sources": [{"source": str(s), "bytes": s.size()} for s in sources],
         "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",

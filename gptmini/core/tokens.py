@@ -19,11 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import TOKEN_DTYPE
 from gptmini.core.sources import Stream
 
 EOT = "<|endoftext|>"
-TOKEN_DTYPE = np.uint16
-META_VERSION = 2  # 2: records of JSONL/Parquet/datasets, pieces cut inside long lines
 # Encode in ~1 MB batches of ~16 KB pieces: bounded memory, and encode_batch uses every core.
 PIECE_CHARS = 16_384
 PIECES_PER_BATCH = 64

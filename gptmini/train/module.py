@@ -9,13 +9,14 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric, Metric
 
-from gptmini.core.checkpoint import RUN_STATE_KEY
+from gptmini.core import formats
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
 from gptmini.train.before_fit import check_data_matches_model
+from gptmini.train.compat import attached_trainer, grad_scaler, uses_fsdp
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -28,14 +29,6 @@ def _writes_step_metrics(trainer: pl.Trainer) -> bool:
     (``_LoggerConnector.should_update_logs``, private: without it, assume yes)."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
-
-
-def _is_fsdp(model: torch.nn.Module) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return isinstance(model, FullyShardedDataParallel)
 
 
 class BitsPerByte(Metric):
@@ -99,6 +92,7 @@ class GPTMiniModule(pl.LightningModule):
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
@@ -111,22 +105,27 @@ class GPTMiniModule(pl.LightningModule):
         # a tokenizer that is not byte-level, or validation without GPTMiniData). Not saved.
         self.register_buffer("token_bytes", None, persistent=False)
         self.val_bpb = BitsPerByte()
-        # What the export's model card reports; saved in checkpoints (RUN_STATE_KEY).
+        # What the export's model card reports; saved in checkpoints (formats.CKPT_RUN_STATE).
         self.tokens_seen = 0
+        self.corpus: dict[str, Any] = {}
         self.val_history: list[dict[str, float]] = []
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
         check_data_matches_model(dm, self.model_cfg)
         table = dm.token_byte_table() if hasattr(dm, "token_byte_table") else None
+        if hasattr(dm, "meta"):  # the corpus, for the export's model card
+            meta = dm.meta()
+            self.corpus = {k: meta.get(k) for k in formats.META_CORPUS_KEYS}
         self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
             self.model.compile(mode=self.compile_mode)
 
     def _should_compile(self) -> bool:
-        device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+        trainer = attached_trainer(self)
+        device = trainer.strategy.root_device if trainer is not None else "cpu"
         return compile_by_default(self.compile_setting, device)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -180,7 +179,7 @@ class GPTMiniModule(pl.LightningModule):
         # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
         loss = self.val_loss.compute()
         self.log("val/ppl", loss.exp(), sync_dist=True)
-        if self._trainer is not None and self.trainer.sanity_checking:
+        if attached_trainer(self) is not None and self.trainer.sanity_checking:
             return
         entry = {"step": self.global_step, "val/loss": float(loss)}
         if self.token_bytes is not None:
@@ -188,8 +187,9 @@ class GPTMiniModule(pl.LightningModule):
         self.val_history.append(entry)
 
     def configure_optimizers(self) -> dict:
-        max_steps = self.trainer.max_steps if self._trainer is not None else -1
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        max_steps = trainer.max_steps if trainer is not None else -1
+        scaler = grad_scaler(trainer)
         optimizer = build_adamw(self.model, self.optim_cfg, self.device, grad_scaler=scaler is not None)
         scheduler = build_scheduler(optimizer, self.schedule_cfg, max_steps)
         return {
@@ -211,13 +211,12 @@ class GPTMiniModule(pl.LightningModule):
         ``clip_grad_norm_`` is correct. With a scaler (fp16) we defer to Lightning, which
         unscales first.
         """
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         algorithm = gradient_clip_algorithm or "norm"
-        if scaler is not None or algorithm != "norm":
+        if grad_scaler(self.trainer) is not None or algorithm != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         wrapped = self.trainer.model
-        if _is_fsdp(wrapped):
+        if uses_fsdp(self.trainer):
             # FSDP(1) shards flat grads: only its own method computes the global norm (Lightning's
             # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
             norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
@@ -230,18 +229,24 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
-        checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
+        # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
+        checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
+        checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
         # Tokens seen and every validation result: the export's model card reads them.
-        checkpoint[RUN_STATE_KEY] = {"tokens_seen": self.tokens_seen, "val": list(self.val_history)}
+        checkpoint[formats.CKPT_RUN_STATE] = {
+            "tokens_seen": self.tokens_seen,
+            "val": list(self.val_history),
+            "corpus": dict(self.corpus),
+        }
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         tok_path = getattr(dm, "tokenizer_path", None)
         if tok_path is not None and tok_path.is_file():
-            checkpoint["gptmini_tokenizer"] = tok_path.read_text(encoding="utf-8")
+            checkpoint[formats.CKPT_TOKENIZER] = tok_path.read_text(encoding="utf-8")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(RUN_STATE_KEY) or {}
+        state = checkpoint.get(formats.CKPT_RUN_STATE) or {}
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.val_history = list(state.get("val", []))
+        self.corpus = dict(state.get("corpus") or self.corpus)
