@@ -79,6 +79,7 @@ def evaluate(
     tokenizer: str | None = None,
     json: str | None = None,
     progress: bool = True,
+    skip_bad_records: bool = False,
 ) -> dict:
     """Loss, perplexity and bits per byte of a gptmini model on a corpus.
 
@@ -101,6 +102,8 @@ def evaluate(
         tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
         json: Also write the figures to this JSON file.
         progress: Progress bars on stderr.
+        skip_bad_records: Skip records whose text is null, not a string or missing (else an error
+            naming the first).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -108,7 +111,9 @@ def evaluate(
         raise ConfigError(f"max_tokens must be >= 1 or null, got {max_tokens}.")
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
     block = model.cfg.block_size
-    opts = ReadOptions(text_field=text_field, hf_config=hf_config, hf_split=split or "train")
+    opts = ReadOptions(
+        text_field=text_field, hf_config=hf_config, hf_split=split or "train", skip_bad_records=skip_bad_records
+    )
     with tempfile.TemporaryDirectory(prefix="gptmini-eval-") as tmp:
         if isinstance(data, str) and data.endswith(TOKEN_FILE_SUFFIX) and Path(data).expanduser().is_file():
             tokens = _token_file(Path(data).expanduser(), tok)

@@ -24,7 +24,7 @@ from gptmini.core.formats import (
     meta_tokens,
     split_file,
 )
-from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
+from gptmini.core.sources import VAL_SPLIT, BadRecords, ReadOptions, Source, Stream, hf_splits, stream
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 from gptmini.core.tokens import (
     EOT,
@@ -104,10 +104,11 @@ def prepare_tokens(
     seen = TextSeen()
 
     text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
+    bad = BadRecords(opts.skip_bad_records)
 
     def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
         with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
-            texts = itertools.chain.from_iterable(stream(s, opts, split, up) for s in srcs)
+            texts = itertools.chain.from_iterable(stream(s, opts, split, up, bad) for s in srcs)
             before = seen.bytes
             n = encode_to_file(tok, pieces(seen.watch(texts), sep), path)
             text_bytes.append(seen.bytes - before)
@@ -125,9 +126,10 @@ def prepare_tokens(
         field = (
             f" under data.text_field={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
         )
+        skipped = f" ({bad.count} record(s) skipped by data.skip_bad_records)" if bad.count else ""
         raise ConfigError(
-            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}; point "
-            f"data.data at files with text (or null for the embedded corpus)."
+            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
+            f"point data.data at files with text (or null for the embedded corpus)."
         )
     need = block_size + 1
     if n_train < need or n_val < need:
@@ -139,6 +141,8 @@ def prepare_tokens(
     if not separate_val:
         split_tail(out / CACHE_ALL_TOKENS, n_val, train_path, val_path)
     train_bytes, val_bytes = split_bytes(tok, train_path, val_path, text_bytes)
+    if bad.count and show_progress:
+        print(bad.report(), file=sys.stderr, flush=True)
     return {
         "version": META_VERSION,
         META_VOCAB_SIZE: tok.get_vocab_size(),
@@ -152,6 +156,7 @@ def prepare_tokens(
         "val_from": f"{VAL_SPLIT} split" if separate_val else f"last {val_fraction} of the tokens",
         "sources": [{"source": str(s), "bytes": s.size()} for s in sources],
         "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",
+        "skipped_records": bad.count,  # null/non-string text skipped under data.skip_bad_records
     }
 
 

@@ -62,6 +62,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_unchanged(before: dict) -> None:
+    """A :class:`ConfigError` naming each source whose content key (size, mtime) moved since
+    ``before`` = {source: (key, size)} was taken: it changed while it was being prepared."""
+    changed = []
+    for src, (key, size) in before.items():
+        try:
+            now_key, now_size = src.key(), src.size()
+        except OSError:
+            changed.append(f"{src} (deleted)")
+            continue
+        if now_key != key:
+            how = f"size {size:,} -> {now_size:,} bytes" if size != now_size else "modified, same size"
+            changed.append(f"{src} ({how})")
+    if changed:
+        raise ConfigError(
+            f"data.data changed while it was being prepared: {'; '.join(changed)}. The half-made cache "
+            f"entry was not kept. Run again once the corpus stops changing (or prepare a copy of it)."
+        )
+
+
 class GPTMiniData(pl.LightningDataModule):
     def __init__(
         self,
@@ -80,6 +100,7 @@ class GPTMiniData(pl.LightningDataModule):
         hf_config: str | None = None,
         hf_split: str = "train",
         hf_streaming: bool = True,
+        skip_bad_records: bool = False,
     ) -> None:
         """Tokenized text for GPTMini.
 
@@ -112,6 +133,9 @@ class GPTMiniData(pl.LightningDataModule):
                 the validation set (else the last data.val_fraction of the tokens).
             hf_streaming: Stream a Hub dataset (read once, no local Arrow copy); false downloads it
                 into the Hugging Face cache first.
+            skip_bad_records: Skip records (JSONL lines, Parquet or dataset rows) whose text is null,
+                not a string or missing, and say how many were skipped; false stops at the first with
+                an error naming the record, the field and what it holds.
         """
         super().__init__()
         checked = check_args(GPTMiniData.__init__, "data", locals())  # the range types above
@@ -134,7 +158,11 @@ class GPTMiniData(pl.LightningDataModule):
             )
         self.window_offset = window_offset
         self.read_options = ReadOptions(
-            text_field=text_field, hf_config=hf_config, hf_split=hf_split, hf_streaming=hf_streaming
+            text_field=text_field,
+            hf_config=hf_config,
+            hf_split=hf_split,
+            hf_streaming=hf_streaming,
+            skip_bad_records=skip_bad_records,
         )
         self.bpe_sample_chars = checked["bpe_sample_chars"]
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -154,6 +182,8 @@ class GPTMiniData(pl.LightningDataModule):
         h.update(f"{tok}|{self.val_fraction}|v{META_VERSION}".encode())
         if any(s.kind != "text" for s in self.sources):  # keeps the keys of plain-text caches as they were
             h.update(repr(self.read_options).encode())
+            if self.read_options.skip_bad_records:  # out of the repr: older keys stay as they were
+                h.update(b"|skip_bad_records")
         return h.hexdigest()[:16]
 
     @property
@@ -169,6 +199,7 @@ class GPTMiniData(pl.LightningDataModule):
         if (final / CACHE_META).is_file():
             return
         self.cache_root.mkdir(parents=True, exist_ok=True)
+        before = {src: (src.key(), src.size()) for src in self.sources}
         # Build in a temp folder and rename: an interrupted run never leaves a half cache behind.
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_root))
         try:
@@ -186,6 +217,7 @@ class GPTMiniData(pl.LightningDataModule):
                 bpe_sample_chars=self.bpe_sample_chars,
                 show_progress=show,
             )
+            _check_unchanged(before)  # else the tokens belong to no cache key: nothing is kept
             # The token files durable before meta.json says "done".
             for name in (*(split_file(s) for s in SPLITS), CACHE_TOKENIZER):
                 if (tmp / name).is_file():
