@@ -209,11 +209,14 @@ def run_job_script(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     """docs/clusters.md's sbatch script, run as SLURM runs it on the first node (its own session)."""
     script = tmp_path / "job.sh"
     script.write_text(doc_block("#SBATCH --signal=USR1@90"))
-    assert args[:2] == ["fit", "--config"]
-    env = {**cli_env(), **slurm_env(tmp_path), "CONFIG": args[2], "RUN_DIR": str(tmp_path / "runs" / "tiny")}
+    assert args[0] == "fit"
+    env = {**cli_env(), **slurm_env(tmp_path), "RUN_DIR": str(tmp_path / "runs" / "tiny")}
+    # After the script's own settings: the tiny config (it sets every key configs/10m.yaml sets)
+    # and this one-task job's shape.
+    job_args = [*args[1:], "--trainer.num_nodes=1", "--trainer.devices=1"]
     log = (tmp_path / "job.log").open("a")  # --open-mode=append
     return subprocess.Popen(
-        ["bash", str(script), *args[3:]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        ["bash", str(script), *job_args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
