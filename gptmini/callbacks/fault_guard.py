@@ -43,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.callbacks import requeue
+from gptmini.callbacks.interface import recipe_module
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
@@ -132,7 +133,8 @@ def _stop_at_window_end(trainer: pl.Trainer) -> None:
 
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
     """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
-    loss = getattr(pl_module, "last_loss", None)
+    module = recipe_module(pl_module)
+    loss = module.last_loss if module is not None else None
     return loss if loss is not None else trainer.callback_metrics.get("train/loss")
 
 
