@@ -11,12 +11,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from gptmini import commands
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
-from gptmini.commands import TOOLS, user_errors
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
+from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import before_fit, resume
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
@@ -112,6 +111,8 @@ class GPTMiniCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.
@@ -126,10 +127,13 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-# `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
 def main(args: list[str] | None = None) -> int:
-    """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands)."""
-    return commands.main(args)
+    """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
+    a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if not run_tool(argv):
+        make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
+    return 0
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:

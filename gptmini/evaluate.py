@@ -157,7 +157,7 @@ def evaluate(
 def main(args: list[str] | None = None) -> dict:
     from jsonargparse import CLI
 
-    from gptmini.commands import user_errors
+    from gptmini.entry import user_errors
 
     with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(evaluate, args=args, prog="gptmini eval")

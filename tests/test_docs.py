@@ -24,6 +24,10 @@ rule that matches its first words:
 - A command line ending in ``# doc-test: skip (why)`` is not checked (printed); any other command
   that matches no rule fails the test.
 
+Also: every file (`gptmini/...`, `scripts/...`, `tests/...`, `configs/...`) and every dotted name
+(`gptmini.a.b.Name`) a page names in backticks exists, and every model shape a page quotes
+("d128 L4 H4, vocab 2048, context 128, batch 32, 600 steps") is a shipped preset's.
+
 Beside the parses, one short real run: README's quickstart ``fit`` (with test-size overrides),
 then README's ``export`` and ``generate`` commands on its checkpoint, then every ```python block
 of README and docs/ in the run's folder.
@@ -233,6 +237,8 @@ def check(cmd: Command, parser) -> str | None:
     if any(cmd.text in line for line in ci_lines()):
         return None  # CI runs it (test_readme_setup_and_test_commands_are_what_ci_runs)
     argv = cmd.argv
+    if not argv and cmd.in_script:  # only `VAR=value` assignments: a script line left to `bash -n`
+        return None
     head, rest = argv[0], argv[1:]
     if head in ("srun", "exec"):
         return check(Command(cmd.where, shlex.join(rest), cmd.in_script), parser)
@@ -419,3 +425,38 @@ def test_shapes_quoted_in_the_docs_are_a_shipped_preset():
             assert matches, f"{path.name}: '{' '.join(m.group(0).split())}' is none of {presets}"
             quoted += 1
     assert quoted >= 2  # README quotes the tiny and the 10m shapes
+
+
+def _resolves(dotted: str) -> bool:
+    """gptmini.a.b.Name: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_files_and_modules_named_in_the_docs_exist():
+    """A `gptmini/x.py`, `scripts/x.py`, `tests/x.py` or `gptmini.a.b.Name` in README/docs is real."""
+    named, missing = 0, []
+    for path in DOCS:
+        for code in re.findall(r"`([^`\n]+)`", path.read_text(encoding="utf-8")):
+            for m in re.finditer(r"(?<![\w/.])((?:gptmini|scripts|tests|configs|docs)/[\w/.\-]*\w)", code):
+                named += 1
+                if "<" not in m.group(1) and not (ROOT / m.group(1)).exists():
+                    missing.append(f"{path.name}: {m.group(1)}")
+            for m in re.finditer(r"(?<![\w/.])(gptmini(?:\.\w+)+)", code):
+                named += 1
+                if not _resolves(m.group(1)):
+                    missing.append(f"{path.name}: {m.group(1)}")
+    assert named > 50, "the extraction found too few names"
+    assert not missing, "named in the docs but not in the code:\n" + "\n".join(missing)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from gptmini.callbacks.interface import recipe_module
 from gptmini.callbacks.report import CheckItem, SanityCheckError
 from gptmini.core.recipe import START_TOLERANCE, warmup_advice
 
@@ -154,8 +155,8 @@ def render_lr_curve(curves: dict[str, np.ndarray], title: str = "learning rate")
 
 
 def _min_lr_ratio(pl_module: pl.LightningModule) -> float | None:
-    cfg = getattr(pl_module, "schedule_cfg", None)
-    return getattr(cfg, "min_lr_ratio", None)
+    module = recipe_module(pl_module)
+    return module.schedule_cfg.min_lr_ratio if module is not None else None
 
 
 class LRCurveCheck(Callback):

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
 from gptmini.train.compat import uses_fsdp
@@ -85,7 +86,10 @@ class TextSamples(Callback):
         tok = self._get_tokenizer(trainer)
         if tok is None:
             return  # no GPTMiniData (e.g. a custom datamodule): nothing to decode with
-        texts = [sample(pl_module.model, tok, p, self.cfg)[0] for p in self.prompts]
+        module = recipe_module(pl_module)
+        if module is None:
+            return  # no GPTMini to sample from
+        texts = [sample(module.model, tok, p, self.cfg)[0] for p in self.prompts]
         step = trainer.global_step
         for i, (prompt, text) in enumerate(zip(self.prompts, texts)):
             body = f"step {step}, prompt {prompt!r}:\n\n" + _markdown_block(prompt + text)
