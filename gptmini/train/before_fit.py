@@ -60,6 +60,26 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
         )
 
 
+def check_strategy(strategy: object, accelerator: object) -> None:
+    """FSDP on CPU: one line instead of Lightning's traceback (run before the Trainer is built).
+
+    Lightning refuses FSDP without a GPU by name (``_check_strategy_and_fallback``); torch's FSDP
+    itself runs on CPU with gloo only with changes Lightning does not make (docs/clusters.md)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    fsdp = type(strategy) is FSDPStrategy or (
+        isinstance(strategy, str) and strategy.lower() in FSDPStrategy.get_registered_strategies()
+    )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
+    if fsdp and on_cpu:
+        name = strategy if isinstance(strategy, str) else "FSDPStrategy"
+        raise ConfigError(
+            f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP does not run on CPU, "
+            f"docs/clusters.md); on CPU use trainer.strategy=ddp, or drop trainer.strategy."
+        )
+
+
 def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
     """Vocab and context the data will produce must fit the model (normally linked by the CLI)."""
     vocab = getattr(datamodule, "vocab_size", None)
