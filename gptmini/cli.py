@@ -9,15 +9,15 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from gptmini import commands
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
-from gptmini.commands import TOOLS, user_errors
-from gptmini.core.config import ConfigError
+from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
+from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import before_fit, resume
+from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
@@ -56,7 +56,7 @@ class SaveConfigToCheckpoint(SaveConfigCallback):
         # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
         if getattr(self, "_dumped", None) is None:
             self._dumped = self.parser.dump(self.config, skip_none=False)
-        checkpoint["gptmini_config"] = self._dumped
+        checkpoint[CKPT_RUN_CONFIG] = self._dumped
 
 
 class GPTMiniCLI(LightningCLI):
@@ -68,79 +68,32 @@ class GPTMiniCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
-        trainer = self.trainer
-        ckpt = self._resolve_ckpt_path()
-        if ckpt and ckpt.endswith(".ckpt"):
-            self._resume_settings(ckpt, trainer.max_steps)
-        model = self.model
-        before_fit.check_trainer(trainer, model.schedule_cfg.warmup_steps)
-        before_fit.check_data_matches_model(self.datamodule, model.model_cfg)
-        self._init_from(ckpt)
+        before_fit.check_writable(self.trainer, self.datamodule)
+        resume.start_run(self, self._args, self.trainer.max_steps)
+        before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
+        before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
+        if rank_zero_only.rank == 0:
+            before_fit.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
+            before_fit.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
 
     def before_validate(self) -> None:
-        ckpt = self._resolve_ckpt_path()
-        if ckpt and ckpt.endswith(".ckpt"):
-            self._resume_settings(ckpt, max_steps=None)
-        elif ckpt is None and not self.config_init[self.subcommand].get("init_from"):
-            raise ConfigError(
-                "validate needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
-                "run name) or --ckpt_path path/to/file.ckpt."
-            )
-        self._init_from(ckpt)
+        before_fit.check_writable(self.trainer, self.datamodule)
+        resume.start_run(self, self._args, max_steps=None, need_weights=True)
         self._claim_log_dir()
-
-    def _resolve_ckpt_path(self) -> str | None:
-        ckpt = before_fit.resolve_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
-        # `last` resolved across version folders (Lightning's own `last` looks only in this run's
-        # new, empty one); the saved config records the file actually used.
-        self.config_init[self.subcommand]["ckpt_path"] = ckpt
-        self.config[self.subcommand]["ckpt_path"] = ckpt
-        return ckpt
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
             before_fit.claim_version(self.trainer)
             before_fit.check_log_dir_free(self.trainer)
 
-    # -- resume and init_from (gptmini.train.resume) ----------------------------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        self._args = args
+        self._args = args  # resume.start_run reads the given values again only when it must
 
     def _parse_ckpt_path(self) -> None:
-        """Keep the user's model settings before LightningCLI puts the checkpoint's over them."""
-        sub = self.config.get("subcommand")
-        if sub and self.config[sub].get("ckpt_path"):
-            given = resume.given_values(self.parser, self._args)
-            self._user_model = (
-                resume.flatten(given.get(sub, {}).get("model") or {}),
-                resume.flatten(self.config[sub]["model"]),
-            )
-        super()._parse_ckpt_path()
-
-    def _resume_settings(self, ckpt_path: str, max_steps: int | None) -> None:
-        """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
-        sub = self.subcommand
-        ckpt = before_fit.read_resume_checkpoint(ckpt_path, max_steps)
-        given, parsed = self._user_model
-        settings = resume.resume_settings(ckpt_path, ckpt["hyper_parameters"], given, parsed)
-        resume.check_init_from(ckpt_path, ckpt, self.config[sub].get("init_from"))
-        if resume.flatten(settings) != resume.flatten(dict(self.model.hparams)):
-            # `last` is found only now (LightningCLI applied nothing) or a runtime key changed.
-            # In place: SaveConfigCallback holds self.config[sub] and writes it to config.yaml.
-            updated = self.parser.parse_object({sub: {"model": settings}}, self.config)
-            self.config[sub]["model"] = updated[sub]["model"]
-            self.model = self.config_init[sub]["model"] = type(self.model)(**settings)
-
-    def _init_from(self, ckpt_path: str | None) -> None:
-        """``--init_from``: a new run from a checkpoint's model weights (fresh optimizer, step 0)."""
-        path = self.config_init[self.subcommand].get("init_from")
-        if not path or ckpt_path:  # resuming: the weights come from ckpt_path (checked above)
-            return
-        path = before_fit.check_checkpoint(path, self.model.model_cfg, flag="--init_from")
-        step = resume.load_weights(self.model.model, path)
-        rank_zero_info(f"--init_from {path}: model weights of step {step}; new run from step 0.")
+        """Off: LightningCLI's would put a checkpoint's hyper_parameters over the parsed model settings
+        before any hook, dropping the user's silently; gptmini.train.resume.start_run decides them."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always on: stop at non-finite losses, checkpoint on SIGTERM (configured under `fault_guard:`).
@@ -158,7 +111,12 @@ class GPTMiniCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
+        # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
+        # unless the user configured a CheckpointIO plugin of their own.
+        use_atomic_checkpoint_io(trainer.strategy)
         # Lightning's default bar syncs with the GPU after every batch to show the loss; swap it
         # for one that reads the loss only when it redraws (see gptmini.callbacks.progress). Any other bar
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.
@@ -169,10 +127,13 @@ class GPTMiniCLI(LightningCLI):
         return trainer
 
 
-# `gptmini generate ...` / `export ...` / `exercises ...`: plain tools, dispatched before LightningCLI parses.
 def main(args: list[str] | None = None) -> int:
-    """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands)."""
-    return commands.main(args)
+    """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
+    a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if not run_tool(argv):
+        make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
+    return 0
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:

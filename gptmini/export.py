@@ -30,7 +30,7 @@ def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrit
 def main(args: list[str] | None = None) -> Path:
     from jsonargparse import CLI
 
-    from gptmini.commands import user_errors
+    from gptmini.entry import user_errors
 
     with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(export, args=args, prog="gptmini export")

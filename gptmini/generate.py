@@ -79,7 +79,7 @@ def generate(
 def main(args: list[str] | None = None) -> list[str]:
     from jsonargparse import CLI
 
-    from gptmini.commands import user_errors
+    from gptmini.entry import user_errors
 
     with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(generate, args=args, prog="gptmini generate")

@@ -6,9 +6,10 @@
 
 The config is parsed exactly as ``gptmini.cli fit`` parses it (anything after ``--`` is passed on as
 overrides); the module's own ``configure_optimizers`` builds the real optimizer and scheduler, and a
-copy of the scheduler is stepped to ``trainer.max_steps``, as :class:`gptmini.callbacks.lr_curve.LRCurveCheck`
-does at fit start. It writes the PNG, prints the shape checks and the warmup/peak-lr recipe checks, and
-exits 1 when the curve has a shape error.
+copy of the scheduler is stepped to ``trainer.max_steps``. The checks are the run's own, called here:
+:class:`gptmini.callbacks.lr_curve.LRCurveCheck` (the curve's shape) and the recipe checks of
+:class:`gptmini.callbacks.checklist.Checklist`, with the config's settings for both. It writes the
+PNG, prints the checks, and exits 1 when one fails.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-
 from gptmini.callbacks.checklist import Checklist
-from gptmini.callbacks.lr_curve import curve_shape, lr_curve_problems, lr_curves, render_lr_curve
-from gptmini.callbacks.recipe_checks import interval_item, peak_lr_item, warmup_items
+from gptmini.callbacks.lr_curve import LRCurveCheck
 from gptmini.callbacks.report import CheckItem
 from gptmini.cli import make_cli
+from gptmini.train.compat import init_optimizers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,49 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     cli = make_cli(cli_args, run=False)
     trainer, module = cli.trainer, cli.model
     module.trainer = trainer  # configure_optimizers reads trainer.max_steps and the precision
-    optimizers, scheduler_configs = _init_optimizers_and_lr_schedulers(module)
+    # As Lightning does at fit start: the trainer holds the module's optimizer and schedulers.
+    trainer.strategy.optimizers, trainer.strategy.lr_scheduler_configs = init_optimizers(module)
     max_steps = trainer.max_steps
-    curves = lr_curves(optimizers[0], scheduler_configs, max_steps)
 
     out = Path(args.out or f"lr_curve_{Path(args.config[-1]).stem}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    render_lr_curve(curves, f"{' + '.join(Path(c).name for c in args.config)}: {max_steps} steps").savefig(
-        out
-    )
-
-    ratio = getattr(getattr(module, "schedule_cfg", None), "min_lr_ratio", None)
-    problems = []
-    for group, (name, lrs) in zip(optimizers[0].param_groups, curves.items()):
-        peak = group.get("initial_lr")
-        min_lr = None if ratio is None or peak is None else peak * ratio
-        problems += [f"[{name}] {p}" for p in lr_curve_problems(lrs, peak, min_lr)]
-    lrs = next(iter(curves.values()))
-    s = curve_shape(lrs)
+    # The config's own check settings (tolerances, disabled recipe checks), else the defaults.
+    lr_check = next((cb for cb in trainer.callbacks if isinstance(cb, LRCurveCheck)), None) or LRCurveCheck()
+    checklist = next((cb for cb in trainer.callbacks if isinstance(cb, Checklist)), None) or Checklist()
+    result = lr_check.check(trainer, module, png=out)
+    lrs = next(iter(lr_check.curves.values()))
     print(f"lr curve -> {out}")
-    for step in sorted(
-        {0, s.warmup_steps // 2, s.warmup_steps, (s.warmup_steps + max_steps) // 2, max_steps - 1}
-    ):
+    warmup = int(lrs.argmax())
+    for step in sorted({0, warmup // 2, warmup, (warmup + max_steps) // 2, max_steps - 1}):
         print(f"  step {step:>7}: {lrs[step]:.3e}")
-    # The config's own Checklist settings (thresholds, disabled recipe checks), else the defaults.
-    cl = next((cb for cb in trainer.callbacks if isinstance(cb, Checklist)), None) or Checklist()
-    peak = optimizers[0].param_groups[0].get("initial_lr")
-    warmup = warmup_items(lrs, cl.start_tolerance, *cl.warmup_range, peak_lr=peak)
-    items = [interval_item(scheduler_configs), *warmup]
-    items.append(peak_lr_item(module, optimizers[0], cl.peak_lr_limit, cl.small_model_params))
-    items = [
-        CheckItem(i.key, i.title, "off", "disabled by config") if i.key in cl.disable else i for i in items
-    ]
+    items = [checklist.switched_off(i) for i in checklist.recipe_items(trainer, module)]
+    items.append(CheckItem(result.key, "shape", result.status, result.detail))
     for item in items:
         print(item.line())
-    shape = CheckItem(
-        "lr_curve",
-        "shape",
-        "fail" if problems else "pass",
-        "; ".join(problems) or "starts near 0, peaks at the lr, only decays, ends at min_lr",
-    )
-    print(shape.line())
-    bad = bool(problems) or any(i.status == "fail" for i in items)
-    return 1 if bad else 0
+    return 1 if any(i.status == "fail" for i in items) else 0
 
 
 if __name__ == "__main__":

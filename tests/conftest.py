@@ -148,3 +148,21 @@ def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:
 def scalars_by_step(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar a run's event files hold, as tag -> {step: value}."""
     return {tag: dict(zip(steps, values)) for tag, (steps, values) in read_scalars(run_dir).items()}
+
+
+@pytest.fixture(scope="session")
+def fitted_run(tmp_path_factory, corpus_file, data_cache) -> Path:
+    """A 6-step tiny CLI fit (validation at steps 3 and 6; last.ckpt and best-step=N.ckpt only, no
+    step-0 checks); returns its log folder. For eval and export."""
+    import json
+
+    from gptmini.cli import make_cli
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+    callbacks = [  # not tiny.yaml's step-0 checks: only what eval and export read
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+        {"class_path": "gptmini.callbacks.best.BestCheckpoint"},
+    ]
+    args = tiny_cli_args(tmp, corpus_file, data_cache, max_steps=6) + [f"--trainer.callbacks={json.dumps(callbacks)}"]
+    cli = make_cli(args)
+    return Path(cli.trainer.logger.log_dir)

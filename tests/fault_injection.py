@@ -14,20 +14,34 @@ from lightning.pytorch.callbacks import Callback
 
 
 class InjectFault(Callback):
-    def __init__(self, at_step: int, kind: str = "nan", marker: str | None = None) -> None:
+    def __init__(
+        self,
+        at_step: int,
+        kind: str = "nan",
+        marker: str | None = None,
+        during: str = "step_end",
+        batch: int = 0,
+    ) -> None:
         """Break the run once trainer.global_step == at_step.
 
         Args:
             at_step: Optimizer step (0-based: the step that would make global_step at_step + 1).
-            kind: "nan" multiplies that step's loss by NaN before backward; "sigterm"/"sigkill"
-                signal this process after the step has finished (its checkpoints included);
-                "pause" waits there, so that a test can signal the process group from outside.
+            kind: "nan" multiplies that step's loss by NaN before backward; "sigterm"/"sigkill"/
+                "sigusr1" signal this process; "pause" waits there, so that a test can signal the
+                process group from outside.
             marker: For "pause": a file created when the pause begins; the pause ends when
                 ``<marker>.go`` exists (signal handlers run meanwhile).
+            during: When to signal or pause: "step_end" after step at_step has finished (its
+                checkpoints included); "validation" after validation batch ``batch`` of the
+                validation that follows step at_step; "micro_batch" after micro-batch ``batch``
+                (0-based) of step at_step's accumulation window.
+            batch: See ``during``.
         """
         self.at_step = at_step
         self.kind = kind
         self.marker = marker
+        self.during = during
+        self.batch = batch
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -36,17 +50,32 @@ class InjectFault(Callback):
             loss.mul_(float("nan"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.during == "micro_batch":
+            # Still inside step at_step's window: global_step not yet incremented.
+            if trainer.global_step == self.at_step and batch_idx % trainer.accumulate_grad_batches == self.batch:
+                self._break()
         # global_step has just been incremented: the step with index at_step has completed.
-        if trainer.global_step != self.at_step + 1:
-            return
-        if self.kind in ("sigterm", "sigkill"):
-            os.kill(os.getpid(), signal.SIGTERM if self.kind == "sigterm" else signal.SIGKILL)
+        elif self.during == "step_end" and trainer.global_step == self.at_step + 1:
+            self._break()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if (
+            self.during == "validation"
+            and not trainer.sanity_checking
+            and trainer.global_step == self.at_step + 1
+            and batch_idx == self.batch
+        ):
+            self._break()
+
+    def _break(self) -> None:
+        if self.kind in ("sigterm", "sigkill", "sigusr1"):
+            os.kill(os.getpid(), getattr(signal, self.kind.upper()))
         elif self.kind == "pause":
             Path(self.marker).touch()
             go, deadline = Path(f"{self.marker}.go"), time.monotonic() + 120
             while not go.exists():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"paused at step {trainer.global_step}, no signal came")
+                    raise TimeoutError(f"paused at {self.during} of step {self.at_step}, no signal came")
                 time.sleep(0.02)
 
 

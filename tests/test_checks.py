@@ -48,7 +48,7 @@ def make_module(cfg: ModelConfig, lr: float = 3e-3, warmup: int = 2, **optim) ->
     )
 
 
-def fit(module, data, callbacks, tmp_path, max_steps: int = 4, **kwargs) -> pl.Trainer:
+def fit(module, data, callbacks, tmp_path, max_steps: int = 4, ckpt_path: str | None = None, **kwargs) -> pl.Trainer:
     trainer = pl.Trainer(
         **{
             "accelerator": "cpu",
@@ -66,7 +66,7 @@ def fit(module, data, callbacks, tmp_path, max_steps: int = 4, **kwargs) -> pl.T
             **kwargs,
         }
     )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -343,6 +343,36 @@ def test_guard_warnings_name_the_problem(micro):
     micro.blocks[1].eval()
     item = eval_mode_item(micro)
     assert item.status == "fail" and "eval mode" in item.detail and "blocks.1" in item.detail
+
+
+@pytest.mark.filterwarnings("ignore:.*peak lr")
+def test_checklist_flags_a_run_that_repeats_its_data(tiny_data, tiny_model_cfg, tmp_path, capsys):
+    # README: the checklist flags a run that would repeat its corpus many times (10m on the
+    # embedded corpus: ~2,700 epochs). Here 3 steps are ~0.02 epochs, over a cap of 0.001.
+    fit(make_module(tiny_model_cfg), tiny_data, [Checklist(max_epochs=0.001)], tmp_path, max_steps=3)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "steps vs tokens" in x]
+    assert line.lstrip().startswith("note") and "epoch(s) of" in line, line
+
+
+@pytest.mark.filterwarnings("ignore:.*peak lr")
+def test_a_resumed_run_skips_the_step_0_checks(tiny_data, tiny_model_cfg, tmp_path, capsys):
+    # A trained model's loss is far below ln(vocab): the initial-loss check would stop every resume.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpts = tmp_path / "ckpts"
+    first = [ModelCheckpoint(dirpath=ckpts, save_last=True)]
+    fit(make_module(tiny_model_cfg), tiny_data, first, tmp_path, max_steps=3, enable_checkpointing=True)
+    capsys.readouterr()
+    checks = all_checks(steps=3, threshold=100.0)  # were it run, it would pass
+    trainer = fit(
+        make_module(tiny_model_cfg), tiny_data, [*checks, ModelCheckpoint(dirpath=ckpts, save_last=True)],
+        tmp_path, max_steps=4, enable_checkpointing=True, ckpt_path=str(ckpts / "last.ckpt"),
+    )
+    assert trainer.global_step == 4
+    _, init_check, overfit, _ = checks
+    assert init_check.result.status == "skip" and overfit.result.status == "skip"
+    assert "resumed at step 3" in init_check.result.detail and not overfit.losses
+    assert "[step-0 checks] overfit step" not in capsys.readouterr().out
 
 
 @pytest.mark.filterwarnings("ignore:.*peak lr")

@@ -19,7 +19,7 @@ def test_fit_end_to_end(cli_args, tmp_path, capsys):
     main(cli_args(max_steps=40))
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     tags = scalars(run)
-    for tag in ("train/loss", "val/loss", "val/ppl", "train/grad_norm", "lr/decay", "lr/no_decay"):
+    for tag in ("train/loss", "val/loss", "val/ppl", "val/bpb", "train/grad_norm", "lr/decay", "lr/no_decay"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     assert len(tags["lr/decay"]) == 40  # one lr per optimizer step
     assert max(tags["lr/decay"]) == pytest.approx(2e-3)  # tiny.yaml's peak, reached after warmup
@@ -37,8 +37,16 @@ def test_fit_end_to_end(cli_args, tmp_path, capsys):
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 40
     # the lowest val/loss is kept as best-step=N.ckpt and named at the end
     _, vals = read_scalars(run)["val/loss"]
+    i = vals.index(min(vals))
     (best,) = run.glob("checkpoints/best-step=*.ckpt")
-    assert f"best checkpoint (val/loss {min(vals):.4f}): {best}" in capsys.readouterr().out
+    bpb = tags["val/bpb"][i]  # the val/bpb of the same validation
+    line = f"best checkpoint (val/loss {min(vals):.4f}, val/bpb {bpb:.4f}): {best}"
+    assert line in capsys.readouterr().out
+    # the run record in the checkpoint: tokens seen and every validation (the model card's figures)
+    run_state = ckpt["gptmini_run"]
+    assert run_state["tokens_seen"] == 40 * 8 * 32
+    assert [e["val/loss"] for e in run_state["val"]] == pytest.approx(vals)
+    assert [e["val/bpb"] for e in run_state["val"]] == pytest.approx(tags["val/bpb"])
 
 
 def test_smoke_overfit_one_batch(cli_args, tmp_path):

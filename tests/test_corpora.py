@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def test_record_without_the_field_names_its_line(tmp_path):
         make(str(path), tmp_path).prepare_data()
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_null_text_is_an_error_naming_its_row(tmp_path, kind):
+    # A record whose text is null is an error naming the record (never silently skipped), and no
+    # cache is written. The row is 137 counted from 0, 138 from 1 (a JSONL line number).
+    records = RECORDS[:137] + [None] + RECORDS[138:200]
+    path = (write_jsonl if kind == "jsonl" else write_parquet)(tmp_path / f"x.{kind}", records)
+    with pytest.raises(ValueError) as info:
+        make(str(path), tmp_path).prepare_data()
+    message = str(info.value)
+    assert path.name in message and re.search(r"\b13[78]\b", message), message
+    assert "text" in message, message  # the field
+    assert not list((tmp_path / "cache").glob("*/meta.json"))
+
+
 def test_empty_jsonl_is_a_clear_error(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [])
     with pytest.raises(ValueError, match=r"corpus is empty: .*under data\.text_field='text'"):
@@ -106,6 +121,35 @@ def test_one_long_line_is_cut_into_bounded_pieces_and_decodes_back(tmp_path, mon
     dm = make(str(path), tmp_path)
     dm.prepare_data()
     assert all_text(dm) == text + EOT
+
+
+@pytest.mark.parametrize("name", ["one_line.txt", "one_line.txt.gz", "lines.txt"])
+def test_text_is_read_in_bounded_blocks_whatever_the_line_length(tmp_path, monkeypatch, name):
+    # What is read, not only the pieces cut afterwards: with 4096-character blocks, reading a 2 MB
+    # file (one line, or many) never holds more than a few blocks; reading it whole (or a whole
+    # line) would hold the 2 MB at once. Measured as the peak of Python allocations.
+    import tracemalloc
+
+    import gptmini.core.sources as sources_mod
+
+    block = 4096
+    monkeypatch.setattr(sources_mod, "READ_CHARS", block)
+    words = " ".join(f"word{i}" for i in range(250_000))  # ~2.2 MB
+    text = words.replace(" ", "\n") if name == "lines.txt" else words
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    (src,) = resolve_sources(str(path))
+    chunks, total = sources_mod.stream(src, sources_mod.ReadOptions()), 0
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            assert chunk is None or len(chunk) <= block
+            total += len(chunk or "")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == len(text)
+    assert peak < 512 * 1024, f"{peak} bytes held while reading {len(text)} characters"
 
 
 def test_eot_marker_never_split(monkeypatch):
@@ -133,6 +177,38 @@ def test_bpe_trains_on_a_bounded_sample(tmp_path, monkeypatch):
     assert dm.meta()["train_tokens"] + dm.meta()["val_tokens"] > 5000  # yet all of it is encoded
 
 
+def test_bpe_sample_takes_each_source_in_proportion_to_its_size(tmp_path, monkeypatch):
+    # data.md: "the start of every source in proportion to its size" (not the first sources only).
+    texts = []
+    real = prep_mod.train_tokenizer
+
+    def spy(pieces, vocab_size):
+        texts.extend(pieces)
+        return real(texts, vocab_size)
+
+    monkeypatch.setattr(prep_mod, "train_tokenizer", spy)
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text("alpha " * 3000)  # 18,000 bytes: 3/4 of the corpus
+    small.write_text("omega " * 1000)  # 6,000 bytes: 1/4
+    make([str(big), str(small)], tmp_path, bpe_sample_chars=4000).prepare_data()
+    chars = {w: sum(len(t) for t in texts if w in t) for w in ("alpha", "omega")}
+    assert chars == {"alpha": 3000, "omega": 1000}, chars
+
+
+def test_cache_key_follows_a_file_rewritten_to_the_same_size(tmp_path):
+    # README: path, size and modification time: a changed file is prepared again, even at equal size.
+    import os
+
+    path = tmp_path / "x.txt"
+    path.write_text("the cat sat\n" * 100)
+    key = make(str(path), tmp_path).cache_key()
+    before = path.stat()
+    path.write_text("the dog ran\n" * 100)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # coarse clocks: 1 s later
+    assert path.stat().st_size == before.st_size
+    assert make(str(path), tmp_path).cache_key() != key
+
+
 def test_cache_key_follows_content_and_settings(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", RECORDS)
     key = make(str(path), tmp_path).cache_key()
@@ -141,6 +217,54 @@ def test_cache_key_follows_content_and_settings(tmp_path):
     assert make(str(path), tmp_path, bpe_sample_chars=10**6).cache_key() != key
     write_jsonl(path, RECORDS[:-1])
     assert make(str(path), tmp_path).cache_key() != key
+
+
+def _tokenizer_file(path: Path, vocab_size: int) -> str:
+    from gptmini.core.tokenizer import train_tokenizer
+
+    train_tokenizer(RECORDS, vocab_size).save(str(path))
+    return str(path)
+
+
+# Each setting that changes the tokens, with a value that changes them (the base: make()'s), for
+# the sources it applies to.
+TOKEN_SETTINGS = [
+    (source, setting, value)
+    for setting, value, sources in [
+        ("vocab_size", 280, ("text", "jsonl", "hf")),
+        ("bpe_sample_chars", 10**6, ("text", "jsonl", "hf")),
+        ("val_fraction", 0.2, ("text", "jsonl", "hf")),
+        ("text_field", "body", ("jsonl", "hf")),
+        ("hf_config", "small", ("hf",)),
+        ("hf_split", "other", ("hf",)),
+    ]
+    for source in sources
+]
+
+
+@pytest.mark.parametrize("source, setting, value", TOKEN_SETTINGS)
+def test_cache_key_follows_every_setting_that_changes_the_tokens(tmp_path, source, setting, value):
+    if source == "hf":
+        data = "hf:someone/stories"
+    elif source == "jsonl":
+        data = str(write_jsonl(tmp_path / "x.jsonl", RECORDS))
+    else:
+        (tmp_path / "x.txt").write_text("".join(RECORDS))
+        data = str(tmp_path / "x.txt")
+    assert make(data, tmp_path, **{setting: value}).cache_key() != make(data, tmp_path).cache_key()
+
+
+def test_cache_key_follows_the_tokenizer_file_not_the_settings_that_keep_the_tokens(tmp_path):
+    path = str(write_jsonl(tmp_path / "x.jsonl", RECORDS))
+    key = make(path, tmp_path).cache_key()
+    # Windows, batches and workers read the same tokens: the prepared cache is reused.
+    same = {"block_size": 64, "batch_size": 4, "num_workers": 1, "window_offset": "random"}
+    assert make(path, tmp_path, **same).cache_key() == key
+    tok = _tokenizer_file(tmp_path / "tok.json", 280)
+    with_tok = make(path, tmp_path, tokenizer=tok).cache_key()
+    assert with_tok != key
+    _tokenizer_file(tmp_path / "tok.json", 290)  # the same path, another tokenizer
+    assert make(path, tmp_path, tokenizer=tok).cache_key() != with_tok
 
 
 def test_progress_bar_on_stderr(tmp_path, capsys):

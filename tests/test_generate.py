@@ -127,6 +127,18 @@ def test_top_p_keeps_the_nucleus_only():
         assert set(drawn[:, 0].tolist()) == kept, top_p
 
 
+def test_top_p_boundary_keeps_the_nucleus_that_reaches_top_p_exactly():
+    # Sums exact in binary: the more likely tokens reach top_p exactly at the boundary, so the next
+    # token is dropped ("the fewest most likely tokens whose probabilities sum to at least top_p").
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    logits = probs.log().expand(4000, 5)
+    assert torch.equal(torch.softmax(logits[0], -1), probs)  # no rounding in the way
+    for top_p, kept in [(0.5, {0}), (0.75, {0, 1}), (0.875, {0, 1, 2})]:
+        cfg = sampling.SampleConfig(temperature=1.0, top_k=None, top_p=top_p)
+        drawn = sampling.next_token(logits, cfg, torch.Generator().manual_seed(0))
+        assert set(drawn[:, 0].tolist()) == kept, top_p
+
+
 class _EotIs:
     """The tokenizer, with another token id playing end-of-text."""
 
@@ -287,7 +299,7 @@ def test_export_then_generate_through_console_script_and_without_lightning(
     out = tmp_path / "tiny_model"
     res = _console("export", str(ckpt), str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json"]
     with pytest.raises(SystemExit) as e:  # a second export is refused (in process: cli.main's dispatch)
         cli_main(["export", str(ckpt), str(out)])
     assert e.value.code == 2 and "--overwrite=true" in capsys.readouterr().err

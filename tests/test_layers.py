@@ -70,14 +70,15 @@ def test_every_core_module_imports_where_lightning_cannot():
 
 
 def test_console_script_tools_start_without_lightning():
-    """``gptmini generate|export`` are dispatched before anything imports Lightning (gptmini.commands)."""
-    modules = ["gptmini.commands", "gptmini.generate", "gptmini.export"]
+    """``gptmini generate|export|eval`` are dispatched before anything imports Lightning (gptmini.commands)."""
+    modules = ["gptmini.commands", "gptmini.generate", "gptmini.export", "gptmini.evaluate"]
     code = BLOCKER.format(blocked=BLOCKED, modules=modules)
-    code += "from gptmini.commands import main\ntry:\n    main(['export', '--help'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+    code += "from gptmini.commands import main\nfor tool in ('export', 'eval'):\n    try:\n        main([tool, '--help'])\n    except SystemExit as e:\n        print('exit', e.code)\n"
     env = {**os.environ, "PYTHONPATH": str(CORE.parent.parent)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[-2:] == ["exit", "0"] and "out_dir" in proc.stdout
+    assert proc.stdout.split().count("exit") == 2 and proc.stdout.split()[-2:] == ["exit", "0"]
+    assert "out_dir" in proc.stdout and "--stride" in proc.stdout
 
 
 def test_rename_table_points_at_what_exists_now():

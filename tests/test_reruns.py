@@ -96,3 +96,51 @@ def test_validate_last_uses_the_newest_checkpoint(tmp_path, corpus_file, data_ca
         main(validate)
     assert info.value.code == 2
     assert "validate needs trained weights: add --ckpt_path last" in capsys.readouterr().err
+
+
+def test_runs_claiming_at_the_same_moment_get_distinct_versions(tmp_path, monkeypatch):
+    """The race itself, forced: two runs list the log folder (both see no version yet), then both
+    claim. Exactly one may take version_0; the other must move on, not share it. (The 3-process
+    test above rarely reaches the claim at the same moment.)"""
+    import os
+    import threading
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from gptmini.train.before_fit import claim_version
+
+    def trainer() -> pl.Trainer:
+        logger = TensorBoardLogger(tmp_path / "runs", name="tiny", default_hp_metric=False)
+        return pl.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, max_steps=1)
+
+    trainers = [trainer(), trainer()]
+    root = Path(trainers[0].loggers[0].root_dir)
+    both_listed = threading.Barrier(2, timeout=30)
+    real_listdir, listed = os.listdir, []
+
+    def listdir_then_wait(path="."):
+        names = real_listdir(path)
+        if Path(path) == root and len(listed) < 2:
+            listed.append(names)
+            both_listed.wait()  # neither claims before both have listed
+        return names
+
+    monkeypatch.setattr(os, "listdir", listdir_then_wait)
+    errors = []
+
+    def claim(t: pl.Trainer) -> None:
+        try:
+            claim_version(t)
+        except BaseException as e:  # reported below, with the thread's error
+            errors.append(e)
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in trainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert listed == [[], []]  # the race was forced: both saw an empty folder
+    assert sorted(t.loggers[0].version for t in trainers) == [0, 1]
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]

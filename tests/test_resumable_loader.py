@@ -113,3 +113,22 @@ def test_window_offsets_vary_by_epoch_and_resume_exactly(tiny_data, mode):
     resumed.sampler.set_epoch(2)
     for a, b in zip(batches(resumed, 3), reference[5:], strict=True):
         assert torch.equal(a, b)
+
+
+def test_resume_with_another_batch_size_continues_at_the_windows_seen(tiny_data):
+    # reliability.md: another data.batch_size on resume continues the data order approximately,
+    # with a warning: at the number of windows already seen this epoch (with one device: exactly).
+    tiny_data.setup()
+    ds = tiny_data.train_set
+    full = make(ds)
+    full.sampler.set_epoch(2)
+    reference = torch.cat(batches(full, 12))  # 48 windows of epoch 2
+
+    interrupted = make(ds)  # batch size 4
+    interrupted.sampler.set_epoch(2)
+    batches(interrupted, 6)  # 24 windows seen
+    resumed = ResumableLoader(ds, batch_size=8, sampler=ResumableSampler(ds, seed=7), drop_last=True)
+    with pytest.warns(UserWarning, match=r"continues approximately \(at window 24 of epoch 2\)"):
+        resumed.load_state_dict(interrupted.state_dict())
+    resumed.sampler.set_epoch(2)
+    assert torch.equal(torch.cat(batches(resumed, 3)), reference[24:48])

@@ -207,6 +207,46 @@ def test_second_ctrl_c_aborts_without_saving(tmp_path, corpus_file, data_cache):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tiny_data, tiny_model_cfg):
+    # nohup or `cmd &` in a script: SIGINT is ignored from the start, and a Ctrl-C meant for the
+    # shell must not stop the run (FaultGuard takes SIGINT over only when it was not ignored).
+    import lightning.pytorch as pl
+
+    from gptmini.callbacks.fault_guard import FaultGuard
+    from gptmini.core.optim import OptimConfig
+    from gptmini.core.schedule import ScheduleConfig
+    from gptmini.train.module import GPTMiniModule
+
+    class CtrlC(pl.Callback):
+        def __init__(self) -> None:
+            self.handlers: list = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.handlers.append(signal.getsignal(signal.SIGINT))
+            if trainer.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    ctrl_c = CtrlC()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[FaultGuard(), ctrl_c],
+    )
+    module = GPTMiniModule(tiny_model_cfg, OptimConfig(), ScheduleConfig(warmup_steps=1))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer.fit(module, datamodule=tiny_data)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # and left as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert trainer.global_step == 3 and ctrl_c.handlers == [signal.SIG_IGN] * 3
+
+
 def test_resume_command_repeats_the_command_line_with_ckpt_path_last():
     argv = ["/venv/bin/gptmini", "fit", "-c", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=x"]
     assert resume_command(argv) == "gptmini fit -c 'a b.yaml' --ckpt_path last"

@@ -9,6 +9,7 @@ weights with new optimizer/schedule settings.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,17 +86,21 @@ def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, d
         "--model.arch.n_embd=64",
         "--model.arch.n_head=4",
         "--model.arch.mlp_ratio=4",
+        "--model.schedule.warmup_steps=7",
+        "--model.schedule.min_lr_ratio=0.5",
     ]
     linked = ["--data.block_size=16"]  # model.arch.block_size follows it
     line = fail(
         args(base["root"], corpus_file, data_cache, 8) + [f"--ckpt_path={ckpt}", *given, *linked], capsys
     )
-    assert f"--ckpt_path {ckpt} resumes a run exactly, with its own settings, but 5 differ: " in line
+    assert f"--ckpt_path {ckpt} resumes a run exactly, with its own settings, but 7 differ: " in line
     assert "model.arch.n_head: checkpoint 2, given 4" in line
     assert "model.arch.n_embd: checkpoint 32, given 64" in line
     assert "model.arch.mlp_ratio: checkpoint 2, given 4" in line
     assert "data.block_size: checkpoint model.arch.block_size 32, this run 16" in line
     assert "model.optim.lr: checkpoint 0.002, given 1e-05" in line
+    assert "model.schedule.warmup_steps: checkpoint 3, given 7" in line
+    assert "model.schedule.min_lr_ratio: checkpoint 0.1, given 0.5" in line
     assert f"--config {base['run'] / 'config.yaml'}" in line and f"--init_from {ckpt}" in line
     # `last` is found only in before_fit: the same check there.
     line = fail(args(base["root"], corpus_file, data_cache, 8) + ["--ckpt_path=last", given[0]], capsys)
@@ -154,6 +159,13 @@ def test_init_from_starts_a_new_run_from_the_weights(base, tmp_path, corpus_file
     )
     assert "was trained with another model shape (model.arch.n_embd: checkpoint 32 vs config 64; " in line
     assert "model.arch.mlp_ratio: checkpoint 2 vs config 4)" in line
+    # Strict: a key the model lacks (of a fitting shape, so the shape check passes) is refused by name.
+    ckpt = read_checkpoint(base["ckpt"])
+    ckpt["state_dict"]["model.blocks.9.norm_attn.weight"] = ckpt["state_dict"]["model.norm_out.weight"]
+    torch.save(ckpt, tmp_path / "extra.ckpt")
+    start = [f"--init_from={tmp_path / 'extra.ckpt'}", "--model.arch.mlp_ratio=2"]
+    line = fail(args(tmp_path, corpus_file, data_cache) + start, capsys)
+    assert "--init_from" in line and "blocks.9.norm_attn.weight" in line
     both = [f"--init_from={base['ckpt']}", f"--ckpt_path={base['ckpt']}"]
     line = fail(args(tmp_path, corpus_file, data_cache, 8) + both, capsys)
     assert "both given" in line and "drop one" in line
@@ -175,3 +187,56 @@ def test_runtime_keys_are_the_users_on_resume(tmp_path):
     settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, given, parsed)
     assert settings["compile"] is True and settings["optim"]["fused"] is False
     assert settings["optim"]["lr"] == 0.002 and hparams["optim"]["fused"] is None  # input untouched
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("optim.lr", 1e-5),
+        ("optim.weight_decay", 0.0),
+        ("optim.betas", (0.9, 0.99)),
+        ("schedule.warmup_steps", 7),
+        ("schedule.min_lr_ratio", 0.5),
+        ("arch.n_embd", 64),
+    ],
+)
+def test_resume_refuses_a_changed_value_in_every_group(tmp_path, key, value):
+    # Unit level: each group of model settings (optim, schedule, arch) takes part in the comparison.
+    from gptmini.core.config import ConfigError
+    from gptmini.train.resume import resume_settings
+
+    hparams = {
+        "arch": {"n_embd": 32},
+        "optim": {"lr": 0.002, "weight_decay": 0.1, "betas": [0.9, 0.95], "fused": None},
+        "schedule": {"warmup_steps": 3, "min_lr_ratio": 0.1},
+        "compile": None,
+        "compile_mode": None,
+    }
+    group, leaf = key.split(".")
+    saved = hparams[group][leaf]
+    with pytest.raises(ConfigError, match=rf"1 differ: model\.{key}: checkpoint .+, given "):
+        resume_settings(str(tmp_path / "x.ckpt"), hparams, {key: value}, {key: value})
+    settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, {key: saved}, {key: saved})  # same: fine
+    assert settings[group][leaf] == saved
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_init_from_refuses_weights_with_a_missing_or_an_extra_key(tmp_path, change):
+    from dataclasses import asdict
+
+    from gptmini.core.config import ConfigError
+    from gptmini.core.model import GPTMini, ModelConfig
+    from gptmini.train.resume import load_weights
+
+    cfg = ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    weights = {f"model.{k}": v for k, v in GPTMini(cfg).state_dict().items()}
+    if change == "missing":
+        key = "norm_out.weight"
+        del weights[f"model.{key}"]
+    else:  # the shape of a layer norm, in a layer the model does not have
+        key = "blocks.1.norm_attn.weight"
+        weights[f"model.{key}"] = torch.ones(16)
+    path = tmp_path / "x.ckpt"
+    torch.save({"state_dict": weights, "gptmini_model_config": asdict(cfg), "global_step": 5}, path)
+    with pytest.raises(ConfigError, match=rf"--init_from {re.escape(str(path))}.*{re.escape(key)}"):
+        load_weights(GPTMini(cfg), str(path))

@@ -226,7 +226,10 @@ def test_throughput_counts_every_device_and_logs_mfu():
     cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
     cb = ThroughputLogger(peak_flops=1e9, log_every_n_steps=2)
     logged: dict[str, float] = {}
-    module = SimpleNamespace(model_cfg=cfg, log=lambda name, value, **_: logged.__setitem__(name, value))
+    module = SimpleNamespace(  # gptmini.callbacks.interface.RecipeModule, and log()
+        model=None, model_cfg=cfg, schedule_cfg=None, last_loss=None,
+        log=lambda name, value, **_: logged.__setitem__(name, value),
+    )
     trainer = SimpleNamespace(
         world_size=4,
         global_step=0,

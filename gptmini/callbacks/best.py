@@ -8,6 +8,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+# Shown beside the monitored value in the closing line (bits per byte compares across tokenizers).
+BESIDE = ("val/loss", "val/bpb")
+
 
 class BestCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` monitoring ``val/loss`` (lowest kept, ``best-step=N.ckpt``).
@@ -27,12 +30,26 @@ class BestCheckpoint(ModelCheckpoint):
     ) -> None:
         super().__init__(monitor=monitor, mode=mode, save_top_k=save_top_k, filename=filename, **kwargs)
         self._resumed_best: torch.Tensor | None = None
+        # The other val/* values (val/bpb, val/ppl) of the validation that made the best file.
+        self.best_metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        before = self.best_model_path
+        super().on_validation_end(trainer, pl_module)
+        if self.best_model_path and self.best_model_path != before:  # this validation is the new best
+            self.best_metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_metrics": dict(self.best_metrics)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A resume writes into a new version folder, where Lightning reloads only best_model_path,
         # not its score: the first validation after the resume would then be "best" however bad.
         # Keep the score, so only a lower val/loss replaces the run's best.
         super().load_state_dict(state_dict)
+        self.best_metrics = dict(state_dict.get("best_metrics") or {})
         score = state_dict.get("best_model_score")
         if self.best_model_score is None and score is not None:
             self.best_model_score = self._resumed_best = score
@@ -47,4 +64,7 @@ class BestCheckpoint(ModelCheckpoint):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.best_model_path:
             score = float(self.best_model_score) if self.best_model_score is not None else float("nan")
-            print(f"best checkpoint ({self.monitor} {score:.4f}): {self.best_model_path}", flush=True)
+            extra = "".join(
+                f", {k} {v:.4f}" for k, v in self.best_metrics.items() if k in BESIDE and k != self.monitor
+            )
+            print(f"best checkpoint ({self.monitor} {score:.4f}{extra}): {self.best_model_path}", flush=True)

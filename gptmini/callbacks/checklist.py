@@ -43,6 +43,7 @@ from gptmini.callbacks.recipe_checks import (
 )
 from gptmini.callbacks.report import RECIPE_CHECKS, CheckItem, RecipeCheckName, SanityCheckError, _num, _say
 from gptmini.core.config import ConfigError
+from gptmini.core.recipe import START_TOLERANCE, WARMUP_FRACTION
 
 
 class Checklist(Callback):
@@ -54,8 +55,8 @@ class Checklist(Callback):
         disable: list[RecipeCheckName] | None = None,
         peak_lr_limit: float = 1e-3,
         small_model_params: int = 20_000_000,
-        warmup_range: tuple[float, float] = (0.01, 0.05),
-        start_tolerance: float = 0.1,
+        warmup_range: tuple[float, float] = WARMUP_FRACTION,
+        start_tolerance: float = START_TOLERANCE,
         max_epochs: float = 4.0,
     ) -> None:
         """The recipe checks (at fit start) and the pre-training checklist (at step 0).
@@ -91,12 +92,17 @@ class Checklist(Callback):
         self._started = False
 
     # -- recipe checks -------------------------------------------------------------------------------
+    def switched_off(self, item: CheckItem) -> CheckItem:
+        """The item as printed: 'off' when its check is in ``disable``."""
+        if item.key not in self.disable:
+            return item
+        return CheckItem(item.key, item.title, "off", f"recipe check '{item.key}' disabled by config")
+
     def _apply(self, trainer: pl.Trainer, items: list[CheckItem]) -> None:
         """Record items; switched-off checks become 'off', warnings are emitted, failures raised."""
         failures = []
-        for item in items:
-            if item.key in self.disable:
-                item = CheckItem(item.key, item.title, "off", f"recipe check '{item.key}' disabled by config")
+        for item in map(self.switched_off, items):
+            if item.status == "off":
                 rank_zero_warn(f"[step-0 checks] recipe check '{item.key}' is disabled by config (Checklist.disable).")
             elif item.status == "warn":
                 rank_zero_warn(f"[step-0 checks] {item.detail}")
@@ -109,6 +115,12 @@ class Checklist(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.items, self.text, self._started = {}, "", False
         start = time.perf_counter()
+        items = self.recipe_items(trainer, pl_module)
+        self.recipe_seconds = time.perf_counter() - start
+        self._apply(trainer, items)
+
+    def recipe_items(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CheckItem]:
+        """The recipe checks on the trainer's optimizer and schedulers (not yet switched off or applied)."""
         items = [interval_item(trainer.lr_scheduler_configs)]
         if trainer.optimizers:
             opt = trainer.optimizers[0]
@@ -130,8 +142,7 @@ class Checklist(Callback):
                 peak = opt.param_groups[0].get("initial_lr")
                 items += warmup_items(curve, self.start_tolerance, *self.warmup_range, peak_lr=peak)
         items.append(clipping_item(trainer.gradient_clip_val))
-        self.recipe_seconds = time.perf_counter() - start
-        self._apply(trainer, items)
+        return items
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply(trainer, [eval_mode_item(pl_module)])

@@ -16,11 +16,17 @@
   sets the exit status to 128 + the signal (143, 130), so ``--ckpt_path last`` resumes from the
   exact step (a hard kill resumes from the previous interval checkpoint instead). DataLoader workers
   ignore both signals (``gptmini.train.loader.ignore_stop_signals``), so a signal to the whole
-  process group does not kill them mid-step.
+  process group does not kill them mid-step. Under SLURM (auto_requeue, Lightning's default) the
+  requeue signal (SIGUSR1, ``#SBATCH --signal=USR1@90``) stops the run the same way, and after the
+  save rank 0 requeues the job once (``gptmini.callbacks.requeue``), on SIGTERM too. A stop inside a gradient-accumulation window waits for
+  the window's optimizer step (the half-summed gradients are in no checkpoint); one during the
+  validation of step N stops after the current validation batch, and the resumed run repeats that
+  validation from its start.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import signal
@@ -36,7 +42,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptmini.callbacks import requeue
+from gptmini.callbacks.interface import recipe_module
+from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
+from gptmini.core.formats import CKPT_STATE_DICT
+from gptmini.train.compat import grad_scaler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,12 +64,23 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
-def resume_command(argv: list[str] | None = None) -> str:
-    """The command that started this process with ``--ckpt_path last`` instead of any ckpt_path."""
+def resume_command(
+    argv: list[str] | None = None, ckpt: str = "last", environ: dict[str, str] | None = None
+) -> str:
+    """The command that started this process with ``--ckpt_path last`` (or ``ckpt``) instead of any ckpt_path.
+
+    Under torchrun or srun a worker does not see the launcher's own options: they are left as
+    ``<the same torchrun options>``."""
     argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
     prog = {"cli.py": ["python", "-m", "gptmini.cli"], "gptmini": ["gptmini"]}.get(Path(argv[0]).name)
     if prog is None:  # started from Python (tests, notebooks): no command line to repeat
-        return "--ckpt_path last"
+        return f"--ckpt_path {ckpt}"
+    launcher = ""
+    if "TORCHELASTIC_RUN_ID" in environ:  # set by torchrun for its workers
+        launcher, prog = "torchrun <the same torchrun options> ", ["-m", "gptmini.cli"]
+    elif "SLURM_STEP_ID" in environ:  # set by srun for its tasks
+        launcher = "srun "
     args, skip = [], False
     for a in argv[1:]:
         if skip or a.startswith("--ckpt_path="):
@@ -68,12 +90,51 @@ def resume_command(argv: list[str] | None = None) -> str:
             skip = True
             continue
         args.append(a)
-    return shlex.join([*prog, *args, "--ckpt_path", "last"])
+    return launcher + shlex.join([*prog, *args, "--ckpt_path", ckpt])
+
+
+def _name_last_intact(trainer: pl.Trainer, error: DiskFullError) -> None:
+    """Complete a full-disk error with the checkpoint to resume from and the command."""
+    last = last_good_checkpoint(trainer)
+    error.last_intact = last
+    if last:  # `last` resolves to the newest last*.ckpt; any other file is named
+        error.resume = resume_command(ckpt="last" if Path(last).name.startswith("last") else last)
+
+
+class _StopAtWindowEnd:
+    """Mixed into the trainer's ``_SignalConnector``: its SIGTERM flag reads False while a
+    gradient-accumulation window is open, so every place Lightning checks it (after each batch, in
+    validation, rank 0's broadcast under DDP) stops only once the window's optimizer step is done.
+    Lightning stops after any micro-batch and saves no gradients: a resume from there would run a
+    partial window, i.e. a different step. Lightning has no option for this; the flag is the one
+    place all its checks read."""
+
+    trainer: pl.Trainer
+    _stop_requested: bool = False
+
+    @property
+    def received_sigterm(self) -> bool:
+        # Lightning's own rule for "this batch ends a window" (epoch end included).
+        return self._stop_requested and not self.trainer.fit_loop.epoch_loop._should_accumulate()
+
+    @received_sigterm.setter
+    def received_sigterm(self, value: bool) -> None:
+        self._stop_requested = value
+
+
+def _stop_at_window_end(trainer: pl.Trainer) -> None:
+    connector = trainer._signal_connector
+    if isinstance(connector, _StopAtWindowEnd):
+        return
+    requested = connector.received_sigterm
+    connector.__class__ = type("WindowEndSignalConnector", (_StopAtWindowEnd, type(connector)), {})
+    connector.received_sigterm = requested
 
 
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
     """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
-    loss = getattr(pl_module, "last_loss", None)
+    module = recipe_module(pl_module)
+    loss = module.last_loss if module is not None else None
     return loss if loss is not None else trainer.callback_metrics.get("train/loss")
 
 
@@ -83,6 +144,7 @@ class FaultGuard(Callback):
         max_skipped_steps: NonNegativeInt = 0,
         check_every_n_steps: PositiveInt = 1,
         save_on_sigterm: bool = True,
+        requeue_on_sigterm: bool = True,
     ):
         """Stop on non-finite losses; save a checkpoint on SIGTERM.
 
@@ -93,21 +155,28 @@ class FaultGuard(Callback):
                 host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
                 guarded on the device and the verdict is read (one sync) every n steps.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
+            requeue_on_sigterm: Under SLURM with auto_requeue (Lightning's default), requeue the job
+                after a SIGTERM too (time limit without ``--signal``, preemption), not only after the
+                requeue signal. ``scancel`` also sends SIGTERM: false keeps a cancelled job from
+                asking to be requeued.
         """
         checked = check_args(FaultGuard.__init__, "fault_guard", locals())  # the range types above
         self.max_skipped_steps = checked["max_skipped_steps"]
         self.check_every_n_steps = checked["check_every_n_steps"]
         self.save_on_sigterm = save_on_sigterm
+        self.requeue_on_sigterm = requeue_on_sigterm
         self.skipped = 0
         self.stop_signal: int | None = None  # the signal that stopped the run
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._val_progress: dict | None = None  # validation counters at the start of a running validation
+        self._saving_stop = False
 
     # -- non-finite ------------------------------------------------------------------------
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        no_scaler = grad_scaler(trainer) is None
         if no_scaler and optimizer.defaults.get("fused"):
             self._flag_on_device(trainer, pl_module, optimizer, step)
             return
@@ -195,11 +264,13 @@ class FaultGuard(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        if self._saving_stop and self._val_progress is not None:
+            self._as_before_validation(checkpoint)
         # Between checks (check_every_n_steps > 1) a NaN may have reached the weights: never let
         # it overwrite last.ckpt. Raising here aborts the save before the file is opened.
         bad = [
             k
-            for k, v in checkpoint.get("state_dict", {}).items()
+            for k, v in checkpoint.get(CKPT_STATE_DICT, {}).items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         if bad:
@@ -210,50 +281,87 @@ class FaultGuard(Callback):
             )
 
     # -- SIGTERM and Ctrl-C ------------------------------------------------------------------
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            val_loop = trainer.fit_loop.epoch_loop.val_loop
+            self._val_progress = copy.deepcopy(val_loop.batch_progress.state_dict())
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_progress = None
+
+    def _as_before_validation(self, checkpoint: dict[str, Any]) -> None:
+        """Make a checkpoint saved mid-validation resume with that whole validation, run again.
+
+        Lightning resumes such a checkpoint "mid-evaluation" and runs only the remaining batches,
+        while the token-weighted val/loss sums (a metric state no checkpoint holds) start empty: the
+        validation of that step would be lost (Lightning 2.6: not logged at all). Setting the
+        validation counters back to the validation's start, with its first batch "started", makes
+        Lightning's mid-evaluation restart run every batch again before the next training step."""
+        val = copy.deepcopy(self._val_progress)
+        for counts in (val["total"], val["current"]):
+            counts["ready"] += 1
+            counts["started"] += 1
+        checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] = val
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _stop_at_window_end(trainer)
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
-        # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM.
+        # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM. Under SLURM the
+        # requeue signal does the same (gptmini.callbacks.requeue says why not Lightning's handler).
+        self.stop_signal = None
+        self._requeue_signal = requeue.requeue_signal(trainer)
+        self._requeued = False
         if threading.current_thread() is not threading.main_thread():
             return
-        self.stop_signal = None
-        previous = signal.getsignal(signal.SIGINT)
-        if previous in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
-            return
-        self._previous_sigint = previous
+        for signum in (signal.SIGINT, self._requeue_signal):
+            if signum is None:
+                continue
+            previous = signal.getsignal(signum)
+            if signum == signal.SIGINT and previous in (signal.SIG_IGN, None):
+                continue  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
+            self._previous_handlers[signum] = previous
+            signal.signal(signum, lambda s, frame: self._on_stop_signal(trainer, s))
 
-        def on_sigint(signum: int, frame: Any) -> None:
-            self._restore_sigint()  # a second Ctrl-C raises KeyboardInterrupt at once: abort
-            self.stop_signal = signal.SIGINT
-            # Lightning reads this flag after every step (and broadcasts rank 0's under DDP); it
-            # has no public setter.
-            trainer._signal_connector.received_sigterm = True
+    def _on_stop_signal(self, trainer: pl.Trainer, signum: int) -> None:
+        if signum == signal.SIGINT:
+            self._restore_handlers(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt at once: abort
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        # Lightning reads this flag after every step (and broadcasts rank 0's under DDP); it has no
+        # public setter.
+        trainer._signal_connector.received_sigterm = True
+        if signum == signal.SIGINT:
             rank_zero_info(
                 "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "
                 "without saving)."
             )
 
-        signal.signal(signal.SIGINT, on_sigint)
-
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _restore_handlers(self, *signums: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signums or list(self._previous_handlers):
+            previous = self._previous_handlers.pop(signum, None)
+            if previous is not None:
+                signal.signal(signum, previous)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
+        if isinstance(exception, DiskFullError):
+            _name_last_intact(trainer, exception)
+            return
         if not isinstance(exception, SIGTERMException):
             return
         signum = self.stop_signal or signal.SIGTERM
         # SIGTERMException is a SystemExit: its code becomes the exit status. Lightning leaves it
         # 0; a scheduler or requeue script must tell "stopped" from "finished" (128 + signal).
         exception.code = 128 + signum
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         cb = trainer.checkpoint_callback
         if (
             not self.save_on_sigterm
@@ -264,10 +372,24 @@ class FaultGuard(Callback):
             rank_zero_info(f"{what}: stopped at step {trainer.global_step}, no checkpoint saved.")
             return
         path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
-        rank_zero_info(
-            f"{what}: saved {path} at step {trainer.global_step}; resume with: {resume_command()}"
-        )
+        self._saving_stop = True
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # full state: an exact resume
+        except DiskFullError as e:
+            _name_last_intact(trainer, e)
+            raise
+        finally:
+            self._saving_stop = False
+        then = f"resume with: {resume_command()}"
+        # Under SLURM (auto_requeue): the requeue signal and SIGTERM (time limit, preemption) put
+        # the job back in the queue, once, after the save; not a Ctrl-C. The save is skipped above
+        # when save_on_sigterm is off: then nothing to resume from, no requeue.
+        asks = signum == self._requeue_signal or (signum == signal.SIGTERM and self.requeue_on_sigterm)
+        if self._requeue_signal is not None and asks and not self._requeued:
+            self._requeued = True
+            if trainer.is_global_zero:
+                then = f"{requeue.requeue()}; the job script resumes with: {resume_command()}"
+        rank_zero_info(f"{what}: saved {path} at step {trainer.global_step}; {then}")
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

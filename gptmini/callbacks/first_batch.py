@@ -11,7 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from gptmini.callbacks.report import (
@@ -24,7 +23,9 @@ from gptmini.callbacks.report import (
     _vocab_size,
 )
 from gptmini.core.config import NonNegativeInt, PositiveFloat, PositiveInt, check_args
+from gptmini.core.schedule import lr_multiplier
 from gptmini.core.step import NoGradientError, train_step
+from gptmini.train.compat import grad_scaler, init_optimizers
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -196,7 +197,7 @@ class OverfitCheck(_FirstBatchCheck):
         with isolate_rng():
             clone = copy.deepcopy(pl_module)  # LightningModule drops its trainer when copied...
             clone.trainer = trainer  # ...but configure_optimizers reads max_steps, precision from it
-            optimizers, _ = _init_optimizers_and_lr_schedulers(clone)
+            optimizers, _ = init_optimizers(clone)
             opt = optimizers[0]
             peaks = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -204,14 +205,11 @@ class OverfitCheck(_FirstBatchCheck):
                 return self._fail(
                     "the optimizer holds no trainable parameter (frozen model)", max(peaks, default=None)
                 )
-            scaler = (
-                torch.amp.GradScaler(pl_module.device.type)
-                if getattr(trainer.precision_plugin, "scaler", None) is not None
-                else None
-            )
+            scaler = torch.amp.GradScaler(pl_module.device.type) if grad_scaler(trainer) is not None else None
             clip = trainer.gradient_clip_val
             for k in range(self.steps):
-                ramp = min(1.0, (k + 1) / (self.warmup_steps + 1))
+                # The schedule's own warmup formula, held at the peak after it (no decay).
+                ramp = lr_multiplier(k, self.warmup_steps, self.steps, min_lr_ratio=1.0)
                 for g, peak in zip(opt.param_groups, peaks):
                     g["lr"] = peak * ramp
                 try:  # the plain loop's step (gptmini.core.step): the check trains as the baseline does

@@ -16,7 +16,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from gptmini.callbacks.interface import recipe_module
 from gptmini.callbacks.report import CheckItem, SanityCheckError
+from gptmini.core.recipe import START_TOLERANCE, warmup_advice
 
 # --------------------------------------------------------------------------------------------------
 # The learning-rate curve
@@ -88,14 +90,14 @@ def _warmup_unfinished(s: CurveShape, n: int, peak_lr: float | None, rtol: float
 
 
 def warmup_unfinished_problem(s: CurveShape, n: int, peak_lr: float | None, rtol: float = 1e-3) -> str | None:
-    """The curve's form of the rule ``schedule.warmup_steps < trainer.max_steps`` (whose config form is
+    """The curve's form of the rule ``model.schedule.warmup_steps < trainer.max_steps`` (whose config form is
     :func:`gptmini.core.schedule.validate_horizon`), for any scheduler: the one wording both the lr
     curve check and the checklist's ``warmup_total`` item use."""
     if not _warmup_unfinished(s, n, peak_lr, rtol):
         return None
     return (
         f"warmup >= total steps: the lr is still rising at the last step ({n - 1}) and never decays; "
-        f"set schedule.warmup_steps to 1-5% of trainer.max_steps ({n})"
+        f"{warmup_advice(n)}"
     )
 
 
@@ -103,7 +105,7 @@ def lr_curve_problems(
     lrs: np.ndarray,
     peak_lr: float | None,
     min_lr: float | None,
-    start_tolerance: float = 0.1,
+    start_tolerance: float = START_TOLERANCE,
     rtol: float = 1e-3,
 ) -> list[str]:
     """Shape checks: starts near 0, peaks at ``peak_lr`` at the end of warmup, never rises after it,
@@ -153,15 +155,15 @@ def render_lr_curve(curves: dict[str, np.ndarray], title: str = "learning rate")
 
 
 def _min_lr_ratio(pl_module: pl.LightningModule) -> float | None:
-    cfg = getattr(pl_module, "schedule_cfg", None)
-    return getattr(cfg, "min_lr_ratio", None)
+    module = recipe_module(pl_module)
+    return module.schedule_cfg.min_lr_ratio if module is not None else None
 
 
 class LRCurveCheck(Callback):
     def __init__(
         self,
         filename: str = "lr_curve.png",
-        start_tolerance: float = 0.1,
+        start_tolerance: float = START_TOLERANCE,
         min_lr_ratio: float | None = None,
         rtol: float = 1e-3,
     ) -> None:
@@ -190,7 +192,9 @@ class LRCurveCheck(Callback):
         if self.result.status == "fail":
             raise SanityCheckError(self.result.detail)
 
-    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckItem:
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, png: Path | None = None) -> CheckItem:
+        """Draw and check the curve of ``trainer.optimizers[0]``; ``png``: write the picture there
+        only (``scripts/lr_curve.py``), instead of the run folder and TensorBoard."""
         key, title = "lr_curve", "lr curve"
         if not trainer.optimizers or trainer.max_steps is None or trainer.max_steps <= 0:
             return CheckItem(key, title, "skip", "needs an optimizer and trainer.max_steps")
@@ -198,9 +202,11 @@ class LRCurveCheck(Callback):
         self.curves = lr_curves(opt, trainer.lr_scheduler_configs, trainer.max_steps)
         self.curves_for = (id(opt), trainer.max_steps)  # lets the Checklist reuse them
         ratio = self.min_lr_ratio if self.min_lr_ratio is not None else _min_lr_ratio(pl_module)
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank
-        if trainer.is_global_zero:
-            self._render(trainer, folder)
+        if png is not None:
+            self._render(trainer, png, log=False)
+        elif trainer.is_global_zero:
+            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            self._render(trainer, folder / self.filename)
         by_problem: dict[str, list[str]] = {}  # one line per problem, naming the groups it hits
         for g, (name, lrs) in zip(opt.param_groups, self.curves.items()):
             peak = g.get("initial_lr")
@@ -220,15 +226,16 @@ class LRCurveCheck(Callback):
                 title,
                 "fail",
                 "lr curve check failed: " + "; ".join(problems) + f". See the curve{where}; fix the "
-                "schedule (schedule.warmup_steps, min_lr_ratio, trainer.max_steps) or the scheduler code.",
+                "schedule (model.schedule.warmup_steps, model.schedule.min_lr_ratio, trainer.max_steps) or "
+                "the scheduler code.",
             )
         return CheckItem(key, title, "pass", detail)
 
-    def _render(self, trainer: pl.Trainer, folder: Path) -> None:
+    def _render(self, trainer: pl.Trainer, path: Path, log: bool = True) -> None:
         fig = render_lr_curve(self.curves, f"lr schedule: {trainer.max_steps} steps")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         fig.savefig(self.path)
-        for logger in trainer.loggers:
+        for logger in trainer.loggers if log else []:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure("checks/lr_curve", fig, global_step=0, close=False)

@@ -11,6 +11,7 @@ from torch import nn
 
 from gptmini.callbacks.lr_curve import _starts_near_zero, curve_shape, warmup_unfinished_problem
 from gptmini.callbacks.report import CheckItem, _num, _unique_params
+from gptmini.core.recipe import BETAS, warmup_advice
 
 # --------------------------------------------------------------------------------------------------
 # Guards and the checklist
@@ -74,10 +75,10 @@ def betas_item(optimizer: torch.optim.Optimizer) -> CheckItem:
             key,
             title,
             "warn",
-            f"{betas}: beta2 {betas[1]} adapts too slowly to loss spikes in LM pretraining; use (0.9, 0.95) "
+            f"{betas}: beta2 {betas[1]} adapts too slowly to loss spikes in LM pretraining; use {BETAS} "
             f"(model.optim.betas)",
         )
-    return CheckItem(key, title, "pass" if betas == (0.9, 0.95) else "note", str(betas))
+    return CheckItem(key, title, "pass" if betas == BETAS else "note", str(betas))
 
 
 def peak_lr_item(module: nn.Module, optimizer: torch.optim.Optimizer, limit: float, small: int) -> CheckItem:
@@ -140,7 +141,7 @@ def warmup_items(
                 "warmup",
                 "warn",
                 f"no warmup: step 0 already runs at {s.start:.2e} (peak {s.peak:.2e}); Adam's first steps "
-                f"are noisy, set schedule.warmup_steps to 1-5% of trainer.max_steps",
+                f"are noisy, {warmup_advice()}",
             )
         )
         return items

@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from gptmini.callbacks.interface import recipe_module
+
 RecipeCheckName = Literal[
     "peak_lr",
     "decay_groups",
@@ -108,9 +110,9 @@ def _take_rows(batch: Any, rows: int | None) -> Any:
 
 
 def _vocab_size(trainer: pl.Trainer, module: pl.LightningModule) -> int | None:
-    cfg = getattr(module, "model_cfg", None)
-    if cfg is not None and getattr(cfg, "vocab_size", None):
-        return int(cfg.vocab_size)
+    recipe = recipe_module(module)
+    if recipe is not None and recipe.model_cfg.vocab_size:
+        return int(recipe.model_cfg.vocab_size)
     return getattr(trainer.datamodule, "vocab_size", None)
 
 

@@ -15,8 +15,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
 from gptmini.core.sampling import SampleConfig, sample
+from gptmini.train.compat import uses_fsdp
 
 
 def _markdown_block(text: str) -> str:
@@ -75,7 +77,7 @@ class TextSamples(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if "FSDP" in type(trainer.strategy).__name__:
+        if uses_fsdp(trainer):
             # Sharded weights: a forward on rank 0 alone would wait forever for the other ranks.
             if not self._warned:
                 rank_zero_warn("TextSamples is skipped under FSDP; sample from a checkpoint instead.")
@@ -84,7 +86,10 @@ class TextSamples(Callback):
         tok = self._get_tokenizer(trainer)
         if tok is None:
             return  # no GPTMiniData (e.g. a custom datamodule): nothing to decode with
-        texts = [sample(pl_module.model, tok, p, self.cfg)[0] for p in self.prompts]
+        module = recipe_module(pl_module)
+        if module is None:
+            return  # no GPTMini to sample from
+        texts = [sample(module.model, tok, p, self.cfg)[0] for p in self.prompts]
         step = trainer.global_step
         for i, (prompt, text) in enumerate(zip(self.prompts, texts)):
             body = f"step {step}, prompt {prompt!r}:\n\n" + _markdown_block(prompt + text)

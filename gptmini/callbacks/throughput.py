@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
 from gptmini.core.flops import _sync, device_peak_flops, flops_per_token, measure_matmul_flops
 
@@ -102,9 +103,9 @@ class ThroughputLogger(pl.Callback):
         }
         if self.peak_flops:
             seq_len = batch[0].shape[-1]
-            model_cfg = getattr(pl_module, "model_cfg", None)
-            if model_cfg is not None:
-                metrics["throughput/mfu"] = per_device * flops_per_token(model_cfg, seq_len) / self.peak_flops
+            module = recipe_module(pl_module)
+            if module is not None:
+                metrics["throughput/mfu"] = per_device * flops_per_token(module.model_cfg, seq_len) / self.peak_flops
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
         self._t_last, self._tokens, self._steps, self._paused = now, 0, 0, 0.0

@@ -21,7 +21,9 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +38,21 @@ STALE_AFTER_S = 6 * 3600
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32]
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it,
+    and setting it briefly would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def temp_path(final: str | Path) -> Path:
@@ -128,9 +145,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     on a clean exit it is fsynced and renamed over ``path``."""
     final = Path(path)
     tmp, fd = _create_temp(final)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)  # created with the umask's mode; the writer truncates and fills it
     try:
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            # The writer replaced the file with its own (safetensors >= 0.7 writes a 0600 temp
+            # file and renames it): give it back the umask's mode.
+            os.chmod(tmp, mode)
         _fsync_file(tmp)
         _commit(tmp, final)
     except BaseException:
@@ -154,6 +176,11 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_write(path, "w", encoding=encoding) as f:
         f.write(text)
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Bytes free for this user on ``folder``'s filesystem (one place, so tests can stand in a full disk)."""
+    return shutil.disk_usage(folder).free
 
 
 def _alive(pid: int) -> bool:
@@ -199,3 +226,41 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+class DiskFullError(OSError):
+    """No space left while writing ``path`` (ENOSPC/EDQUOT): nothing partial was left behind.
+
+    ``last_intact`` and ``resume`` are filled in by whoever knows the run (``FaultGuard``), so
+    the one error line names the checkpoint to resume from and the command.
+    """
+
+    exit_status = 74  # sysexits.h EX_IOERR; gptmini.commands documents every exit status
+
+    def __init__(self, path: str | Path, needed: int, free: int) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+        self.path, self.needed, self.free = Path(path), needed, free
+        self.last_intact: str | None = None
+        self.resume: str | None = None
+
+    def __str__(self) -> str:
+        where = self.path.parent
+        text = (
+            f"disk full: writing {self.path.name} in {where} needs {_mb(self.needed)}, "
+            f"{_mb(self.free)} free there; nothing partial was left"
+        )
+        if self.last_intact:
+            text += f"; the last intact checkpoint is {self.last_intact}"
+            then = (
+                f"resume with: {self.resume}"
+                if self.resume
+                else f"resume with --ckpt_path {self.last_intact}"
+            )
+        else:
+            then = "run again."
+        # No full stop after the command: it is copied as is.
+        return f"{text}. Free space there (or set trainer.logger.init_args.save_dir elsewhere), then {then}"

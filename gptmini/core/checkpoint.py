@@ -6,28 +6,35 @@ Both need only torch, safetensors and tokenizers: no Lightning, no data cache.
 
 A Lightning checkpoint of :class:`gptmini.train.module.GPTMiniModule` holds the module's ``state_dict``
 (keys ``model.<param>``) and ``gptmini_model_config`` (the :class:`ModelConfig` as a dict), which is
-all a bare model needs. Keys from a ``torch.compile``d model (``_orig_mod.``) are stripped here too,
+all a bare model needs (every key and file name: :mod:`gptmini.core.formats`). Keys from a ``torch.compile``d model (``_orig_mod.``) are stripped here too,
 so checkpoints written before that was fixed upstream still load.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import (
+    CKPT_FORMAT,
+    CKPT_FORMAT_VERSION,
+    CKPT_HPARAMS,
+    CKPT_MODEL_CONFIG,
+    CKPT_STATE_DICT,
+    CKPT_TOKENIZER,
+    COMPILED_PREFIX,
+    CONFIG_FILE,
+    MODEL_PREFIX,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
-
-MODEL_PREFIX = "model."
-COMPILED_PREFIX = "_orig_mod."
-# The export folder's files (the names Hugging Face tools look for).
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class CheckpointError(ConfigError):
@@ -47,9 +54,34 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} cannot be read (truncated or corrupt?): {first}. "
             f"Use another checkpoint, e.g. an earlier *step=*.ckpt in the same folder."
         ) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} holds no 'state_dict'; it is not a gptmini checkpoint.")
+    if not isinstance(ckpt, dict) or CKPT_STATE_DICT not in ckpt:
+        raise CheckpointError(f"checkpoint {path} holds no '{CKPT_STATE_DICT}'; it is not a gptmini checkpoint.")
+    version = ckpt.get(CKPT_FORMAT, 0)
+    if not isinstance(version, int) or version > CKPT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version!r}, newer than this gptmini reads "
+            f"({CKPT_FORMAT_VERSION}); upgrade gptmini (pip install -U gptmini) to load it."
+        )
     return ckpt
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable gptmini checkpoint (a short reason), or None when it is.
+
+    Memory-mapped: reads the archive's index and the pickled structure, not the tensor data, so
+    probing many files (``--ckpt_path last`` falling back past a damaged one) stays cheap.
+    """
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if not zipfile.is_zipfile(path):  # torch.save's format: a zip whose index is at the end
+        return f"{size} bytes, truncated or corrupt: not a complete torch.save archive"
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch.load raises many types on bad bytes
+        text = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
+        return f"{size} bytes, truncated or corrupt: {text}"
+    if not isinstance(ckpt, dict) or CKPT_STATE_DICT not in ckpt:
+        return f"no {CKPT_STATE_DICT}, not a gptmini checkpoint"
+    return None
 
 
 def clean_key(key: str) -> str:
@@ -60,7 +92,7 @@ def clean_key(key: str) -> str:
 def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The bare ``GPTMini`` weights from a Lightning checkpoint's ``state_dict``."""
     out = {}
-    for key, value in ckpt["state_dict"].items():
+    for key, value in ckpt[CKPT_STATE_DICT].items():
         key = clean_key(key)
         if key.startswith(MODEL_PREFIX):
             out[key[len(MODEL_PREFIX) :]] = value
@@ -69,9 +101,9 @@ def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> ModelConfig:
     """The ``ModelConfig`` stored by ``GPTMiniModule.on_save_checkpoint`` (or its hparams)."""
-    cfg = ckpt.get("gptmini_model_config")
+    cfg = ckpt.get(CKPT_MODEL_CONFIG)
     if cfg is None:
-        hparams = ckpt.get("hyper_parameters", {})
+        hparams = ckpt.get(CKPT_HPARAMS, {})
         cfg = hparams.get("arch", hparams.get("model"))  # "model" before the model.arch rename
     if cfg is None:
         raise CheckpointError(f"checkpoint {path} holds no model config; it is not a gptmini checkpoint.")
@@ -105,7 +137,9 @@ def _model_from_folder(folder: Path) -> GPTMini:
         # safetensors' load_model knows the tied head (stored once) and checks every key.
         load_safetensors(model, folder / WEIGHTS_FILE, strict=True)
     except (RuntimeError, SafetensorError) as e:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE} does not match {CONFIG_FILE} or is corrupt: {e}") from e
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE} does not match {CONFIG_FILE} or is corrupt: {e}"
+        ) from e
     return model
 
 
@@ -135,7 +169,7 @@ def load_model_and_tokenizer(
     else:
         ckpt = read_checkpoint(path, "cpu")
         model = _model_from_ckpt(ckpt, path)
-        stored_json = ckpt.get("gptmini_tokenizer")
+        stored_json = ckpt.get(CKPT_TOKENIZER)
     if tokenizer is not None:
         tok = load_tokenizer(Path(tokenizer).expanduser())
     elif stored_json is not None:

@@ -29,6 +29,7 @@ from gptmini.core.config import (
     VocabSize,
     check_fields,
 )
+from gptmini.core.sampling import SampleConfig, generate_ids
 
 
 @dataclass
@@ -267,8 +268,6 @@ class GPTMini(nn.Module):
         kv_cache: bool = True,
     ) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T); see :func:`gptmini.core.sampling.generate_ids`."""
-        from gptmini.core.sampling import SampleConfig, generate_ids  # sampling imports this module
-
         cfg = SampleConfig(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             stop_at_eot=False, kv_cache=kv_cache,

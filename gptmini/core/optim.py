@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gptmini.core.config import NonNegativeFloat, PositiveFloat, UnitIntervalRightOpen, check_fields
+from gptmini.core.recipe import BETAS
 
 
 @dataclass
@@ -18,7 +19,7 @@ class OptimConfig:
     """Peak learning rate (reached at the end of warmup)."""
     weight_decay: NonNegativeFloat = 0.1
     """Decoupled weight decay on weight matrices; embeddings, norm gains and biases get 0."""
-    betas: tuple[UnitIntervalRightOpen, UnitIntervalRightOpen] = (0.9, 0.95)
+    betas: tuple[UnitIntervalRightOpen, UnitIntervalRightOpen] = BETAS
     """AdamW (beta1, beta2); 0.95 reacts faster to loss spikes than the classic 0.999."""
     eps: PositiveFloat = 1e-8
     """AdamW epsilon."""

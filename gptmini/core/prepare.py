@@ -14,13 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gptmini.core.config import ConfigError
-from gptmini.core.sources import VAL_SPLIT, ReadOptions, Source, Stream, hf_splits, stream
-from gptmini.core.tokenizer import load_tokenizer, train_tokenizer
+from gptmini.core.formats import (
+    CACHE_ALL_TOKENS,
+    CACHE_TOKENIZER,
+    META_VERSION,
+    META_VOCAB_SIZE,
+    TOKEN_DTYPE,
+    meta_bytes,
+    meta_tokens,
+    split_file,
+)
+from gptmini.core.sources import VAL_SPLIT, BadRecords, ReadOptions, Source, Stream, hf_splits, stream
+from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 from gptmini.core.tokens import (
     EOT,
-    META_VERSION,
-    TOKEN_DTYPE,
     TextSeen,
+    bytes_of_tokens,
     encode_to_file,
     pieces,
     record_separator,
@@ -89,31 +98,38 @@ def prepare_tokens(
             tok = train_tokenizer(
                 pieces(sample_stream(sources, opts, bpe_sample_chars, up), sep=None), vocab_size
             )
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(out / CACHE_TOKENIZER))
     sep = record_separator(tok)
     separate_val = has_val_split(sources, opts)
     seen = TextSeen()
 
+    text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
+    bad = BadRecords(opts.skip_bad_records)
+
     def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
         with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
-            texts = itertools.chain.from_iterable(stream(s, opts, split, up) for s in srcs)
-            return encode_to_file(tok, pieces(seen.watch(texts), sep), path)
+            texts = itertools.chain.from_iterable(stream(s, opts, split, up, bad) for s in srcs)
+            before = seen.bytes
+            n = encode_to_file(tok, pieces(seen.watch(texts), sep), path)
+            text_bytes.append(seen.bytes - before)
+            return n
 
-    train_path, val_path = out / "train.bin", out / "val.bin"
+    train_path, val_path = out / split_file("train"), out / split_file("val")
     if separate_val:
         n_train = encode(sources, opts.hf_split, train_path, f"gptmini: encoding {opts.hf_split}")
         n_val = encode(sources, VAL_SPLIT, val_path, f"gptmini: encoding {VAL_SPLIT}")
     else:
-        n = encode(sources, None, out / "all.bin", "gptmini: encoding")
+        n = encode(sources, None, out / CACHE_ALL_TOKENS, "gptmini: encoding")
         n_val = int(n * val_fraction)
         n_train = n - n_val
     if not seen.any:
         field = (
             f" under data.text_field={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
         )
+        skipped = f" ({bad.count} record(s) skipped by data.skip_bad_records)" if bad.count else ""
         raise ConfigError(
-            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}; point "
-            f"data.data at files with text (or null for the embedded corpus)."
+            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
+            f"point data.data at files with text (or null for the embedded corpus)."
         )
     need = block_size + 1
     if n_train < need or n_val < need:
@@ -123,15 +139,34 @@ def prepare_tokens(
             f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
         )
     if not separate_val:
-        split_tail(out / "all.bin", n_val, train_path, val_path)
+        split_tail(out / CACHE_ALL_TOKENS, n_val, train_path, val_path)
+    train_bytes, val_bytes = split_bytes(tok, train_path, val_path, text_bytes)
+    if bad.count and show_progress:
+        print(bad.report(), file=sys.stderr, flush=True)
     return {
         "version": META_VERSION,
-        "vocab_size": tok.get_vocab_size(),
+        META_VOCAB_SIZE: tok.get_vocab_size(),
         "eot_id": tok.token_to_id(EOT),
-        "train_tokens": n_train,
-        "val_tokens": n_val,
+        meta_tokens("train"): n_train,
+        meta_tokens("val"): n_val,
         "token_bytes": TOKEN_DTYPE().itemsize,
+        # UTF-8 bytes of the text each split's tokens decode to (val/bpb); null: not byte-level.
+        meta_bytes("train"): train_bytes,
+        meta_bytes("val"): val_bytes,
         "val_from": f"{VAL_SPLIT} split" if separate_val else f"last {val_fraction} of the tokens",
         "sources": [{"source": str(s), "bytes": s.size()} for s in sources],
         "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",
+        "skipped_records": bad.count,  # null/non-string text skipped under data.skip_bad_records
     }
+
+
+def split_bytes(tok, train_path: Path, val_path: Path, text_bytes: list[int]) -> tuple[int | None, int | None]:
+    """The UTF-8 bytes of the train and val splits by the tokenizer's per-token byte table, checked
+    against the bytes of the text that was encoded (the table's sum must give them back exactly:
+    a normalizer or a non-byte-level tokenizer would not); (None, None) when they differ."""
+    table = token_byte_lengths(tok)
+    if table is None:
+        return None, None
+    train, val = bytes_of_tokens(train_path, table), bytes_of_tokens(val_path, table)
+    counted = [train, val] if len(text_bytes) == 2 else [train + val]
+    return (train, val) if counted == text_bytes else (None, None)

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 
 from gptmini.core.config import ClosedUnitInterval, ConfigError, NonNegativeInt, check_fields
+from gptmini.core.recipe import warmup_advice
 
 
 @dataclass
@@ -49,8 +50,8 @@ def validate_horizon(warmup_steps: int, max_steps: int) -> None:
         )
     if warmup_steps >= max_steps:
         raise ConfigError(
-            f"schedule.warmup_steps ({warmup_steps}) must be smaller than trainer.max_steps "
-            f"({max_steps}); 1-5% of max_steps is typical."
+            f"model.schedule.warmup_steps ({warmup_steps}) must be smaller than trainer.max_steps "
+            f"({max_steps}); {warmup_advice()} (typical)."
         )
 
 

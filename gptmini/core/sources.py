@@ -12,7 +12,7 @@ import gzip
 import io
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,51 @@ class ReadOptions:
     hf_config: str | None = None
     hf_split: str = "train"
     hf_streaming: bool = True
+    # Out of the repr, which is the cache key's: keys of caches prepared without it stay the same
+    # (GPTMiniData.cache_key adds it when on).
+    skip_bad_records: bool = field(default=False, repr=False)
+
+
+class BadRecords:
+    """Records whose text is null, not a string, or missing: an error naming the record, the field
+    and what was found; with ``data.skip_bad_records`` skipped and counted instead."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.count = 0
+        self.first: str | None = None  # the first one skipped, for the report
+
+    def found(self, where: str, field: str, value: Any, missing: bool = False) -> None:
+        what = "no such field" if missing else _describe(value)
+        if not self.skip:
+            fix = (
+                "set data.text_field to the name of the text field/column, or "
+                if missing
+                else "fix or drop that record, or "
+            )
+            raise ConfigError(
+                f"{where}: data.text_field={field!r} holds {what}, not a string of text; "
+                f"{fix}set data.skip_bad_records=true to skip such records (they are counted)."
+            )
+        self.count += 1
+        if self.first is None:
+            self.first = f"{where} ({what})"
+
+    def report(self) -> str:
+        """One line for the user, once preparation is done ("" when nothing was skipped)."""
+        if not self.count:
+            return ""
+        return (
+            f"gptmini: skipped {self.count} record(s) whose text was null, not a string or missing "
+            f"(data.skip_bad_records=true); the first: {self.first}."
+        )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +214,7 @@ def _field_error(where: str, field: str, found: Any) -> ConfigError:
     )
 
 
-def _jsonl_stream(path: Path, field: str, progress: Progress) -> Stream:
+def _jsonl_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
     raw, binary = _open_binary(path)
     done = 0
     with raw, binary:
@@ -182,10 +227,15 @@ def _jsonl_stream(path: Path, field: str, progress: Progress) -> Stream:
                 raise ConfigError(
                     f"{path}:{lineno} is not valid JSON ({e}); a .jsonl file holds one JSON object per line."
                 ) from None
-            text = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(record, dict):
+                bad.found(f"{path}:{lineno}", field, record)  # a JSON list, number, ...: no fields
+                continue
+            text = record.get(field)
             if not isinstance(text, str):
-                found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise _field_error(f"{path}:{lineno}", field, found)
+                if field not in record and not bad.skip:
+                    raise _field_error(f"{path}:{lineno}", field, sorted(record))
+                bad.found(f"{path}:{lineno}", field, text, missing=field not in record)
+                continue
             yield text
             yield None
             if lineno % ROWS_PER_BATCH == 0:
@@ -203,7 +253,7 @@ def _pyarrow_parquet():
     return pq
 
 
-def _parquet_stream(path: Path, field: str, progress: Progress) -> Stream:
+def _parquet_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
     pf = _pyarrow_parquet().ParquetFile(path)
     if field not in pf.schema_arrow.names:
         raise _field_error(str(path), field, pf.schema_arrow.names)
@@ -211,9 +261,10 @@ def _parquet_stream(path: Path, field: str, progress: Progress) -> Stream:
     seen = 0
     for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]):
         for text in batch.column(0).to_pylist():
-            if not isinstance(text, str):
-                raise _field_error(f"{path} row {seen}", field, repr(text))
             seen += 1
+            if not isinstance(text, str):
+                bad.found(f"{path} row {seen - 1} (counted from 0)", field, text)
+                continue
             yield text
             yield None
         now = size * seen // rows
@@ -250,7 +301,7 @@ def hf_split(source: Source, opts: ReadOptions, split: str) -> Any:
     return splits[split]
 
 
-def _dataset_stream(ds: Any, where: str, field: str, progress: Progress) -> Stream:
+def _dataset_stream(ds: Any, where: str, field: str, progress: Progress, bad: BadRecords) -> Stream:
     names = getattr(ds, "column_names", None)
     if names is not None and field not in names:
         raise _field_error(where, field, names)
@@ -263,9 +314,10 @@ def _dataset_stream(ds: Any, where: str, field: str, progress: Progress) -> Stre
             raise _field_error(where, field, sorted(batch))
         chars = 0
         for text in texts:
-            if not isinstance(text, str):
-                raise _field_error(f"{where} row {seen}", field, repr(text))
             seen += 1
+            if not isinstance(text, str):
+                bad.found(f"{where} row {seen - 1} (counted from 0)", field, text)
+                continue
             chars += len(text)
             yield text
             yield None
@@ -273,15 +325,21 @@ def _dataset_stream(ds: Any, where: str, field: str, progress: Progress) -> Stre
 
 
 def stream(
-    source: Source, opts: ReadOptions, split: str | None = None, progress: Progress | None = None
+    source: Source,
+    opts: ReadOptions,
+    split: str | None = None,
+    progress: Progress | None = None,
+    bad: BadRecords | None = None,
 ) -> Stream:
-    """The text of one source (of its ``split`` for a dataset; default ``opts.hf_split``)."""
+    """The text of one source (of its ``split`` for a dataset; default ``opts.hf_split``).
+    ``bad`` counts the records skipped under ``opts.skip_bad_records`` (pass one to read the count)."""
     progress = progress or (lambda n: None)
+    bad = bad or BadRecords(opts.skip_bad_records)
     if source.kind == "text":
         return _text_stream(source.path, progress)
     if source.kind == "jsonl":
-        return _jsonl_stream(source.path, opts.text_field, progress)
+        return _jsonl_stream(source.path, opts.text_field, progress, bad)
     if source.kind == "parquet":
-        return _parquet_stream(source.path, opts.text_field, progress)
+        return _parquet_stream(source.path, opts.text_field, progress, bad)
     split = split or opts.hf_split
-    return _dataset_stream(hf_split(source, opts, split), f"{source} [{split}]", opts.text_field, progress)
+    return _dataset_stream(hf_split(source, opts, split), f"{source} [{split}]", opts.text_field, progress, bad)

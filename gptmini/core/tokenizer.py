@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from gptmini.core.config import ConfigError
 from gptmini.core.tokens import EOT
 
@@ -47,3 +49,30 @@ def tokenizer_from_json(text: str):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_str(text)
+
+
+def token_byte_lengths(tok) -> np.ndarray | None:
+    """UTF-8 bytes each token id decodes to (int64, one entry per id; special tokens 0), or None
+    when the tokenizer is not byte-level.
+
+    In a byte-level BPE every ordinary token is a string over the 256-character byte alphabet (one
+    character per byte, read back by the ByteLevel decoder), so a token's bytes are its length and
+    the bytes of any run of tokens are the sum: bits per byte stays exact on part of a split (a
+    window, limit_val_batches). Another decoder (WordPiece ``##``, SentencePiece) gets None;
+    preparation also checks the sum against the text's bytes (a normalizer would break it).
+    """
+    from tokenizers import decoders, pre_tokenizers
+
+    if not isinstance(tok.decoder, decoders.ByteLevel):  # token strings are not bytes then
+        return None
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for i in range(len(out)):
+        if i in special:
+            continue  # the end-of-text marker is not text: it decodes to no bytes
+        s = tok.id_to_token(i)
+        if s is None or not set(s) <= alphabet:
+            return None
+        out[i] = len(s)
+    return out

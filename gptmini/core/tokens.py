@@ -19,11 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import TOKEN_DTYPE
 from gptmini.core.sources import Stream
 
 EOT = "<|endoftext|>"
-TOKEN_DTYPE = np.uint16
-META_VERSION = 2  # 2: records of JSONL/Parquet/datasets, pieces cut inside long lines
 # Encode in ~1 MB batches of ~16 KB pieces: bounded memory, and encode_batch uses every core.
 PIECE_CHARS = 16_384
 PIECES_PER_BATCH = 64
@@ -95,16 +94,27 @@ def take_chars(stream: Stream, max_chars: int) -> Stream:
 
 
 class TextSeen:
-    """Passes a stream through, noting whether any record held more than whitespace."""
+    """Passes a stream through, noting whether any record held more than whitespace, and counting
+    its UTF-8 bytes (the denominator of bits per byte; end-of-text markers are not text)."""
 
     def __init__(self) -> None:
         self.any = False
+        self.bytes = 0
 
     def watch(self, stream: Stream) -> Stream:
         for chunk in stream:
-            if not self.any and chunk and not chunk.isspace():
-                self.any = True
+            if chunk:
+                self.bytes += len(chunk.encode("utf-8"))
+                if not self.any and not chunk.isspace():
+                    self.any = True
             yield chunk
+
+
+def bytes_of_tokens(path: Path, table: np.ndarray, chunk: int = 1 << 22) -> int:
+    """UTF-8 bytes the tokens of a token file decode to, by a per-id byte-length table
+    (``gptmini.core.tokenizer.token_byte_lengths``)."""
+    tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r") if Path(path).stat().st_size else []
+    return int(sum(int(table[tokens[i : i + chunk]].sum()) for i in range(0, len(tokens), chunk)))
 
 
 def _encode_batch(tok) -> Callable[[list[str]], list]:

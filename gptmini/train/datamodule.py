@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptmini.core import atomic
 from gptmini.core.config import (
     ConfigError,
     NonNegativeInt,
@@ -29,10 +30,21 @@ from gptmini.core.config import (
     check_args,
     check_value,
 )
+from gptmini.core.formats import (
+    CACHE_META,
+    CACHE_TOKENIZER,
+    META_VERSION,
+    META_VOCAB_SIZE,
+    SPLITS,
+    TOKEN_DTYPE,
+    meta_bytes,
+    meta_tokens,
+    split_file,
+)
 from gptmini.core.prepare import prepare_tokens
 from gptmini.core.sources import ReadOptions, resolve_sources
-from gptmini.core.tokenizer import vocab_of
-from gptmini.core.tokens import META_VERSION, TOKEN_DTYPE, TokenWindows
+from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, vocab_of
+from gptmini.core.tokens import TokenWindows
 from gptmini.train.loader import (
     WINDOW_OFFSETS,
     ResumableLoader,
@@ -48,6 +60,26 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _check_unchanged(before: dict) -> None:
+    """A :class:`ConfigError` naming each source whose content key (size, mtime) moved since
+    ``before`` = {source: (key, size)} was taken: it changed while it was being prepared."""
+    changed = []
+    for src, (key, size) in before.items():
+        try:
+            now_key, now_size = src.key(), src.size()
+        except OSError:
+            changed.append(f"{src} (deleted)")
+            continue
+        if now_key != key:
+            how = f"size {size:,} -> {now_size:,} bytes" if size != now_size else "modified, same size"
+            changed.append(f"{src} ({how})")
+    if changed:
+        raise ConfigError(
+            f"data.data changed while it was being prepared: {'; '.join(changed)}. The half-made cache "
+            f"entry was not kept. Run again once the corpus stops changing (or prepare a copy of it)."
+        )
 
 
 class GPTMiniData(pl.LightningDataModule):
@@ -68,6 +100,7 @@ class GPTMiniData(pl.LightningDataModule):
         hf_config: str | None = None,
         hf_split: str = "train",
         hf_streaming: bool = True,
+        skip_bad_records: bool = False,
     ) -> None:
         """Tokenized text for GPTMini.
 
@@ -100,6 +133,9 @@ class GPTMiniData(pl.LightningDataModule):
                 the validation set (else the last data.val_fraction of the tokens).
             hf_streaming: Stream a Hub dataset (read once, no local Arrow copy); false downloads it
                 into the Hugging Face cache first.
+            skip_bad_records: Skip records (JSONL lines, Parquet or dataset rows) whose text is null,
+                not a string or missing, and say how many were skipped; false stops at the first with
+                an error naming the record, the field and what it holds.
         """
         super().__init__()
         checked = check_args(GPTMiniData.__init__, "data", locals())  # the range types above
@@ -122,7 +158,11 @@ class GPTMiniData(pl.LightningDataModule):
             )
         self.window_offset = window_offset
         self.read_options = ReadOptions(
-            text_field=text_field, hf_config=hf_config, hf_split=hf_split, hf_streaming=hf_streaming
+            text_field=text_field,
+            hf_config=hf_config,
+            hf_split=hf_split,
+            hf_streaming=hf_streaming,
+            skip_bad_records=skip_bad_records,
         )
         self.bpe_sample_chars = checked["bpe_sample_chars"]
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -142,6 +182,8 @@ class GPTMiniData(pl.LightningDataModule):
         h.update(f"{tok}|{self.val_fraction}|v{META_VERSION}".encode())
         if any(s.kind != "text" for s in self.sources):  # keeps the keys of plain-text caches as they were
             h.update(repr(self.read_options).encode())
+            if self.read_options.skip_bad_records:  # out of the repr: older keys stay as they were
+                h.update(b"|skip_bad_records")
         return h.hexdigest()[:16]
 
     @property
@@ -150,16 +192,19 @@ class GPTMiniData(pl.LightningDataModule):
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.cache_path / "tokenizer.json"
+        return self.cache_path / CACHE_TOKENIZER
 
     def prepare_data(self) -> None:
         final = self.cache_path
-        if (final / "meta.json").is_file():
+        if (final / CACHE_META).is_file():
             return
         self.cache_root.mkdir(parents=True, exist_ok=True)
+        before = {src: (src.key(), src.size()) for src in self.sources}
         # Build in a temp folder and rename: an interrupted run never leaves a half cache behind.
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_root))
         try:
+            # mkdtemp's 0700 would become the cache folder's mode on the rename: give it mkdir's.
+            tmp.chmod(0o777 & ~atomic.current_umask())
             show = self.trainer is None or self.trainer.is_global_zero
             meta = prepare_tokens(
                 self.sources,
@@ -172,32 +217,49 @@ class GPTMiniData(pl.LightningDataModule):
                 bpe_sample_chars=self.bpe_sample_chars,
                 show_progress=show,
             )
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            _check_unchanged(before)  # else the tokens belong to no cache key: nothing is kept
+            # The token files durable before meta.json says "done".
+            for name in (*(split_file(s) for s in SPLITS), CACHE_TOKENIZER):
+                if (tmp / name).is_file():
+                    with open(tmp / name, "rb+") as f:
+                        os.fsync(f.fileno())
+            atomic.write_text(tmp / CACHE_META, json.dumps(meta, indent=2))
             try:
                 os.replace(tmp, final)
+                atomic.fsync_dir(self.cache_root)
             except OSError:  # another process finished first; its cache is as good as ours
-                if not (final / "meta.json").is_file():
+                if not (final / CACHE_META).is_file():
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def meta(self) -> dict:
-        path = self.cache_path / "meta.json"
+        path = self.cache_path / CACHE_META
         if not path.is_file():
             raise ConfigError(f"no prepared data at {self.cache_path}; run prepare_data() first.")
         return json.loads(path.read_text())
 
+    def token_byte_table(self) -> np.ndarray | None:
+        """UTF-8 bytes per token id of this cache's tokenizer (val/bpb), or None when preparation
+        found the tokenizer not byte-exact (meta.json's val_bytes is null)."""
+        meta = self.meta()
+        if meta_bytes("val") in meta and meta[meta_bytes("val")] is None:
+            return None
+        # A cache written before val_bytes existed: the table alone decides (byte-level or not).
+        return token_byte_lengths(load_tokenizer(self.tokenizer_path))
+
     def setup(self, stage: str | None = None) -> None:
         meta = self.meta()
-        if meta["vocab_size"] != self.vocab_size:
+        vocab = meta[META_VOCAB_SIZE]
+        if vocab != self.vocab_size:
             raise ConfigError(
-                f"the tokenizer in {self.cache_path} has {meta['vocab_size']} tokens but "
+                f"the tokenizer in {self.cache_path} has {vocab} tokens but "
                 f"data.vocab_size is {self.vocab_size} (the corpus is too small for that many BPE "
-                f"merges, or the tokenizer changed). Set data.vocab_size: {meta['vocab_size']}."
+                f"merges, or the tokenizer changed). Set data.vocab_size: {vocab}."
             )
-        for split in ("train", "val"):
-            path = self.cache_path / f"{split}.bin"
-            expected = meta[f"{split}_tokens"] * np.dtype(TOKEN_DTYPE).itemsize
+        for split in SPLITS:
+            path = self.cache_path / split_file(split)
+            expected = meta[meta_tokens(split)] * np.dtype(TOKEN_DTYPE).itemsize
             actual = path.stat().st_size if path.is_file() else -1
             if actual != expected:
                 raise ConfigError(
@@ -206,8 +268,8 @@ class GPTMiniData(pl.LightningDataModule):
                     f"again to rebuild it."
                 )
         shifted = self.window_offset != "fixed"
-        self.train_set = TokenWindows(self.cache_path / "train.bin", self.block_size, shifted=shifted)
-        self.val_set = TokenWindows(self.cache_path / "val.bin", self.block_size)
+        self.train_set = TokenWindows(self.cache_path / split_file("train"), self.block_size, shifted=shifted)
+        self.val_set = TokenWindows(self.cache_path / split_file("val"), self.block_size)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         if not train:

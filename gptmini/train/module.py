@@ -7,13 +7,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from gptmini.core import formats
+from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
 from gptmini.train.before_fit import check_data_matches_model
+from gptmini.train.compat import attached_trainer, grad_scaler, uses_fsdp
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -28,12 +31,26 @@ def _writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
 
-def _is_fsdp(model: torch.nn.Module) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FullyShardedDataParallel
+class BitsPerByte(Metric):
+    """Bits per UTF-8 byte: summed token losses (nats) / (ln 2 x the bytes those tokens decode to).
 
-    return isinstance(model, FullyShardedDataParallel)
+    torchmetrics has no per-byte metric (its Perplexity is per token); this is two summed states,
+    synced across ranks, and the formula of ``gptmini.core.evaluate.bits_per_byte``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("nats", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nats: torch.Tensor, n_bytes: torch.Tensor) -> None:
+        self.nats += nats
+        self.bytes += n_bytes
+
+    def compute(self) -> torch.Tensor:
+        return bits_per_byte(self.nats, self.bytes)
 
 
 class GPTMiniModule(pl.LightningModule):
@@ -75,6 +92,7 @@ class GPTMiniModule(pl.LightningModule):
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
@@ -83,17 +101,31 @@ class GPTMiniModule(pl.LightningModule):
         # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
         # copy of the (B, T, V) logits, while the loss is already computed.
         self.val_loss = MeanMetric()
+        # val/bpb: UTF-8 bytes per token id, from the datamodule at setup (None: no val/bpb, e.g.
+        # a tokenizer that is not byte-level, or validation without GPTMiniData). Not saved.
+        self.register_buffer("token_bytes", None, persistent=False)
+        self.val_bpb = BitsPerByte()
+        # What the export's model card reports; saved in checkpoints (formats.CKPT_RUN_STATE).
+        self.tokens_seen = 0
+        self.corpus: dict[str, Any] = {}
+        self.val_history: list[dict[str, float]] = []
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
         check_data_matches_model(dm, self.model_cfg)
+        table = dm.token_byte_table() if hasattr(dm, "token_byte_table") else None
+        if hasattr(dm, "meta"):  # the corpus, for the export's model card
+            meta = dm.meta()
+            self.corpus = {k: meta.get(k) for k in formats.META_CORPUS_KEYS}
+        self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
         if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
             self.model.compile(mode=self.compile_mode)
 
     def _should_compile(self) -> bool:
-        device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+        trainer = attached_trainer(self)
+        device = trainer.strategy.root_device if trainer is not None else "cpu"
         return compile_by_default(self.compile_setting, device)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -125,6 +157,8 @@ class GPTMiniModule(pl.LightningModule):
         self._writes_at_start = _writes_step_metrics(self.trainer)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Here, not in training_step: the step-0 checks call training_step outside the loop.
+        self.tokens_seen += batch[0].numel() * self.trainer.world_size
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
         if not self._writes_at_start and self.trainer.should_stop and _writes_step_metrics(self.trainer):
@@ -137,14 +171,25 @@ class GPTMiniModule(pl.LightningModule):
         self.val_loss.update(loss.detach(), weight=y.numel())
         # The metric object: Lightning syncs it across ranks, computes it at epoch end and resets it.
         self.log("val/loss", self.val_loss, prog_bar=True)
+        if self.token_bytes is not None:
+            self.val_bpb.update(loss.detach() * y.numel(), self.token_bytes[y].sum())
+            self.log("val/bpb", self.val_bpb, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
-        self.log("val/ppl", self.val_loss.compute().exp(), sync_dist=True)
+        loss = self.val_loss.compute()
+        self.log("val/ppl", loss.exp(), sync_dist=True)
+        if attached_trainer(self) is not None and self.trainer.sanity_checking:
+            return
+        entry = {"step": self.global_step, "val/loss": float(loss)}
+        if self.token_bytes is not None:
+            entry["val/bpb"] = float(self.val_bpb.compute())
+        self.val_history.append(entry)
 
     def configure_optimizers(self) -> dict:
-        max_steps = self.trainer.max_steps if self._trainer is not None else -1
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        max_steps = trainer.max_steps if trainer is not None else -1
+        scaler = grad_scaler(trainer)
         optimizer = build_adamw(self.model, self.optim_cfg, self.device, grad_scaler=scaler is not None)
         scheduler = build_scheduler(optimizer, self.schedule_cfg, max_steps)
         return {
@@ -166,13 +211,12 @@ class GPTMiniModule(pl.LightningModule):
         ``clip_grad_norm_`` is correct. With a scaler (fp16) we defer to Lightning, which
         unscales first.
         """
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         algorithm = gradient_clip_algorithm or "norm"
-        if scaler is not None or algorithm != "norm":
+        if grad_scaler(self.trainer) is not None or algorithm != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         wrapped = self.trainer.model
-        if _is_fsdp(wrapped):
+        if uses_fsdp(self.trainer):
             # FSDP(1) shards flat grads: only its own method computes the global norm (Lightning's
             # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
             norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
@@ -185,11 +229,24 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (see gptmini.core.checkpoint).
-        checkpoint["gptmini_model_config"] = asdict(self.model_cfg)
+        # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
+        checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
+        checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
+        # Tokens seen and every validation result: the export's model card reads them.
+        checkpoint[formats.CKPT_RUN_STATE] = {
+            "tokens_seen": self.tokens_seen,
+            "val": list(self.val_history),
+            "corpus": dict(self.corpus),
+        }
         # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
         # checkpoint, even after the data cache is deleted or moved.
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         tok_path = getattr(dm, "tokenizer_path", None)
         if tok_path is not None and tok_path.is_file():
-            checkpoint["gptmini_tokenizer"] = tok_path.read_text(encoding="utf-8")
+            checkpoint[formats.CKPT_TOKENIZER] = tok_path.read_text(encoding="utf-8")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(formats.CKPT_RUN_STATE) or {}
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.val_history = list(state.get("val", []))
+        self.corpus = dict(state.get("corpus") or self.corpus)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Any
 
 _KEY = re.compile(r"--([A-Za-z_][\w.]*)|'([A-Za-z_][\w.]*)'")
 # Names other trainers use for our settings: a typo check cannot find these by spelling.
@@ -74,6 +75,32 @@ def new_name(old: str) -> str | None:
             if before.endswith(".") and old.startswith(before):
                 return after + old[len(before) :]
     return None
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored module arguments (``hyper_parameters``, the keys under ``model:``) with
+    today's names, through :data:`RENAMED_KEYS` (``model.model.*`` -> ``model.arch.*``), so
+    checkpoints of earlier versions resume and validate. Where both names are stored, today's wins."""
+    leaves: list[tuple[str, Any]] = []
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                leaves.append((f"{prefix}{key}", value))
+
+    walk(hparams, "model.")
+    out: dict[str, Any] = {}
+    renamed = [(new_name(k), v) for k, v in leaves if new_name(k)]
+    current = [(k, v) for k, v in leaves if not new_name(k)]
+    for key, value in renamed + current:  # today's names last: they win
+        *groups, leaf = key.split(".")[1:]
+        node = out
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = value
+    return out
 
 
 def _suggest(word: str, known: list[str]) -> str | None:

@@ -1,11 +1,14 @@
-"""Resume (``--ckpt_path``) and new-run-from-weights (``--init_from``): what happens to the user's settings.
+"""How a run starts: from scratch, resumed (``--ckpt_path``) or from weights (``--init_from``).
+
+:func:`start_run` is the one call the CLI makes (in ``before_fit`` / ``before_validate``); every rule
+about the two flags is below it.
 
 ``--ckpt_path`` continues a run exactly: the model, optimizer and schedule settings are the
-checkpoint's. LightningCLI applies the checkpoint's ``hyper_parameters`` over the parsed model
-arguments before any hook runs (``_parse_ckpt_path``), which would silently drop a value the user
-gave; so the CLI keeps what the user gave (:func:`given_values`) and :func:`resume_settings` makes
-any difference an error. ``trainer.max_steps`` may change (the cosine is recomputed over the new
-horizon), and so may the keys in :data:`RUNTIME_KEYS`, which change how the same math is run.
+checkpoint's. The CLI turns off LightningCLI's own ``_parse_ckpt_path``, which would put the
+checkpoint's ``hyper_parameters`` over the parsed model arguments before any hook runs and so drop a
+value the user gave without a word; :func:`resume_settings` makes any such difference an error
+instead. ``trainer.max_steps`` may change (the cosine is recomputed over the new horizon), and so may
+the keys in :data:`RUNTIME_KEYS`, which change how the same math is run.
 
 ``--init_from`` starts a new run (step 0, fresh AdamW, the configured schedule) from a checkpoint's
 model weights only (nanoGPT's ``init_from``): :func:`load_weights`.
@@ -19,14 +22,75 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from gptmini.core.checkpoint import model_state_dict, read_checkpoint
 from gptmini.core.config import ConfigError
+from gptmini.core.formats import CKPT_HPARAMS, CKPT_RUN_CONFIG, CKPT_STEP, RUN_CONFIG_FILE
+from gptmini.train.before_fit import check_checkpoint, read_resume_checkpoint, resolve_ckpt_path
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
 RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
 # Under `model.`: set by the CLI from the data settings, never given directly.
 LINKED = {"arch.vocab_size": "data.vocab_size", "arch.block_size": "data.block_size"}
+
+
+def start_run(cli: Any, args: Any, max_steps: int | None, need_weights: bool = False) -> str | None:
+    """Decide how the run of ``cli`` (a LightningCLI after building trainer, model and data) starts.
+
+    Resolves ``--ckpt_path`` (``last`` across version folders; the saved config then records the
+    file actually used); when resuming, puts the checkpoint's settings into the config and, where
+    they differ from the parsed ones, rebuilds the module from them (``last`` is found through the
+    trainer's loggers, so only after the module was built); with ``--init_from``, loads its weights.
+
+    Args:
+        cli: The LightningCLI; its ``config``, ``config_init`` and ``model`` are updated in place
+            (SaveConfigCallback holds ``cli.config[subcommand]`` and writes it to config.yaml).
+        args: The arguments the CLI parsed (None: ``sys.argv``), read again only when needed.
+        max_steps: ``trainer.max_steps`` for fit (a checkpoint already there is an error); None for validate.
+        need_weights: Refuse to run without ``--ckpt_path`` or ``--init_from`` (validate).
+
+    Returns:
+        The resolved checkpoint path (None without ``--ckpt_path``).
+    """
+    sub = cli.subcommand
+    ckpt_path = resolve_ckpt_path(cli.config_init[sub].get("ckpt_path"), cli.trainer)
+    cli.config_init[sub]["ckpt_path"] = cli.config[sub]["ckpt_path"] = ckpt_path
+    init_from = cli.config_init[sub].get("init_from")
+    if need_weights and ckpt_path is None and not init_from:
+        raise ConfigError(
+            f"{sub} needs trained weights: add --ckpt_path last (the newest last.ckpt of this "
+            "run name) or --ckpt_path path/to/file.ckpt."
+        )
+    if ckpt_path and ckpt_path.endswith(".ckpt"):
+        _resume(cli, args, ckpt_path, max_steps, init_from)
+    elif init_from and not ckpt_path:
+        path = check_checkpoint(init_from, cli.model.model_cfg, flag="--init_from")
+        step = load_weights(cli.model.model, path)
+        rank_zero_info(f"--init_from {path}: model weights of step {step}; new run from step 0.")
+    return ckpt_path
+
+
+def _resume(cli: Any, args: Any, path: str, max_steps: int | None, init_from: str | None) -> None:
+    """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
+    sub = cli.subcommand
+    ckpt = read_resume_checkpoint(path, max_steps)
+    hparams = ckpt[CKPT_HPARAMS]
+    parsed = flatten(cli.config[sub]["model"])
+    # Only a parsed value that differs from the checkpoint's can be a given one that differs: in the
+    # usual resume (the run's own config) the arguments are not read a second time.
+    differ = any(
+        k in parsed and not _same(parsed[k], v)
+        for k, v in flatten(hparams).items()
+        if k not in RUNTIME_KEYS and k not in LINKED
+    )
+    given = flatten(given_values(cli.parser, args).get(sub, {}).get("model") or {}) if differ else {}
+    settings = resume_settings(path, hparams, given, parsed)
+    check_init_from(path, ckpt, init_from)
+    if flatten(settings) != flatten(dict(cli.model.hparams)):
+        updated = cli.parser.parse_object({sub: {"model": settings}}, cli.config)
+        cli.config[sub]["model"] = updated[sub]["model"]
+        cli.model = cli.config_init[sub]["model"] = type(cli.model)(**settings)
 
 
 def given_values(parser: ArgumentParser, args: Any) -> Namespace:
@@ -102,7 +166,7 @@ def resume_settings(
         elif key in given and not _same(given[key], value):
             diffs.append(f"model.{key}: checkpoint {_show(value)}, given {_show(given[key])}")
     if diffs:
-        config = Path(path).parent.parent / "config.yaml"
+        config = Path(path).parent.parent / RUN_CONFIG_FILE
         own = f"--config {config}" if config.is_file() else "the run's own config"
         raise ConfigError(
             f"--ckpt_path {path} resumes a run exactly, with its own settings, but {len(diffs)} "
@@ -124,7 +188,7 @@ def check_init_from(ckpt_path: str, ckpt: dict[str, Any], init_from: str | None)
     (it is in that run's config.yaml); the weights then come from the checkpoint."""
     if not init_from:
         return
-    saved = yaml.safe_load(ckpt.get("gptmini_config") or "{}") or {}
+    saved = yaml.safe_load(ckpt.get(CKPT_RUN_CONFIG) or "{}") or {}
     if saved.get("init_from") != init_from:
         raise ConfigError(
             f"--init_from {init_from} and --ckpt_path {ckpt_path} both given: --ckpt_path continues "
@@ -144,4 +208,4 @@ def load_weights(model: torch.nn.Module, path: str) -> int:
             f"--init_from {path}: its weights do not fit this model ({' '.join(str(e).split())[:300]}); "
             f"set model.arch to the checkpoint's (see its run's config.yaml)."
         ) from None
-    return int(ckpt.get("global_step", 0))
+    return int(ckpt.get(CKPT_STEP, 0))

@@ -1,0 +1,35 @@
+"""What the callbacks read from the LightningModule beyond Lightning's own API, declared once.
+
+:class:`gptmini.train.module.GPTMiniModule` provides it (``tests/test_interface.py``). With another
+module the callbacks skip what needs it (no MFU, no text samples, the logged loss instead of the
+step's, ln(V) from the datamodule) rather than reach for attributes by name.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from gptmini.core.model import ModelConfig
+from gptmini.core.schedule import ScheduleConfig
+
+
+@runtime_checkable
+class RecipeModule(Protocol):
+    """A LightningModule training a GPTMini with the recipe."""
+
+    model: nn.Module
+    """The bare GPTMini (sampling, one-batch checks)."""
+    model_cfg: ModelConfig
+    """Its architecture (vocab for ln(V), FLOPs per token)."""
+    schedule_cfg: ScheduleConfig
+    """The lr schedule settings (the lr curve's expected end)."""
+    last_loss: torch.Tensor | None
+    """This step's training loss, detached (None before the first step); read whether or not it is logged."""
+
+
+def recipe_module(pl_module: object) -> RecipeModule | None:
+    """``pl_module`` when it provides :class:`RecipeModule`, else None."""
+    return pl_module if isinstance(pl_module, RecipeModule) else None

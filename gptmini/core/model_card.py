@@ -1,0 +1,152 @@
+"""The README.md model card of an export folder: what the model is, how it was trained, how to load it. No Lightning.
+
+Everything comes from the checkpoint: the model config, ``global_step``, the run record that
+``GPTMiniModule`` saves (tokens seen, every validation's val/loss and val/bpb, the corpus's
+meta.json figures; ``formats.CKPT_RUN_STATE``) and the resolved config the CLI saves
+(``formats.CKPT_RUN_CONFIG``).
+A figure the checkpoint does not hold (one written before gptmini recorded it) reads "not recorded".
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gptmini.core.formats import CKPT_RUN_CONFIG, CKPT_RUN_STATE, CKPT_STEP
+from gptmini.core.sources import default_corpus
+
+NOT_RECORDED = "not recorded"
+
+
+def _corpus_notice() -> str:
+    return (resources.files("gptmini.corpus") / "NOTICE").read_text(encoding="utf-8").strip()
+
+
+def _is_embedded(source: str) -> bool:
+    try:
+        return Path(source).resolve() == default_corpus().resolve()
+    except OSError:
+        return False
+
+
+def _val(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return NOT_RECORDED
+    bpb = entry.get("val/bpb")
+    bpb_text = f", val/bpb {bpb:.4f}" if bpb is not None else ""
+    return f"val/loss {entry['val/loss']:.4f}{bpb_text} (step {entry['step']})"
+
+
+def _corpus_lines(corpus: dict[str, Any]) -> list[str]:
+    sources = [s.get("source", "?") for s in corpus.get("sources") or []]
+    if not sources:
+        return [f"- sources: {NOT_RECORDED}"]
+    lines = []
+    for src in sources:
+        name = "the embedded Shakespeare corpus (gptmini/corpus, nine plays)" if _is_embedded(src) else f"`{src}`"
+        lines.append(f"- source: {name}")
+
+    def n(key: str) -> str:
+        return f"{corpus[key]:,}" if isinstance(corpus.get(key), int) else NOT_RECORDED
+
+    lines.append(f"- tokens: {n('train_tokens')} train, {n('val_tokens')} validation ({corpus.get('val_from') or '?'})")
+    lines.append(f"- bytes of text: {n('train_bytes')} train, {n('val_bytes')} validation")
+    lines.append(f"- tokenizer: {corpus.get('tokenizer') or NOT_RECORDED}")
+    if all(_is_embedded(s) for s in sources):
+        notice = "\n".join("  > " + line if line else "  >" for line in _corpus_notice().splitlines())
+        lines.append("- licence (gptmini/corpus/NOTICE):\n\n" + notice)
+    elif any(s.startswith("hf:") for s in sources):
+        lines.append("- licence: see the dataset's card on the Hugging Face Hub (not recorded here)")
+    else:
+        lines.append("- licence: not known to gptmini; see the corpus's own terms")
+    return lines
+
+
+def model_card(
+    name: str, cfg: dict[str, Any], n_params: int, ckpt: dict[str, Any] | None, source: str
+) -> str:
+    """The model card's Markdown. ``cfg`` is the ModelConfig as a dict, ``ckpt`` the checkpoint
+    (None when exporting from an export folder without a card)."""
+    ckpt = ckpt or {}
+    run = ckpt.get(CKPT_RUN_STATE) or {}
+    history = run.get("val") or []
+    final = history[-1] if history else None
+    best = min(history, key=lambda e: e["val/loss"]) if history else None  # BestCheckpoint's rule
+    steps = ckpt.get(CKPT_STEP)
+    tokens = run.get("tokens_seen")
+    shape = (
+        f"d{cfg['n_embd']} L{cfg['n_layer']} H{cfg['n_head']}, vocab {cfg['vocab_size']}, "
+        f"context {cfg['block_size']}"
+    )
+    config = ckpt.get(CKPT_RUN_CONFIG)
+    config_block = (
+        f"```yaml\n{config.rstrip()}\n```"
+        if isinstance(config, str)
+        else "The run's resolved config is not in the checkpoint (a run not started by the gptmini CLI); "
+        "the model's shape is in `config.json`."
+    )
+    lines = [
+        f"# {name}",
+        "",
+        f"A GPTMini language model (decoder-only transformer, RMSNorm, RoPE) trained with gptmini, "
+        f"exported from `{source}`.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| shape | {shape} |",
+        f"| parameters | {n_params:,} ({n_params / 1e6:.2f}M; the embedding and output head share one matrix) |",
+        f"| steps | {steps if steps is not None else NOT_RECORDED} |",
+        f"| tokens seen | {f'{tokens:,}' if tokens else NOT_RECORDED} |",
+        f"| final | {_val(final)} |",
+        f"| best | {_val(best)} |",
+        "",
+        "val/loss is in nats per token; val/bpb is bits per UTF-8 byte of the validation text, "
+        "comparable across tokenizers.",
+        "",
+        "## Corpus",
+        "",
+        *_corpus_lines(run.get("corpus") or {}),
+        "",
+        "## Config",
+        "",
+        config_block,
+        "",
+        "## Load it",
+        "",
+        "With gptmini (`pip install gptmini`, or its source):",
+        "",
+        "```bash",
+        f'gptmini generate {name} --prompt "ROMEO:"',
+        f"gptmini eval {name} --data my_text.txt",
+        "```",
+        "",
+        "```python",
+        "from gptmini.core.checkpoint import load_model_and_tokenizer",
+        "",
+        f'model, tok = load_model_and_tokenizer("{name}")',
+        "```",
+        "",
+        "With only safetensors, tokenizers and the model code (`gptmini/core/model.py`, which",
+        "needs `gptmini/core/config.py`): no Lightning, no gptmini loader.",
+        "",
+        "```python",
+        "import json",
+        "",
+        "import torch",
+        "from safetensors.torch import load_model",
+        "from tokenizers import Tokenizer",
+        "",
+        "from gptmini.core.model import GPTMini, ModelConfig",
+        "",
+        f'model = GPTMini(ModelConfig(**json.load(open("{name}/config.json"))))',
+        f'load_model(model, "{name}/model.safetensors")  # restores the shared embedding/head matrix',
+        f'tok = Tokenizer.from_file("{name}/tokenizer.json")',
+        'ids = torch.tensor([tok.encode("ROMEO:").ids])',
+        "logits, _ = model.eval()(ids)  # (1, T, vocab): the next token's scores at each position",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""`gptmini eval`: loss, perplexity and bits per byte of a checkpoint or export folder on a corpus."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_BLOCK, TINY_VOCAB
+
+from gptmini.core.evaluate import score_tokens, window_plan
+from gptmini.core.model import GPTMini
+from gptmini.evaluate import evaluate
+from gptmini.train.datamodule import GPTMiniData
+
+VAL_BATCHES = 4  # tiny_cli_args' limit_val_batches
+
+
+def val_bin(corpus_file, data_cache) -> Path:
+    dm = GPTMiniData(data=str(corpus_file), cache_dir=str(data_cache), vocab_size=TINY_VOCAB, block_size=TINY_BLOCK)
+    return dm.cache_path / "val.bin"
+
+
+def test_eval_on_the_runs_val_split_reproduces_its_val_loss(fitted_run, corpus_file, data_cache, capsys):
+    ckpt = fitted_run / "checkpoints" / "last.ckpt"
+    logged = torch.load(ckpt, map_location="cpu", weights_only=True)["gptmini_run"]["val"][-1]
+    assert logged["step"] == 6
+    scored = VAL_BATCHES * 8 * TINY_BLOCK  # limit_val_batches x batch_size x block_size
+    result = evaluate(str(ckpt), data=str(val_bin(corpus_file, data_cache)), max_tokens=scored, device="cpu", progress=False)
+    assert result["tokens"] == scored and result["windows"] == VAL_BATCHES * 8
+    assert result["loss"] == pytest.approx(logged["val/loss"], rel=1e-5, abs=0)
+    assert result["bpb"] == pytest.approx(logged["val/bpb"], rel=1e-5, abs=0)
+    assert result["ppl"] == pytest.approx(math.exp(logged["val/loss"]), rel=1e-5)
+    out = capsys.readouterr().out
+    assert f"loss    {logged['val/loss']:.4f} nats/token" in out
+
+
+def test_windows_score_every_token_once():
+    for n, block, stride in [(10, 4, 4), (10, 4, 2), (10, 4, 1), (5, 4, 4), (2, 4, 4), (100, 8, 3)]:
+        plan = list(window_plan(n, block, stride))
+        targets = [t for _, end, scored in plan for t in range(end - scored + 1, end + 1)]
+        assert targets == list(range(1, n)), (n, block, stride, plan)
+        assert all(end - begin <= block for begin, end, _ in plan)
+        # each later window has block - stride tokens of context before its scored ones (when full)
+        assert all(end - begin - scored == block - stride for begin, end, scored in plan[1:-1])
+
+
+def test_strided_scoring_matches_a_token_by_token_reference(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = GPTMini(tiny_model_cfg).eval()
+    tokens = np.random.default_rng(0).integers(0, TINY_VOCAB, 150).astype(np.uint16)
+    table = np.arange(TINY_VOCAB) % 3 + 1  # any byte table: the sum is over the scored targets
+    stride = 12
+    score = score_tokens(model, tokens, stride=stride, batch_size=3, byte_table=table)
+    # reference: each window on its own, its last `scored` targets
+    nats, n_bytes = 0.0, 0
+    t = torch.from_numpy(tokens.astype(np.int64))
+    with torch.no_grad():
+        for begin, end, scored in window_plan(len(tokens), TINY_BLOCK, stride):
+            logits = model(t[begin:end][None])[0][0]
+            ce = F.cross_entropy(logits, t[begin + 1 : end + 1], reduction="none")
+            nats += ce[-scored:].double().sum().item()
+            n_bytes += int(table[tokens[end - scored + 1 : end + 1]].sum())
+    assert score.tokens == len(tokens) - 1 and score.bytes == n_bytes
+    assert score.nats == pytest.approx(nats, rel=1e-6)
+    assert score.bpb == pytest.approx(nats / (math.log(2) * n_bytes), rel=1e-6)
+    # more context per token (stride < block) scores better than disjoint windows on real text only;
+    # here it must at least score the same tokens
+    assert score_tokens(model, tokens, batch_size=5).tokens == len(tokens) - 1
+
+
+def test_eval_console_script_on_a_jsonl_corpus_writes_json(fitted_run, tmp_path, capsys):
+    records = [{"id": i, "body": f"ROMEO: speak again, bright angel {i}. Café ☕"} for i in range(40)]
+    corpus = tmp_path / "talk.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    ckpt = fitted_run / "checkpoints" / "last.ckpt"
+    exe = Path(sys.executable).with_name("gptmini")
+    out_json = tmp_path / "score.json"
+    args = [str(ckpt), f"--data={corpus}", "--text_field=body", "--stride=16", "--device=auto", f"--json={out_json}"]
+    res = subprocess.run([str(exe), "eval", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out_json.read_text())
+    assert result["stride"] == 16 and result["block_size"] == TINY_BLOCK
+    n_bytes = sum(len(r["body"].encode("utf-8")) for r in records)
+    assert 0 < result["bytes"] < n_bytes  # all the text but the first token (and EOTs are 0 bytes)
+    assert result["bpb"] == pytest.approx(result["loss"] / math.log(2) * result["tokens"] / result["bytes"])
+    assert f"bpb     {result['bpb']:.4f} bits/byte" in res.stdout
+    assert "gptmini eval" in res.stderr  # the progress bar, on stderr
+    # a field that is not there: one error line, exit 2 (in process: the same dispatch)
+    from gptmini.commands import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(ckpt), f"--data={corpus}", "--progress=false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "text_field='text'" in err
