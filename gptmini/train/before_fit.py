@@ -145,7 +145,7 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         for p in every:
             if p not in problems and (problems.setdefault(p, checkpoint_problem(p))) is None:
                 rank_zero_warn(
-                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); resuming from {p}, "
+                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); using {p}, "
                     f"the newest readable checkpoint of this run."
                 )
                 return str(p)
