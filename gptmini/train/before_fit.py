@@ -31,6 +31,7 @@ from gptmini.core.formats import (
     RUN_CONFIG_FILE,
 )
 from gptmini.core.schedule import validate_horizon
+from gptmini.train import compat
 from gptmini.train.names import upgrade_hparams
 
 
@@ -66,14 +67,10 @@ def check_strategy(strategy: object, accelerator: object) -> None:
     Lightning refuses FSDP without a GPU by name (``_check_strategy_and_fallback``); torch's FSDP
     itself runs on CPU with gloo only with changes Lightning does not make (docs/clusters.md)."""
     from lightning.pytorch.accelerators import CUDAAccelerator
-    from lightning.pytorch.strategies import FSDPStrategy
 
-    fsdp = type(strategy) is FSDPStrategy or (
-        isinstance(strategy, str) and strategy.lower() in FSDPStrategy.get_registered_strategies()
-    )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
-    if fsdp and on_cpu:
-        name = strategy if isinstance(strategy, str) else "FSDPStrategy"
+    if compat.names_fsdp(strategy) and on_cpu:
+        name = strategy if isinstance(strategy, str) else type(strategy).__name__
         raise ConfigError(
             f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP does not run on CPU, "
             f"docs/clusters.md); on CPU use trainer.strategy=ddp, or drop trainer.strategy."

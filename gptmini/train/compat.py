@@ -30,6 +30,15 @@ def uses_fsdp(trainer: pl.Trainer | None) -> bool:
     return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
 
 
+def names_fsdp(strategy: object) -> bool:
+    """Whether a ``trainer.strategy`` setting (a name or an instance, before the Trainer exists) is
+    one Lightning refuses without a GPU (``_check_strategy_and_fallback``: the registered FSDP
+    names, or exactly FSDPStrategy)."""
+    if isinstance(strategy, str):
+        return strategy.lower() in FSDPStrategy.get_registered_strategies()
+    return type(strategy) is FSDPStrategy
+
+
 def attached_trainer(module: pl.LightningModule) -> Any:
     """The module's trainer, or None when it is not attached (``module.trainer`` raises then)."""
     return module._trainer
