@@ -7,7 +7,6 @@ from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -16,7 +15,7 @@ from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, resume
+from gptmini.train import before_fit, compat, resume
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -41,11 +40,11 @@ class GPTMiniParser(LightningArgumentParser):
 def _keys(parser: Any) -> list[str]:
     """Every option name of a parser and of its subcommands' parsers."""
     keys = []
-    for action in parser._actions:
+    for action in compat.parser_actions(parser):
         if isinstance(action.dest, str):
             keys.append(action.dest)
         if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
-            keys += [k for sub in action.choices.values() if hasattr(sub, "_actions") for k in _keys(sub)]
+            keys += [k for sub in action.choices.values() if compat.parser_actions(sub) for k in _keys(sub)]
     return keys
 
 
@@ -91,7 +90,7 @@ class GPTMiniCLI(LightningCLI):
         super().parse_arguments(parser, args)
         self._args = args  # resume.start_run reads the given values again only when it must
 
-    def _parse_ckpt_path(self) -> None:
+    def _parse_ckpt_path(self) -> None:  # compat.PARSE_CKPT_PATH_HOOK
         """Off: LightningCLI's would put a checkpoint's hyper_parameters over the parsed model settings
         before any hook, dropping the user's silently; gptmini.train.resume.start_run decides them."""
 
@@ -120,7 +119,7 @@ class GPTMiniCLI(LightningCLI):
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.
         callbacks = trainer.callbacks
         for i, cb in enumerate(callbacks):
-            if type(cb) is TQDMProgressBar and cb.refresh_rate == 1 and not cb._leave:
+            if compat.is_default_progress_bar(cb):
                 callbacks[i] = LossProgressBar()
         return trainer
 

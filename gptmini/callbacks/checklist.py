@@ -44,6 +44,7 @@ from gptmini.callbacks.recipe_checks import (
 from gptmini.callbacks.report import RECIPE_CHECKS, CheckItem, RecipeCheckName, SanityCheckError, _num, _say
 from gptmini.core.config import ConfigError
 from gptmini.core.recipe import START_TOLERANCE, WARMUP_FRACTION
+from gptmini.train.compat import every_n_train_steps
 
 
 class Checklist(Callback):
@@ -290,7 +291,7 @@ class Checklist(Callback):
             parts.append("no checkpoints")
             status = "note"
         for cb in ckpts:
-            n = cb._every_n_train_steps
+            n = every_n_train_steps(cb)
             if n:
                 parts.append(f"checkpoint every {n} steps" + (" + last" if cb.save_last else ""))
                 if max_steps > 0 and n > max_steps:

@@ -44,7 +44,7 @@ from gptmini.callbacks.interface import recipe_module
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
-from gptmini.train.compat import grad_scaler
+from gptmini.train.compat import grad_scaler, request_stop, signal_connector, window_continues
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,7 +101,7 @@ class _StopAtWindowEnd:
     @property
     def received_sigterm(self) -> bool:
         # Lightning's own rule for "this batch ends a window" (epoch end included).
-        return self._stop_requested and not self.trainer.fit_loop.epoch_loop._should_accumulate()
+        return self._stop_requested and not window_continues(self.trainer)
 
     @received_sigterm.setter
     def received_sigterm(self, value: bool) -> None:
@@ -109,7 +109,7 @@ class _StopAtWindowEnd:
 
 
 def _stop_at_window_end(trainer: pl.Trainer) -> None:
-    connector = trainer._signal_connector
+    connector = signal_connector(trainer)
     if isinstance(connector, _StopAtWindowEnd):
         return
     requested = connector.received_sigterm
@@ -299,9 +299,8 @@ class FaultGuard(Callback):
         def on_sigint(signum: int, frame: Any) -> None:
             self._restore_sigint()  # a second Ctrl-C raises KeyboardInterrupt at once: abort
             self.stop_signal = signal.SIGINT
-            # Lightning reads this flag after every step (and broadcasts rank 0's under DDP); it
-            # has no public setter.
-            trainer._signal_connector.received_sigterm = True
+            # Lightning reads this flag after every step (and broadcasts rank 0's under DDP).
+            request_stop(trainer)
             rank_zero_info(
                 "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "
                 "without saving)."

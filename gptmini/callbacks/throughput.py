@@ -15,12 +15,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
 from gptmini.core.flops import _sync, device_peak_flops, flops_per_token, measure_matmul_flops
+from gptmini.train.compat import compute_dtype
 
 
 class ThroughputLogger(pl.Callback):
@@ -61,7 +61,7 @@ class ThroughputLogger(pl.Callback):
         if stage != "fit":
             return
         device = trainer.strategy.root_device
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        dtype = compute_dtype(trainer)
         if self.peak_flops_setting == "measure":
             self.peak_flops = measure_matmul_flops(device, dtype)
         elif self.peak_flops_setting is not None:

@@ -31,6 +31,7 @@ from gptmini.core.formats import (
     RUN_CONFIG_FILE,
 )
 from gptmini.core.schedule import validate_horizon
+from gptmini.train.compat import every_n_train_steps, logger_version_unset, set_logger_version
 from gptmini.train.names import upgrade_hparams
 
 
@@ -188,9 +189,8 @@ def claim_version(trainer: pl.Trainer) -> None:
     the others move on to the next number.
     """
     for logger in trainer.loggers:
-        # `_version` is None until the logger picks one (no public way to tell without picking).
         root = getattr(logger, "root_dir", None)
-        if getattr(logger, "_version", "fixed") is not None or not root or "://" in str(root):
+        if not logger_version_unset(logger) or not root or "://" in str(root):
             continue  # a fixed version (check_log_dir_free guards it), or a remote filesystem
         os.makedirs(root, exist_ok=True)
         taken = [int(m.group(1)) for d in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", d))]
@@ -201,7 +201,7 @@ def claim_version(trainer: pl.Trainer) -> None:
                 break
             except FileExistsError:
                 n += 1
-        logger._version = n
+        set_logger_version(logger, n)
 
 
 def check_log_dir_free(trainer: pl.Trainer) -> None:
@@ -270,7 +270,7 @@ def files_kept(trainer: pl.Trainer) -> int:
             continue
         k = cb.save_top_k
         if k < 0:
-            every = cb._every_n_train_steps  # no public getter (Lightning 2.6)
+            every = every_n_train_steps(cb)
             k = max(1, trainer.max_steps // every) if every and trainer.max_steps > 0 else 1
         files += k + (1 if cb.save_last else 0)
     return files + 1 if files else 0

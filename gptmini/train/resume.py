@@ -28,6 +28,7 @@ from gptmini.core.checkpoint import model_state_dict, read_checkpoint
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import CKPT_HPARAMS, CKPT_RUN_CONFIG, CKPT_STEP, RUN_CONFIG_FILE
 from gptmini.train.before_fit import check_checkpoint, read_resume_checkpoint, resolve_ckpt_path
+from gptmini.train.compat import parse_given
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
 RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
@@ -99,12 +100,7 @@ def given_values(parser: ArgumentParser, args: Any) -> Namespace:
     jsonargparse fills defaults and linked values on every parse, so a second parse with
     ``defaults=False`` and links off tells a given value from a default (even one that equals it).
     """
-    from jsonargparse._link_arguments import skip_apply_links  # no public switch (jsonargparse 4.53)
-
-    with skip_apply_links():
-        if isinstance(args, (dict, Namespace)):
-            return parser.parse_object(args, defaults=False, _skip_validation=True)
-        return parser.parse_args(args, defaults=False, _skip_validation=True)
+    return parse_given(parser, args)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
