@@ -110,6 +110,8 @@ class GPTMiniCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.

@@ -4,8 +4,8 @@ the tools ``gptmini generate|export|eval|exercises ...``.
 The tools are dispatched here, before anything imports Lightning, so sampling and exporting start
 in about a second instead of paying Lightning's import (~3 s). Exit status: 0 done, 2 a bad
 argument or setting (one ``error:`` line), 74 the disk filled while saving a checkpoint (one
-``error:`` line; the earlier checkpoints are intact), 1 any other error, 143 stopped by SIGTERM and
-130 by Ctrl-C (``last.ckpt`` saved).
+``error:`` line; the earlier checkpoints are intact), 1 any other error, 143 stopped by SIGTERM,
+130 by Ctrl-C and 138 by SLURM's requeue signal SIGUSR1 (``last.ckpt`` saved).
 """
 
 from __future__ import annotations

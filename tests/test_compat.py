@@ -4,18 +4,13 @@ gptmini/train/compat.py, or the version bounds in pyproject.toml)."""
 
 from __future__ import annotations
 
-import inspect
-
 import lightning.pytorch as pl
 import pytest
 import torch
-from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
-from gptmini.cli import GPTMiniCLI
 from gptmini.core.schedule import ScheduleConfig
 from gptmini.train import compat
 from gptmini.train.module import GPTMiniModule
@@ -109,51 +104,55 @@ def test_compute_dtype(tmp_path):
 
 
 def test_checkpoint_io_plugin(tmp_path):
-    """Strategy._checkpoint_io (None: none configured) and plugins.io.wrapper._WrappingCheckpointIO."""
+    """Strategy._checkpoint_io (None: none configured) and plugins.io.wrapper._WrappingCheckpointIO."""  # noqa: E501
     assert compat.configured_checkpoint_io(trainer(tmp_path).strategy) is None
     mine = TorchCheckpointIO()
     assert compat.configured_checkpoint_io(trainer(tmp_path, plugins=[mine]).strategy) is mine
-    assert issubclass(AsyncCheckpointIO, compat.WrappingCheckpointIO)
+    assert compat.wraps_checkpoint_io(AsyncCheckpointIO()) and not compat.wraps_checkpoint_io(mine)
 
 
-def test_compiled_in_place(tiny_model_cfg):
-    """torch: nn.Module._compiled_call_impl, set by nn.Module.compile (lazily: nothing compiles here)."""
-    module = GPTMiniModule(arch=tiny_model_cfg).model
-    assert not compat.is_compiled(module)
-    module.compile()
-    assert compat.is_compiled(module)
+def test_cluster_environment(tmp_path, monkeypatch):
+    """Trainer._accelerator_connector.cluster_environment."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    assert isinstance(compat.cluster_environment(trainer(tmp_path)), LightningEnvironment)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NODELIST", "node1")
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    assert isinstance(compat.cluster_environment(trainer(tmp_path)), SLURMEnvironment)
 
 
-def test_parse_ckpt_path_hook():
-    """LightningCLI._parse_ckpt_path: called by LightningCLI.__init__ and turned off by GPTMiniCLI
-    (else the checkpoint's settings would silently replace the user's; gptmini.train.resume)."""
-    name = compat.PARSE_CKPT_PATH_HOOK
-    init = inspect.getsource(LightningCLI.__init__)
-    if not hasattr(LightningCLI, name):  # Lightning < 2.5.1 applies no checkpoint settings at all
-        assert "ckpt_path" not in init
-        return
-    assert f"self.{name}()" in init
-    assert getattr(GPTMiniCLI, name) is not getattr(LightningCLI, name)
+def test_restricted_number_types_describe_themselves():
+    """jsonargparse.typing restricted types (public): their docstring "<int|float> restricted to be
+    <bounds>" is what gptmini.core.config's messages quote; an int/float subclass in jsonargparse.typing."""
+    from jsonargparse.typing import ClosedUnitInterval, PositiveInt
+
+    from gptmini.core.config import VocabSize, check_value, describe
+
+    assert describe(PositiveInt) == "an integer >0"
+    assert describe(ClosedUnitInterval) == "a number ≥0 and ≤1"
+    assert describe(VocabSize) == "an integer ≥2 and ≤65536"
+    assert check_value("x", PositiveInt, 3) == 3 and type(check_value("x", PositiveInt, 3)) is int
+    with pytest.raises(ValueError, match="x must be an integer >0, got 0"):
+        check_value("x", PositiveInt, 0)
 
 
-def test_parse_given_values():
-    """jsonargparse: _link_arguments.skip_apply_links and parse_args(_skip_validation=)."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--a", type=int, default=1)
-    parser.add_argument("--b", type=int, default=2)
-    parser.add_argument("--c", type=int, default=3)
-    parser.link_arguments("a", "c")
-    given = compat.parse_given(parser, ["--a=5"])
-    assert given.as_dict() == {"a": 5}  # no default b, no linked c
-    assert compat.parse_given(parser, {"b": 4}).as_dict() == {"b": 4}
-    assert "a" in [action.dest for action in compat.parser_actions(parser)]  # argparse's _actions
+def test_private_names_are_used_only_in_compat():
+    """A private Lightning/jsonargparse name outside gptmini/train/compat.py would move unnoticed."""
+    import re
+    from pathlib import Path
 
-
-def test_attribute_docstrings_setting():
-    """jsonargparse._optionals.get_docstring_parse_options (set_parsing_settings has no getter)."""
-    from jsonargparse._optionals import get_docstring_parse_options  # noqa: F401 - fails loudly if moved
-
-    before = compat.attribute_docstrings_on()
-    with compat.attribute_docstrings_off():
-        assert compat.attribute_docstrings_on() is False
-    assert compat.attribute_docstrings_on() is before
+    package = Path(__file__).parent.parent / "gptmini"
+    private_import = re.compile(r"^\s*from (lightning|jsonargparse)[\w.]*\s+import\s+_|^\s*from (lightning|jsonargparse)[\w.]*\._", re.M)
+    private_attr = re.compile(
+        r"\b(trainer|logger|cb|callback|strategy|connector|parser|action|sub|hint|module|pl_module|model)\._[a-z]\w*"
+    )
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "compat.py":
+            continue
+        text = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())  # code, not comments
+        text = re.sub(r"``[^`]*``", "", text)  # nor names quoted in docstrings
+        assert not private_import.search(text), f"{path}: a private import; wrap it in gptmini.train.compat"
+        found = [m.group(0) for m in private_attr.finditer(text)]
+        assert not found, f"{path}: {found}; wrap it in gptmini.train.compat"

@@ -237,6 +237,7 @@ TOKEN_SETTINGS = [
         ("text_field", "body", ("jsonl", "hf")),
         ("hf_config", "small", ("hf",)),
         ("hf_split", "other", ("hf",)),
+        ("skip_bad_records", True, ("jsonl", "hf")),  # skipped records change the tokens
     ]
     for source in sources
 ]

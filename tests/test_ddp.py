@@ -68,6 +68,11 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, corpus_file, data_cache):
     )
     assert weight_diff < 1e-5
     assert val_diff < 1e-5
+    # val/bpb sums nats and bytes over both ranks' shards (BitsPerByte's synced states)
+    assert m["val/bpb"][MAX_STEPS - 1] == pytest.approx(s["val/bpb"][MAX_STEPS - 1], rel=1e-5)
+    # and the run record counts both processes' tokens
+    tokens = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["gptmini_run"]["tokens_seen"] for r in (single, multi)]
+    assert tokens[0] == tokens[1] > 0
     assert m["lr/decay"] == s["lr/decay"]
     # Throughput counts both processes.
     for step, total in m["throughput/tokens_per_sec"].items():

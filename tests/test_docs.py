@@ -237,6 +237,8 @@ def check(cmd: Command, parser) -> str | None:
     if any(cmd.text in line for line in ci_lines()):
         return None  # CI runs it (test_readme_setup_and_test_commands_are_what_ci_runs)
     argv = cmd.argv
+    if not argv and cmd.in_script:  # only `VAR=value` assignments: a script line left to `bash -n`
+        return None
     head, rest = argv[0], argv[1:]
     if head in ("srun", "exec"):
         return check(Command(cmd.where, shlex.join(rest), cmd.in_script), parser)

@@ -99,3 +99,17 @@ def test_eval_console_script_on_a_jsonl_corpus_writes_json(fitted_run, tmp_path,
         main(["eval", str(ckpt), f"--data={corpus}", "--progress=false"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and "text_field='text'" in err
+
+
+def test_eval_reads_a_saved_datasets_validation_split(fitted_run, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    train = ["ROMEO: a long train text that should not be scored. " * 20] * 4
+    val = ["JULIET: short."] * 30
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": train}), "validation": datasets.Dataset.from_dict({"text": val})}
+    ).save_to_disk(str(tmp_path / "ds"))
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    by_default = evaluate(ckpt, data=str(tmp_path / "ds"), device="cpu", progress=False)
+    assert by_default["bytes"] < sum(len(t) for t in val)  # the validation split, not train's ~4 KB
+    on_train = evaluate(ckpt, data=str(tmp_path / "ds"), split="train", device="cpu", progress=False)
+    assert on_train["bytes"] > sum(len(t) for t in val)

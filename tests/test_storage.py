@@ -195,7 +195,7 @@ def test_ckpt_path_last_skips_a_damaged_newest_file(
     (msg,) = [str(w.message) for w in caught if "newest readable" in str(w.message)]
     newest = run / "checkpoints" / "epoch=2-step=16.ckpt"
     assert msg.startswith(f"--ckpt_path last: {last} cannot be read (0 bytes, truncated or corrupt")
-    assert msg.endswith(f"resuming from {newest}, the newest readable checkpoint of this run.")
+    assert msg.endswith(f"using {newest}, the newest readable checkpoint of this run.")
     # None readable: one line listing what was found.
     for p in (run / "checkpoints").iterdir():
         p.write_bytes(p.read_bytes()[:100])

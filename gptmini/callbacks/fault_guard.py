@@ -16,7 +16,9 @@
   sets the exit status to 128 + the signal (143, 130), so ``--ckpt_path last`` resumes from the
   exact step (a hard kill resumes from the previous interval checkpoint instead). DataLoader workers
   ignore both signals (``gptmini.train.loader.ignore_stop_signals``), so a signal to the whole
-  process group does not kill them mid-step. A stop inside a gradient-accumulation window waits for
+  process group does not kill them mid-step. Under SLURM (auto_requeue, Lightning's default) the
+  requeue signal (SIGUSR1, ``#SBATCH --signal=USR1@90``) stops the run the same way, and after the
+  save rank 0 requeues the job once (``gptmini.callbacks.requeue``), on SIGTERM too. A stop inside a gradient-accumulation window waits for
   the window's optimizer step (the half-summed gradients are in no checkpoint); one during the
   validation of step N stops after the current validation batch, and the resumed run repeats that
   validation from its start.
@@ -40,6 +42,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptmini.callbacks import requeue
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
@@ -61,12 +64,23 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
-def resume_command(argv: list[str] | None = None, ckpt: str = "last") -> str:
-    """The command that started this process with ``--ckpt_path last`` (or ``ckpt``) instead of any ckpt_path."""
+def resume_command(
+    argv: list[str] | None = None, ckpt: str = "last", environ: dict[str, str] | None = None
+) -> str:
+    """The command that started this process with ``--ckpt_path last`` (or ``ckpt``) instead of any ckpt_path.
+
+    Under torchrun or srun a worker does not see the launcher's own options: they are left as
+    ``<the same torchrun options>``."""
     argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
     prog = {"cli.py": ["python", "-m", "gptmini.cli"], "gptmini": ["gptmini"]}.get(Path(argv[0]).name)
     if prog is None:  # started from Python (tests, notebooks): no command line to repeat
         return f"--ckpt_path {ckpt}"
+    launcher = ""
+    if "TORCHELASTIC_RUN_ID" in environ:  # set by torchrun for its workers
+        launcher, prog = "torchrun <the same torchrun options> ", ["-m", "gptmini.cli"]
+    elif "SLURM_STEP_ID" in environ:  # set by srun for its tasks
+        launcher = "srun "
     args, skip = [], False
     for a in argv[1:]:
         if skip or a.startswith("--ckpt_path="):
@@ -76,7 +90,7 @@ def resume_command(argv: list[str] | None = None, ckpt: str = "last") -> str:
             skip = True
             continue
         args.append(a)
-    return shlex.join([*prog, *args, "--ckpt_path", ckpt])
+    return launcher + shlex.join([*prog, *args, "--ckpt_path", ckpt])
 
 
 def _name_last_intact(trainer: pl.Trainer, error: DiskFullError) -> None:
@@ -130,6 +144,7 @@ class FaultGuard(Callback):
         max_skipped_steps: NonNegativeInt = 0,
         check_every_n_steps: PositiveInt = 1,
         save_on_sigterm: bool = True,
+        requeue_on_sigterm: bool = True,
     ):
         """Stop on non-finite losses; save a checkpoint on SIGTERM.
 
@@ -140,14 +155,19 @@ class FaultGuard(Callback):
                 host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
                 guarded on the device and the verdict is read (one sync) every n steps.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
+            requeue_on_sigterm: Under SLURM with auto_requeue (Lightning's default), requeue the job
+                after a SIGTERM too (time limit without ``--signal``, preemption), not only after the
+                requeue signal. ``scancel`` also sends SIGTERM: false keeps a cancelled job from
+                asking to be requeued.
         """
         checked = check_args(FaultGuard.__init__, "fault_guard", locals())  # the range types above
         self.max_skipped_steps = checked["max_skipped_steps"]
         self.check_every_n_steps = checked["check_every_n_steps"]
         self.save_on_sigterm = save_on_sigterm
+        self.requeue_on_sigterm = requeue_on_sigterm
         self.skipped = 0
         self.stop_signal: int | None = None  # the signal that stopped the run
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
         self._val_progress: dict | None = None  # validation counters at the start of a running validation
         self._saving_stop = False
 
@@ -287,39 +307,50 @@ class FaultGuard(Callback):
         _stop_at_window_end(trainer)
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
-        # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM.
+        # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM. Under SLURM the
+        # requeue signal does the same (gptmini.callbacks.requeue says why not Lightning's handler).
+        self.stop_signal = None
+        self._requeue_signal = requeue.requeue_signal(trainer)
+        self._requeued = False
         if threading.current_thread() is not threading.main_thread():
             return
-        self.stop_signal = None
-        previous = signal.getsignal(signal.SIGINT)
-        if previous in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
-            return
-        self._previous_sigint = previous
+        for signum in (signal.SIGINT, self._requeue_signal):
+            if signum is None:
+                continue
+            previous = signal.getsignal(signum)
+            if signum == signal.SIGINT and previous in (signal.SIG_IGN, None):
+                continue  # started with Ctrl-C ignored (nohup, `cmd &`): keep it
+            self._previous_handlers[signum] = previous
+            signal.signal(signum, lambda s, frame: self._on_stop_signal(trainer, s))
 
-        def on_sigint(signum: int, frame: Any) -> None:
-            self._restore_sigint()  # a second Ctrl-C raises KeyboardInterrupt at once: abort
-            self.stop_signal = signal.SIGINT
-            # Lightning reads this flag after every step (and broadcasts rank 0's under DDP).
-            request_stop(trainer)
+    def _on_stop_signal(self, trainer: pl.Trainer, signum: int) -> None:
+        if signum == signal.SIGINT:
+            self._restore_handlers(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt at once: abort
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        # Lightning reads this flag after every step (and broadcasts rank 0's under DDP).
+        request_stop(trainer)
+        if signum == signal.SIGINT:
             rank_zero_info(
                 "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "
                 "without saving)."
             )
 
-        signal.signal(signal.SIGINT, on_sigint)
-
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _restore_handlers(self, *signums: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signums or list(self._previous_handlers):
+            previous = self._previous_handlers.pop(signum, None)
+            if previous is not None:
+                signal.signal(signum, previous)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
         if isinstance(exception, DiskFullError):
             _name_last_intact(trainer, exception)
             return
@@ -329,7 +360,7 @@ class FaultGuard(Callback):
         # SIGTERMException is a SystemExit: its code becomes the exit status. Lightning leaves it
         # 0; a scheduler or requeue script must tell "stopped" from "finished" (128 + signal).
         exception.code = 128 + signum
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         cb = trainer.checkpoint_callback
         if (
             not self.save_on_sigterm
@@ -348,9 +379,16 @@ class FaultGuard(Callback):
             raise
         finally:
             self._saving_stop = False
-        rank_zero_info(
-            f"{what}: saved {path} at step {trainer.global_step}; resume with: {resume_command()}"
-        )
+        then = f"resume with: {resume_command()}"
+        # Under SLURM (auto_requeue): the requeue signal and SIGTERM (time limit, preemption) put
+        # the job back in the queue, once, after the save; not a Ctrl-C. The save is skipped above
+        # when save_on_sigterm is off: then nothing to resume from, no requeue.
+        asks = signum == self._requeue_signal or (signum == signal.SIGTERM and self.requeue_on_sigterm)
+        if self._requeue_signal is not None and asks and not self._requeued:
+            self._requeued = True
+            if trainer.is_global_zero:
+                then = f"{requeue.requeue()}; the job script resumes with: {resume_command()}"
+        rank_zero_info(f"{what}: saved {path} at step {trainer.global_step}; {then}")
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from gptmini.core.formats import (
     RUN_CONFIG_FILE,
 )
 from gptmini.core.schedule import validate_horizon
-from gptmini.train.compat import every_n_train_steps, logger_version_unset, set_logger_version
+from gptmini.train.compat import every_n_train_steps, is_fsdp, logger_version_unset, set_logger_version
 from gptmini.train.names import upgrade_hparams
 
 
@@ -58,6 +58,23 @@ def check_trainer(trainer: pl.Trainer, warmup_steps: int) -> None:
         raise ConfigError(
             f"trainer.precision={precision} needs bfloat16, which this device ({name}) does not "
             f"support; use trainer.precision=16-mixed (fp16 with a grad scaler) or 32-true."
+        )
+
+
+def check_strategy(strategy: object, accelerator: object) -> None:
+    """FSDP on CPU: one line instead of Lightning's traceback (run before the Trainer is built).
+
+    Lightning refuses FSDP without a GPU by name (``_check_strategy_and_fallback``); torch's FSDP
+    itself runs on CPU with gloo only with changes Lightning does not make (docs/clusters.md)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    fsdp = is_fsdp(strategy)
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
+    if fsdp and on_cpu:
+        name = strategy if isinstance(strategy, str) else "FSDPStrategy"
+        raise ConfigError(
+            f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP does not run on CPU, "
+            f"docs/clusters.md); on CPU use trainer.strategy=ddp, or drop trainer.strategy."
         )
 
 
@@ -126,7 +143,7 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         for p in every:
             if p not in problems and (problems.setdefault(p, checkpoint_problem(p))) is None:
                 rank_zero_warn(
-                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); resuming from {p}, "
+                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); using {p}, "
                     f"the newest readable checkpoint of this run."
                 )
                 return str(p)

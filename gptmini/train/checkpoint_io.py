@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptmini.core import atomic
-from gptmini.train.compat import WrappingCheckpointIO, configured_checkpoint_io
+from gptmini.train.compat import configured_checkpoint_io, wraps_checkpoint_io
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -73,5 +73,5 @@ def use_atomic_checkpoint_io(strategy: Any) -> None:
     io_plugin = configured_checkpoint_io(strategy)
     if io_plugin is None:
         strategy.checkpoint_io = AtomicCheckpointIO()
-    elif isinstance(io_plugin, WrappingCheckpointIO) and io_plugin.checkpoint_io is None:
+    elif wraps_checkpoint_io(io_plugin) and io_plugin.checkpoint_io is None:
         io_plugin.checkpoint_io = AtomicCheckpointIO()  # e.g. AsyncCheckpointIO() without a base

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
-from lightning.pytorch.strategies import FSDPStrategy
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
 # -- questions about a trainer (public API; one answer each) -------------------------------------
 
@@ -36,9 +34,19 @@ def grad_scaler(trainer: pl.Trainer | None) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
+def is_fsdp(strategy: object) -> bool:
+    """Whether ``strategy`` (an instance, or a name as ``trainer.strategy`` takes it: "fsdp",
+    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, str):
+        return strategy.lower() in FSDPStrategy.get_registered_strategies()
+    return isinstance(strategy, FSDPStrategy)
+
+
 def uses_fsdp(trainer: pl.Trainer | None) -> bool:
-    """Whether the run shards its weights with FSDP (Lightning's FSDPStrategy or a subclass)."""
-    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
+    """Whether the run shards its weights with FSDP."""
+    return trainer is not None and is_fsdp(trainer.strategy)
 
 
 # -- Lightning, private ----------------------------------------------------------------------------
@@ -53,6 +61,8 @@ def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
 def init_optimizers(module: pl.LightningModule) -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """(optimizers, lr scheduler configs) from ``module.configure_optimizers()``, normalized as
     Lightning does at fit start. Private: ``lightning.pytorch.core.optimizer._init_optimizers_and_lr_schedulers``."""
+    from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+
     return _init_optimizers_and_lr_schedulers(module)
 
 
@@ -99,12 +109,16 @@ def set_logger_version(logger: Any, version: int) -> None:
 def is_default_progress_bar(callback: Any) -> bool:
     """Lightning's own TQDMProgressBar with default settings (refresh every batch, not left on
     screen): safe to replace. Private: ``TQDMProgressBar._leave``."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
     return type(callback) is TQDMProgressBar and callback.refresh_rate == 1 and not callback._leave
 
 
 def compute_dtype(trainer: pl.Trainer) -> torch.dtype:
     """The dtype the precision plugin computes matmuls in (for MFU). Private:
     ``lightning.pytorch.callbacks.throughput_monitor._plugin_to_compute_dtype``."""
+    from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
     return _plugin_to_compute_dtype(trainer.precision_plugin)
 
 
@@ -120,9 +134,18 @@ def is_compiled(module: torch.nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-# A CheckpointIO that wraps another (AsyncCheckpointIO): its ``checkpoint_io`` may still be unset.
-# Private: ``lightning.pytorch.plugins.io.wrapper._WrappingCheckpointIO``.
-WrappingCheckpointIO = _WrappingCheckpointIO
+def wraps_checkpoint_io(plugin: Any) -> bool:
+    """Whether ``plugin`` is a CheckpointIO wrapping another (AsyncCheckpointIO), whose
+    ``checkpoint_io`` may still be unset. Private: ``lightning.pytorch.plugins.io.wrapper._WrappingCheckpointIO``."""
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    return isinstance(plugin, _WrappingCheckpointIO)
+
+
+def cluster_environment(trainer: pl.Trainer) -> Any:
+    """The cluster environment Lightning detected (SLURM, torchelastic, ...). Private:
+    ``Trainer._accelerator_connector.cluster_environment`` (no public accessor in Lightning 2.6)."""
+    return trainer._accelerator_connector.cluster_environment
 
 # LightningCLI._parse_ckpt_path: overridden (turned off) by gptmini.cli.GPTMiniCLI; see
 # gptmini.train.resume. tests/test_compat.py checks that LightningCLI.__init__ still calls it.
