@@ -21,6 +21,7 @@ class InjectFault(Callback):
         marker: str | None = None,
         during: str = "step_end",
         batch: int = 0,
+        rank: int | None = None,
     ) -> None:
         """Break the run once trainer.global_step == at_step.
 
@@ -36,12 +37,18 @@ class InjectFault(Callback):
                 validation that follows step at_step; "micro_batch" after micro-batch ``batch``
                 (0-based) of step at_step's accumulation window.
             batch: See ``during``.
+            rank: Only in the process of this global rank (None: in every one).
         """
         self.at_step = at_step
         self.kind = kind
         self.marker = marker
         self.during = during
         self.batch = batch
+        self.rank = rank
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            self.kind = "none"
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor

@@ -121,14 +121,17 @@ def two_node_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
 def test_torchrun_two_nodes_sigterm_saves_once_and_resumes_exactly(
     two_node_reference, tmp_path, corpus_file, data_cache
 ):
-    # Both workers pause after step 3; then SIGTERM goes to both launchers' process groups (what
-    # a scheduler's stop does): each launcher forwards it to its worker.
+    # Rank 1 pauses after step 3, so rank 0 waits inside a collective (gloo) for it; then SIGTERM
+    # goes to both launchers' process groups (what a scheduler's stop does), and each launcher
+    # forwards it to its worker: one worker gets it in Python, the other inside the collective.
     marker = tmp_path / "paused"
-    fault = {"at_step": 2, "kind": "pause", "marker": str(marker)}
+    fault = {"at_step": 2, "kind": "pause", "marker": str(marker), "rank": 1}
     procs = torchrun_two_nodes(run_args(tmp_path, corpus_file, data_cache, fault), tmp_path)
     wait_for_file(marker, procs, tmp_path)
+    time.sleep(0.5)  # rank 0 reaches the collective
     for p in procs:
         os.killpg(p.pid, signal.SIGTERM)
+    time.sleep(1)  # the launchers forward it
     Path(f"{marker}.go").touch()
     statuses = wait_all(procs, tmp_path)
     out = log_text(tmp_path)
@@ -140,6 +143,7 @@ def test_torchrun_two_nodes_sigterm_saves_once_and_resumes_exactly(
     (line,) = [line for line in out.splitlines() if "saved" in line]  # once: rank 0 saves for both
     assert line.startswith(f"SIGTERM: saved {last} at step 3; resume with: torchrun <the same torchrun options> -m gptmini.cli fit")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["version_0"]
     assert read_checkpoint(last)["global_step"] == 3
 
     resumed = run_args(tmp_path, corpus_file, data_cache) + ["--ckpt_path", "last"]

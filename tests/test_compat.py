@@ -4,13 +4,18 @@ gptmini/train/compat.py, or the version bounds in pyproject.toml)."""
 
 from __future__ import annotations
 
+import inspect
+
 import lightning.pytorch as pl
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
+from gptmini.cli import GPTMiniCLI
 from gptmini.core.schedule import ScheduleConfig
 from gptmini.train import compat
 from gptmini.train.module import GPTMiniModule
@@ -47,6 +52,30 @@ def test_signal_connector_flag(tmp_path):
     assert "received_sigterm" in vars(connector) and connector.received_sigterm is False
     compat.request_stop(t)
     assert connector.received_sigterm is True
+
+
+def test_sigterm_handler_and_broadcast(tmp_path):
+    """signal_connector._HandlersCompose.signal_handlers, _SignalConnector._sigterm_notifier_fn (the
+    method FaultGuard's connector class overrides) and fit_loop.epoch_loop._broadcast_sigterm_tensor."""
+    import signal
+
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
+
+    assert callable(getattr(_SignalConnector, compat.SIGTERM_NOTIFIER_HOOK))
+    connector = compat.signal_connector(trainer(tmp_path))
+    other, mine = (lambda s, f: None), (lambda s, f: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _HandlersCompose([connector._sigterm_notifier_fn, other]))
+        compat.route_sigterm_handler(mine)
+        assert signal.getsignal(signal.SIGTERM).signal_handlers == [mine, other]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop)
+    t = trainer(tmp_path)
+    compat.skip_sigterm_broadcast(t)
+    assert t.fit_loop.epoch_loop._broadcast_sigterm_tensor() is None
 
 
 class _Windows(pl.Callback):
@@ -138,6 +167,49 @@ def test_restricted_number_types_describe_themselves():
         check_value("x", PositiveInt, 0)
 
 
+def test_compiled_in_place(tiny_model_cfg):
+    """torch: nn.Module._compiled_call_impl, set by nn.Module.compile (lazily: nothing compiles here)."""
+    module = GPTMiniModule(arch=tiny_model_cfg).model
+    assert not compat.is_compiled(module)
+    module.compile()
+    assert compat.is_compiled(module)
+
+
+def test_parse_ckpt_path_hook():
+    """LightningCLI._parse_ckpt_path: called by LightningCLI.__init__ and turned off by GPTMiniCLI
+    (else the checkpoint's settings would silently replace the user's; gptmini.train.resume)."""
+    name = compat.PARSE_CKPT_PATH_HOOK
+    init = inspect.getsource(LightningCLI.__init__)
+    if not hasattr(LightningCLI, name):  # Lightning < 2.5.1 applies no checkpoint settings at all
+        assert "ckpt_path" not in init
+        return
+    assert f"self.{name}()" in init
+    assert getattr(GPTMiniCLI, name) is not getattr(LightningCLI, name)
+
+
+def test_parse_given_values():
+    """jsonargparse: _link_arguments.skip_apply_links and parse_args(_skip_validation=)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--a", type=int, default=1)
+    parser.add_argument("--b", type=int, default=2)
+    parser.add_argument("--c", type=int, default=3)
+    parser.link_arguments("a", "c")
+    given = compat.parse_given(parser, ["--a=5"])
+    assert given.as_dict() == {"a": 5}  # no default b, no linked c
+    assert compat.parse_given(parser, {"b": 4}).as_dict() == {"b": 4}
+    assert "a" in [action.dest for action in compat.parser_actions(parser)]  # argparse's _actions
+
+
+def test_attribute_docstrings_setting():
+    """jsonargparse._optionals.get_docstring_parse_options (set_parsing_settings has no getter)."""
+    from jsonargparse._optionals import get_docstring_parse_options  # noqa: F401 - fails loudly if moved
+
+    before = compat.attribute_docstrings_on()
+    with compat.attribute_docstrings_off():
+        assert compat.attribute_docstrings_on() is False
+    assert compat.attribute_docstrings_on() is before
+
+
 def test_private_names_are_used_only_in_compat():
     """A private Lightning/jsonargparse name outside gptmini/train/compat.py would move unnoticed."""
     import re
@@ -146,7 +218,7 @@ def test_private_names_are_used_only_in_compat():
     package = Path(__file__).parent.parent / "gptmini"
     private_import = re.compile(r"^\s*from (lightning|jsonargparse)[\w.]*\s+import\s+_|^\s*from (lightning|jsonargparse)[\w.]*\._", re.M)
     private_attr = re.compile(
-        r"\b(trainer|logger|cb|callback|strategy|connector|parser|action|sub|hint|module|pl_module|model)\._[a-z]\w*"
+        r"\b(trainer|logger|cb|callback|strategy|parser|action|sub|hint|module|pl_module|model|fit_loop|epoch_loop)\._[a-z]\w*"
     )
     for path in sorted(package.rglob("*.py")):
         if path.name == "compat.py":

@@ -10,6 +10,7 @@ expose, which gptmini must follow exactly (e.g. "this batch ends an accumulation
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,31 @@ def signal_connector(trainer: pl.Trainer) -> Any:
     """The trainer's SIGTERM state: its ``received_sigterm`` flag is what Lightning reads after every
     batch (and broadcasts from rank 0 under DDP) to stop. Private: ``Trainer._signal_connector``."""
     return trainer._signal_connector
+
+
+# gptmini.callbacks.fault_guard mixes a class into the connector's that overrides this method of
+# Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/test_compat.py checks it still exists.
+SIGTERM_NOTIFIER_HOOK = "_sigterm_notifier_fn"
+
+
+def route_sigterm_handler(handler: Any) -> None:
+    """Make the SIGTERM handler Lightning registered at fit start call ``handler`` instead of its
+    connector's notifier (it holds the method bound before the connector's class was swapped).
+    Private: ``signal_connector._HandlersCompose.signal_handlers``, ``_SignalConnector._sigterm_notifier_fn``."""
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
+
+    registered = signal.getsignal(signal.SIGTERM)
+    if isinstance(registered, _HandlersCompose):
+        notifier = getattr(_SignalConnector, SIGTERM_NOTIFIER_HOOK)
+        registered.signal_handlers = [
+            handler if getattr(h, "__func__", None) is notifier else h for h in registered.signal_handlers
+        ]
+
+
+def skip_sigterm_broadcast(trainer: pl.Trainer) -> None:
+    """Turn off the per-batch broadcast of rank 0's SIGTERM flag (a collective on every batch; the
+    flag itself then decides). Private: ``fit_loop.epoch_loop._broadcast_sigterm_tensor``."""
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
 
 def request_stop(trainer: pl.Trainer) -> None:
