@@ -140,6 +140,15 @@ def test_checkpoint_io_plugin(tmp_path):
     assert compat.wraps_checkpoint_io(AsyncCheckpointIO()) and not compat.wraps_checkpoint_io(mine)
 
 
+def test_fsdp_questions(tmp_path):
+    """is_fsdp: the run shards (any FSDPStrategy); names_fsdp: a setting Lightning refuses on CPU."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    assert compat.is_fsdp("fsdp") and compat.names_fsdp("fsdp") and not compat.names_fsdp("ddp")
+    assert compat.is_fsdp(FSDPStrategy()) and compat.names_fsdp(FSDPStrategy())
+    assert not compat.uses_fsdp(trainer(tmp_path))
+
+
 def test_cluster_environment(tmp_path, monkeypatch):
     """Trainer._accelerator_connector.cluster_environment."""
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment

@@ -18,10 +18,12 @@
   ignore both signals (``gptmini.train.loader.ignore_stop_signals``), so a signal to the whole
   process group does not kill them mid-step. Under SLURM (auto_requeue, Lightning's default) the
   requeue signal (SIGUSR1, ``#SBATCH --signal=USR1@90``) stops the run the same way, and after the
-  save rank 0 requeues the job once (``gptmini.callbacks.requeue``), on SIGTERM too. A stop inside a gradient-accumulation window waits for
-  the window's optimizer step (the half-summed gradients are in no checkpoint); one during the
-  validation of step N stops after the current validation batch, and the resumed run repeats that
-  validation from its start.
+  save rank 0 requeues the job once (``gptmini.callbacks.requeue``), on SIGTERM too. A stop inside
+  a gradient-accumulation window waits for the window's optimizer step (the half-summed gradients
+  are in no checkpoint); one during the validation of step N stops after the current validation
+  batch, and the resumed run repeats that validation from its start. Several processes (DDP,
+  torchrun, srun) stop together after the same step when any of them was signalled
+  (``_StopConnector``).
 """
 
 from __future__ import annotations
@@ -370,7 +372,7 @@ class FaultGuard(Callback):
             self._restore_handlers(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt at once: abort
         if self.stop_signal is None:
             self.stop_signal = signum
-        # Lightning reads this flag after every step (and broadcasts rank 0's under DDP).
+        # Lightning reads this flag after every batch (_StopConnector: all ranks agree).
         request_stop(trainer)
         if signum == signal.SIGINT:
             rank_zero_info(

@@ -31,7 +31,8 @@ from gptmini.core.formats import (
     RUN_CONFIG_FILE,
 )
 from gptmini.core.schedule import validate_horizon
-from gptmini.train.compat import every_n_train_steps, is_fsdp, logger_version_unset, set_logger_version
+from gptmini.train import compat
+from gptmini.train.compat import every_n_train_steps, logger_version_unset, set_logger_version
 from gptmini.train.names import upgrade_hparams
 
 
@@ -68,10 +69,9 @@ def check_strategy(strategy: object, accelerator: object) -> None:
     itself runs on CPU with gloo only with changes Lightning does not make (docs/clusters.md)."""
     from lightning.pytorch.accelerators import CUDAAccelerator
 
-    fsdp = is_fsdp(strategy)
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
-    if fsdp and on_cpu:
-        name = strategy if isinstance(strategy, str) else "FSDPStrategy"
+    if compat.names_fsdp(strategy) and on_cpu:
+        name = strategy if isinstance(strategy, str) else type(strategy).__name__
         raise ConfigError(
             f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP does not run on CPU, "
             f"docs/clusters.md); on CPU use trainer.strategy=ddp, or drop trainer.strategy."

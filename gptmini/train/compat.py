@@ -50,6 +50,17 @@ def uses_fsdp(trainer: pl.Trainer | None) -> bool:
     return trainer is not None and is_fsdp(trainer.strategy)
 
 
+def names_fsdp(strategy: object) -> bool:
+    """Whether a ``trainer.strategy`` setting (a name or an instance, before the Trainer exists) is
+    one Lightning refuses without a GPU (``_check_strategy_and_fallback``: the registered FSDP
+    names, or exactly FSDPStrategy)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, str):
+        return strategy.lower() in FSDPStrategy.get_registered_strategies()
+    return type(strategy) is FSDPStrategy
+
+
 # -- Lightning, private ----------------------------------------------------------------------------
 
 
