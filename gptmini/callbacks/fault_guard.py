@@ -1,6 +1,6 @@
 """Keep a run recoverable: stop (or skip) on non-finite losses, checkpoint on SIGTERM.
 
-``FaultGuard`` is a Lightning callback the CLI always adds (configured under ``guard:``):
+``FaultGuard`` is a Lightning callback the CLI always adds (configured under ``fault_guard:``):
 
 - **Non-finite loss or gradients.** Checked after backward and before the optimizer step, so a
   bad update never reaches the weights and ``ModelCheckpoint`` (which saves after the step) never

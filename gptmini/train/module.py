@@ -59,7 +59,8 @@ class GPTMiniModule(pl.LightningModule):
 
         Args:
             arch: Model architecture (layers, heads, width); ``vocab_size`` and ``block_size`` are
-                linked from ``data``. Was ``model.model`` before 0.2 (CHANGELOG.md).
+                linked from ``data``. Was ``model.model`` before the second round (CHANGELOG.md);
+                old configs and checkpoints still load (gptmini.train.names).
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints

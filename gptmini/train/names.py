@@ -47,7 +47,7 @@ MOVED = {
     "gptmini.checks.OverfitCheck": "gptmini.callbacks.first_batch.OverfitCheck",
     "gptmini.checks.LRCurveCheck": "gptmini.callbacks.lr_curve.LRCurveCheck",
     "gptmini.checks.Checklist": "gptmini.callbacks.checklist.Checklist",
-    "gptmini.checks.SanityCheckError": "gptmini.callbacks.report.SanityCheckError",
+    "gptmini.checks.SanityCheckError": "gptmini.callbacks.checks_shared.SanityCheckError",
     "gptmini.throughput.ThroughputLogger": "gptmini.callbacks.throughput.ThroughputLogger",
     "gptmini.data.GPTMiniData": "gptmini.train.datamodule.GPTMiniData",
     "gptmini.resilience.FaultGuard": "gptmini.callbacks.fault_guard.FaultGuard",
