@@ -15,7 +15,7 @@ from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, resume
+from gptmini.train import before_fit, compat, resume, run_folder
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -73,8 +73,8 @@ class GPTMiniCLI(LightningCLI):
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
         if rank_zero_only.rank == 0:
-            before_fit.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
-            before_fit.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
+            run_folder.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
+            run_folder.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
 
     def before_validate(self) -> None:
         before_fit.check_writable(self.trainer, self.datamodule)
@@ -83,8 +83,8 @@ class GPTMiniCLI(LightningCLI):
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            before_fit.claim_version(self.trainer)
-            before_fit.check_log_dir_free(self.trainer)
+            run_folder.claim_version(self.trainer)
+            run_folder.check_log_dir_free(self.trainer)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

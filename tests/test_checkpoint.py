@@ -62,7 +62,7 @@ def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
 def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg):
     from dataclasses import replace
 
-    from gptmini.train.before_fit import check_checkpoint
+    from gptmini.train.resume import check_checkpoint
 
     path = tmp_path / "m.ckpt"
     _fake_ckpt(path, tiny_model_cfg)
