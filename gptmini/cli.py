@@ -7,7 +7,6 @@ from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -16,7 +15,7 @@ from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, resume
+from gptmini.train import before_fit, compat, resume, run_folder
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -41,11 +40,11 @@ class GPTMiniParser(LightningArgumentParser):
 def _keys(parser: Any) -> list[str]:
     """Every option name of a parser and of its subcommands' parsers."""
     keys = []
-    for action in parser._actions:
+    for action in compat.parser_actions(parser):
         if isinstance(action.dest, str):
             keys.append(action.dest)
         if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
-            keys += [k for sub in action.choices.values() if hasattr(sub, "_actions") for k in _keys(sub)]
+            keys += [k for sub in action.choices.values() if compat.parser_actions(sub) for k in _keys(sub)]
     return keys
 
 
@@ -74,8 +73,8 @@ class GPTMiniCLI(LightningCLI):
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
         if rank_zero_only.rank == 0:
-            before_fit.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
-            before_fit.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
+            run_folder.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
+            run_folder.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
 
     def before_validate(self) -> None:
         before_fit.check_writable(self.trainer, self.datamodule)
@@ -84,14 +83,14 @@ class GPTMiniCLI(LightningCLI):
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
-            before_fit.claim_version(self.trainer)
-            before_fit.check_log_dir_free(self.trainer)
+            run_folder.claim_version(self.trainer)
+            run_folder.check_log_dir_free(self.trainer)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         self._args = args  # resume.start_run reads the given values again only when it must
 
-    def _parse_ckpt_path(self) -> None:
+    def _parse_ckpt_path(self) -> None:  # compat.PARSE_CKPT_PATH_HOOK
         """Off: LightningCLI's would put a checkpoint's hyper_parameters over the parsed model settings
         before any hook, dropping the user's silently; gptmini.train.resume.start_run decides them."""
 
@@ -122,7 +121,7 @@ class GPTMiniCLI(LightningCLI):
         # class, or a TQDMProgressBar with non-default settings, is the user's choice: kept.
         callbacks = trainer.callbacks
         for i, cb in enumerate(callbacks):
-            if type(cb) is TQDMProgressBar and cb.refresh_rate == 1 and not cb._leave:
+            if compat.is_default_progress_bar(cb):
                 callbacks[i] = LossProgressBar()
         return trainer
 

@@ -1,7 +1,7 @@
 """Export a trained model: ``gptmini export runs/tiny/version_0/checkpoints/last.ckpt tiny_model``.
 
 Writes ``model.safetensors``, ``config.json`` and ``tokenizer.json`` into the folder (see
-gptmini.core.export); ``gptmini generate FOLDER`` and ``gptmini.core.checkpoint.load_model(FOLDER)``
+gptmini.core.export_folder); ``gptmini generate FOLDER`` and ``gptmini.core.checkpoint.load_model(FOLDER)``
 load it without Lightning or the data cache. ``--help`` lists every option.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptmini.core.export import export_model
+from gptmini.core.export_folder import export_model
 
 
 def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""gptmini.core.checkpoint and core.export: checkpoints and export folders -> a bare GPTMini, clear errors."""
+"""gptmini.core.checkpoint and core.export_folder: checkpoints and export folders -> a bare GPTMini, clear errors."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
 def test_resume_checkpoint_of_another_shape_is_refused(tmp_path, tiny_model_cfg):
     from dataclasses import replace
 
-    from gptmini.train.before_fit import check_checkpoint
+    from gptmini.train.resume import check_checkpoint
 
     path = tmp_path / "m.ckpt"
     _fake_ckpt(path, tiny_model_cfg)
@@ -75,7 +75,7 @@ def test_export_folder_round_trip(tmp_path, tiny_model_cfg, tiny_data):
     from safetensors import safe_open
 
     from gptmini.core.checkpoint import load_model_and_tokenizer
-    from gptmini.core.export import export_model
+    from gptmini.core.export_folder import export_model
 
     ckpt = tmp_path / "m.ckpt"
     ref = _fake_ckpt(ckpt, tiny_model_cfg, compiled=True)  # _orig_mod. keys must not reach the export
@@ -96,7 +96,7 @@ def test_export_folder_round_trip(tmp_path, tiny_model_cfg, tiny_data):
 
 
 def test_export_refuses_to_mix_or_overwrite_silently(tmp_path, tiny_model_cfg, tiny_data):
-    from gptmini.core.export import export_model
+    from gptmini.core.export_folder import export_model
 
     ckpt = tmp_path / "m.ckpt"
     _fake_ckpt(ckpt, tiny_model_cfg)
@@ -115,7 +115,7 @@ def test_export_refuses_to_mix_or_overwrite_silently(tmp_path, tiny_model_cfg, t
 
 
 def test_bad_export_folder_names_the_file(tmp_path, tiny_model_cfg, tiny_data):
-    from gptmini.core.export import export_model
+    from gptmini.core.export_folder import export_model
 
     ckpt = tmp_path / "m.ckpt"
     _fake_ckpt(ckpt, tiny_model_cfg)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gptmini.callbacks.checklist import Checklist
+from gptmini.callbacks.checks_shared import SanityCheckError
 from gptmini.callbacks.first_batch import InitialLossCheck, OverfitCheck
 from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curve_problems
 from gptmini.callbacks.recipe_checks import (
@@ -24,7 +25,6 @@ from gptmini.callbacks.recipe_checks import (
     peak_lr_item,
     warmup_items,
 )
-from gptmini.callbacks.report import SanityCheckError
 from gptmini.cli import main, make_cli
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
@@ -256,7 +256,7 @@ def test_lr_curve_shape_checks():
     assert lr_curve_problems(_curve(600, 30), peak_lr=1.0, min_lr=0.1) == []
     assert (
         lr_curve_problems(_curve(50, 0), peak_lr=1.0, min_lr=0.1) == []
-    )  # no warmup is a guard, not a shape error
+    )  # no warmup is a recipe check, not a shape error
     rising = _curve(600, 30)
     rising[400:] += 0.05
     (problem,) = lr_curve_problems(rising, 1.0, None)
@@ -307,7 +307,7 @@ def test_warmup_longer_than_the_run_is_stopped(tiny_data, tiny_model_cfg, tmp_pa
         fit(make_module(tiny_model_cfg, warmup=50), tiny_data, [Checklist()], tmp_path, max_steps=20)
 
 
-# -- guards --------------------------------------------------------------------------------------------------
+# -- recipe checks --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def micro() -> GPTMini:
     return GPTMini(ModelConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16))
 
 
-def test_guards_pass_on_the_recipe(micro):
+def test_recipe_checks_pass_on_the_recipe(micro):
     opt = build_adamw(micro, OptimConfig(lr=6e-4))
     assert decay_groups_item(micro, opt).status == "pass"
     assert betas_item(opt).status == "pass"
@@ -332,7 +332,7 @@ def test_weight_decay_on_embeddings_or_norms_is_an_error(micro):
     assert "weight decay is applied to embedding/norm" in item.detail and "tok_emb.weight" in item.detail
 
 
-def test_guard_warnings_name_the_problem(micro):
+def test_recipe_check_warnings_name_the_problem(micro):
     opt = build_adamw(micro, OptimConfig(lr=3e-3, betas=(0.9, 0.999)))
     assert betas_item(opt).status == "warn" and "0.999" in betas_item(opt).detail
     item = peak_lr_item(micro, opt, 1e-3, 20_000_000)
@@ -376,7 +376,7 @@ def test_a_resumed_run_skips_the_step_0_checks(tiny_data, tiny_model_cfg, tmp_pa
 
 
 @pytest.mark.filterwarnings("ignore:.*peak lr")
-def test_betas_0999_warn_at_fit_start_and_the_guard_can_be_switched_off(tiny_data, tiny_model_cfg, tmp_path):
+def test_betas_0999_warn_at_fit_start_and_the_check_can_be_switched_off(tiny_data, tiny_model_cfg, tmp_path):
     with pytest.warns(UserWarning, match=r"\(0.9, 0.999\): beta2 0.999"):
         fit(make_module(tiny_model_cfg, betas=(0.9, 0.999)), tiny_data, [Checklist()], tmp_path)
     checklist = Checklist(disable=["betas"])
@@ -400,9 +400,9 @@ def test_training_in_eval_mode_is_an_error(tiny_data, tiny_model_cfg, tmp_path):
         fit(module, tiny_data, [Checklist()], tmp_path)
 
 
-def test_unknown_guard_name_is_refused():
+def test_unknown_recipe_check_name_is_refused():
     with pytest.raises(ValueError, match="unknown recipe check"):
-        Checklist(disable=["no_such_guard"])
+        Checklist(disable=["no_such_check"])
 
 
 # -- configs ---------------------------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_tiny_config_runs_the_checks_and_the_smoke_preset_combines(cli_args, tmp
 def test_lr_curve_script_draws_any_config_without_training(tmp_path, capsys):
     import importlib.util
 
-    path = Path(__file__).parent.parent / "scripts" / "lr_curve.py"
+    path = Path(__file__).parent.parent / "scripts" / "plot_lr_schedule.py"
     spec = importlib.util.spec_from_file_location("lr_curve_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

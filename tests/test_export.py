@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_BLOCK, TINY_VOCAB
 
-from gptmini.core.export import EXPORT_FILES, export_model
+from gptmini.core.export_folder import EXPORT_FILES, export_model
 from gptmini.core.model_card import model_card
 from gptmini.core.sources import default_corpus
 from gptmini.evaluate import evaluate
@@ -45,7 +45,7 @@ bare = sys.argv[2] == "bare"
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         blocked = name.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric")
-        if blocked or (bare and name in ("gptmini.core.checkpoint", "gptmini.core.export")):
+        if blocked or (bare and name in ("gptmini.core.checkpoint", "gptmini.core.export_folder")):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 ns = {}

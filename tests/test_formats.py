@@ -65,8 +65,7 @@ def test_checkpoint_holds_the_keys_the_loaders_read(run_ckpt, monkeypatch):
 
     monkeypatch.setattr(checkpoint_mod.torch, "load", load)
     from gptmini.core.config import ConfigError
-    from gptmini.train.before_fit import read_resume_checkpoint
-    from gptmini.train.resume import check_init_from, load_weights
+    from gptmini.train.resume import check_init_from, load_weights, read_resume_checkpoint
 
     model, tok = load_model_and_tokenizer(run_ckpt)  # generate / export
     ckpt = read_resume_checkpoint(str(run_ckpt), max_steps=None)  # --ckpt_path

@@ -33,4 +33,4 @@ def test_cycle_detection_sees_a_cycle():
 
 def test_summary_names_the_largest_module():
     assert "largest modules: gptmini." in load().summary()
-    assert "core modules importing lightning: none" in load().summary()
+    assert "core modules importing lightning at import time: none" in load().summary()

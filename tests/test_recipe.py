@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,13 +82,15 @@ def test_grad_scaler_and_fsdp_are_asked_in_one_place():
     assert compat.grad_scaler(trainer) is scaler
     assert compat.grad_scaler(SimpleNamespace(precision_plugin=object())) is None
     assert not compat.uses_fsdp(pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False))
+    assert compat.is_fsdp("fsdp") and compat.is_fsdp("FSDP") and not compat.is_fsdp("ddp")
     for name, text in sources().items():
         if name == "train/compat.py":
             continue
         asks = '"scaler"' in text or "precision_plugin.scaler" in text
         assert not asks, f"{name}: use gptmini.train.compat.grad_scaler"
         assert '"FSDP"' not in text, f"{name}: use gptmini.train.compat.uses_fsdp, not the class name"
-        assert "FullyShardedDataParallel" not in text and "FSDPStrategy" not in text, name
+        asks_fsdp = re.search(r"import .*(FullyShardedDataParallel|FSDPStrategy)|get_registered_strategies", text)
+        assert not asks_fsdp, f"{name}: use gptmini.train.compat.is_fsdp"
 
 
 def test_overfit_ramp_is_the_schedules_warmup(tiny_data, tiny_model_cfg, tmp_path, monkeypatch, capsys):

@@ -108,7 +108,7 @@ def test_runs_claiming_at_the_same_moment_get_distinct_versions(tmp_path, monkey
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gptmini.train.before_fit import claim_version
+    from gptmini.train.run_folder import claim_version
 
     def trainer() -> pl.Trainer:
         logger = TensorBoardLogger(tmp_path / "runs", name="tiny", default_hp_metric=False)

@@ -240,3 +240,19 @@ def test_init_from_refuses_weights_with_a_missing_or_an_extra_key(tmp_path, chan
     torch.save({"state_dict": weights, "gptmini_model_config": asdict(cfg), "global_step": 5}, path)
     with pytest.raises(ConfigError, match=rf"--init_from {re.escape(str(path))}.*{re.escape(key)}"):
         load_weights(GPTMini(cfg), str(path))
+
+
+def test_a_resume_with_the_runs_own_settings_reads_the_arguments_once(base, tmp_path, corpus_file, data_cache, monkeypatch):
+    """The second parse (which values did the user give?) runs only when a checkpoint setting differs
+    from a parsed one; resuming with the run's own settings parses the command line once."""
+    import gptmini.train.resume as resume
+
+    def second_parse(*args, **kwargs):
+        raise AssertionError("the arguments were parsed a second time")
+
+    monkeypatch.setattr(resume, "given_values", second_parse)
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "version_0").symlink_to(base["run"], target_is_directory=True)
+    own = ["--model.arch.mlp_ratio=2", f"--ckpt_path={base['ckpt']}"]
+    main(args(tmp_path, corpus_file, data_cache, max_steps=BASE_STEPS + 1) + own)
+    assert RecordStart.seen["step"] == BASE_STEPS

@@ -1,11 +1,10 @@
-"""Step-0 checks as Lightning callbacks (after data preparation, before the first update): catch a broken run in minutes, not days.
+""":class:`Checklist`: the recipe checks at fit start, and the pre-training checklist printed at step 0
+with a tick or a cross per item, computed from the real trainer, optimizer, scheduler and data.
 
-- :class:`InitialLossCheck`: the loss of the first training batch at init must be near ln(vocab).
-- :class:`OverfitCheck`: a *copy* of the model must drive the loss of one batch near 0.
-- :class:`LRCurveCheck`: the whole lr schedule, rendered (PNG + TensorBoard) and shape-checked.
-- :class:`Checklist`: the recipe checks against the recipe's known failure points, and the pre-training
-  checklist printed with a tick or a cross per item, computed from the real trainer, optimizer,
-  scheduler and data.
+The step-0 checks it gathers live beside it: :class:`~gptmini.callbacks.first_batch.InitialLossCheck`
+and :class:`~gptmini.callbacks.first_batch.OverfitCheck` (the first batch),
+:class:`~gptmini.callbacks.lr_curve.LRCurveCheck` (the whole lr schedule) and the recipe checks of
+:mod:`gptmini.callbacks.recipe_checks` (one function per checklist item).
 
 Every check reads the objects the run really uses (``trainer.optimizers``,
 ``trainer.lr_scheduler_configs``, the first batch the loop fetched), never the config they came
@@ -30,7 +29,15 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gptmini.callbacks.first_batch import InitialLossCheck, _FirstBatchCheck
+from gptmini.callbacks.checks_shared import (
+    RECIPE_CHECKS,
+    CheckItem,
+    RecipeCheckName,
+    SanityCheckError,
+    human_count,
+    say,
+)
+from gptmini.callbacks.first_batch import FirstBatchCheck, InitialLossCheck
 from gptmini.callbacks.lr_curve import LRCurveCheck, lr_curves
 from gptmini.callbacks.recipe_checks import (
     betas_item,
@@ -41,9 +48,9 @@ from gptmini.callbacks.recipe_checks import (
     peak_lr_item,
     warmup_items,
 )
-from gptmini.callbacks.report import RECIPE_CHECKS, CheckItem, RecipeCheckName, SanityCheckError, _num, _say
 from gptmini.core.config import ConfigError
 from gptmini.core.recipe import START_TOLERANCE, WARMUP_FRACTION
+from gptmini.train.compat import every_n_train_steps
 
 
 class Checklist(Callback):
@@ -67,7 +74,7 @@ class Checklist(Callback):
         printed with a tick or a cross per item.
 
         Args:
-            disable: Guards to turn off (each is logged as disabled): peak_lr, decay_groups,
+            disable: Recipe checks to turn off (each is logged as disabled): peak_lr, decay_groups,
                 no_warmup, no_clipping, betas, scheduler_interval, warmup_total, eval_mode.
             peak_lr_limit: Warn when the peak lr is above this for a small model.
             small_model_params: "Small model" for ``peak_lr``: at most this many parameters.
@@ -154,7 +161,7 @@ class Checklist(Callback):
         if self._started:
             return
         self._started = True
-        checks = [cb for cb in trainer.callbacks if isinstance(cb, _FirstBatchCheck)]
+        checks = [cb for cb in trainer.callbacks if isinstance(cb, FirstBatchCheck)]
         checks.sort(key=lambda cb: not isinstance(cb, InitialLossCheck))  # cheapest first
         results: dict[str, CheckItem] = {}
         failed = None
@@ -193,7 +200,7 @@ class Checklist(Callback):
         lines = [item.line() for item in ordered]
         lines.append(f"  (recipe checks, items without a time: {self.recipe_seconds:.2f}s)")
         self.text = "\n".join(["Step-0 checklist (gptmini.callbacks: after data preparation, before the first update):", *lines])
-        _say(trainer, self.text)
+        say(trainer, self.text)
         fails = [item.detail for item in ordered if item.status == "fail"]
         if fails:
             raise SanityCheckError(" | ".join(fails))
@@ -216,8 +223,8 @@ class Checklist(Callback):
                 epochs = max_steps / one_epoch
                 detail = (
                     f"{max_steps:,} steps x {per_step:,} tokens ({rows} x {seq} x accum {accum} x {devices} "
-                    f"device(s)) = {_num(max_steps * per_step)} tokens = {epochs:.3g} epoch(s) of "
-                    f"{_num(train_tokens)} training tokens (1 epoch = {one_epoch:,.0f} steps)"
+                    f"device(s)) = {human_count(max_steps * per_step)} tokens = {epochs:.3g} epoch(s) of "
+                    f"{human_count(train_tokens)} training tokens (1 epoch = {one_epoch:,.0f} steps)"
                 )
                 status = "pass" if epochs <= self.max_epochs else "note"
                 if trainer.overfit_batches:
@@ -290,7 +297,7 @@ class Checklist(Callback):
             parts.append("no checkpoints")
             status = "note"
         for cb in ckpts:
-            n = cb._every_n_train_steps
+            n = every_n_train_steps(cb)
             if n:
                 parts.append(f"checkpoint every {n} steps" + (" + last" if cb.save_last else ""))
                 if max_steps > 0 and n > max_steps:

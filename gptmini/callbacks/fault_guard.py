@@ -1,6 +1,6 @@
 """Keep a run recoverable: stop (or skip) on non-finite losses, checkpoint on SIGTERM.
 
-``FaultGuard`` is a Lightning callback the CLI always adds (configured under ``guard:``):
+``FaultGuard`` is a Lightning callback the CLI always adds (configured under ``fault_guard:``):
 
 - **Non-finite loss or gradients.** Checked after backward and before the optimizer step, so a
   bad update never reaches the weights and ``ModelCheckpoint`` (which saves after the step) never
@@ -40,7 +40,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -50,7 +49,14 @@ from gptmini.callbacks.interface import recipe_module
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
-from gptmini.train.compat import grad_scaler
+from gptmini.train.compat import (
+    grad_scaler,
+    request_stop,
+    route_sigterm_handler,
+    signal_connector,
+    skip_sigterm_broadcast,
+    window_continues,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -130,7 +136,7 @@ class _StopConnector:
     def received_sigterm(self) -> bool:
         # Lightning's own rule for "this batch does not end a window" (epoch end included); the
         # same on every rank, so either all ranks take the all-reduce below or none.
-        if self.trainer.fit_loop.epoch_loop._should_accumulate():
+        if window_continues(self.trainer):
             return False
         if not _several_processes(self.trainer):
             return self._stop_requested
@@ -159,21 +165,14 @@ def _several_processes(trainer: pl.Trainer) -> bool:
 def _install_stop_rules(trainer: pl.Trainer) -> None:
     """Swap the connector's class (state kept), route the SIGTERM handler Lightning registered at
     fit start (it holds the old bound method) to _StopConnector, and drop the per-batch broadcast."""
-    connector = trainer._signal_connector
+    connector = signal_connector(trainer)
     if not isinstance(connector, _StopConnector):
         requested = connector.received_sigterm
         connector.__class__ = type("StopConnector", (_StopConnector, type(connector)), {})
         connector._stop_requested = requested
     connector._agreed = False
-    handler = signal.getsignal(signal.SIGTERM)
-    if isinstance(handler, _HandlersCompose):
-        handler.signal_handlers = [
-            connector._sigterm_notifier_fn
-            if getattr(h, "__func__", None) is _SignalConnector._sigterm_notifier_fn
-            else h
-            for h in handler.signal_handlers
-        ]
-    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None  # decided by the flag
+    route_sigterm_handler(connector._sigterm_notifier_fn)
+    skip_sigterm_broadcast(trainer)  # decided by the flag
 
 
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
@@ -373,9 +372,8 @@ class FaultGuard(Callback):
             self._restore_handlers(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt at once: abort
         if self.stop_signal is None:
             self.stop_signal = signum
-        # Lightning reads this flag after every batch (_StopConnector: all ranks agree); it has no
-        # public setter.
-        trainer._signal_connector.received_sigterm = True
+        # Lightning reads this flag after every batch (_StopConnector: all ranks agree).
+        request_stop(trainer)
         if signum == signal.SIGINT:
             rank_zero_info(
                 "\nCtrl-C: finishing the current step, then saving last.ckpt (Ctrl-C again aborts "

@@ -13,14 +13,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gptmini.callbacks.report import (
+from gptmini.callbacks.checks_shared import (
     CheckItem,
     SanityCheckError,
-    _log_metrics,
-    _say,
-    _take_rows,
-    _training_loss,
-    _vocab_size,
+    log_metrics,
+    say,
+    take_rows,
+    training_loss,
+    vocab_size_of,
 )
 from gptmini.core.config import NonNegativeInt, PositiveFloat, PositiveInt, check_args
 from gptmini.core.schedule import lr_multiplier
@@ -32,7 +32,7 @@ from gptmini.train.compat import grad_scaler, init_optimizers
 # --------------------------------------------------------------------------------------------------
 
 
-class _FirstBatchCheck(Callback):
+class FirstBatchCheck(Callback):
     """Runs once, at the first training batch of a fresh run (global step 0).
 
     On its own it raises when it fails; with a :class:`Checklist` among the callbacks the checklist
@@ -77,7 +77,7 @@ class _FirstBatchCheck(Callback):
             raise SanityCheckError(item.detail)
 
 
-class InitialLossCheck(_FirstBatchCheck):
+class InitialLossCheck(FirstBatchCheck):
     key = "initial_loss"
     title = "initial loss"
 
@@ -96,7 +96,7 @@ class InitialLossCheck(_FirstBatchCheck):
         self.vocab_size = vocab_size
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
-        vocab = self.vocab_size or _vocab_size(trainer, pl_module)
+        vocab = self.vocab_size or vocab_size_of(trainer, pl_module)
         if not vocab:
             return CheckItem(
                 self.key, self.title, "skip", "vocab size unknown; set InitialLossCheck.vocab_size"
@@ -105,16 +105,16 @@ class InitialLossCheck(_FirstBatchCheck):
         pl_module.eval()
         try:
             with isolate_rng(), torch.no_grad(), trainer.precision_plugin.forward_context():
-                loss = float(_training_loss(pl_module, batch))
+                loss = float(training_loss(pl_module, batch))
         finally:  # exactly the train/eval mode each submodule had
             for m, mode in modes.items():
                 m.train(mode)
         expected = math.log(vocab)
         gap = loss - expected
         self.loss, self.expected = loss, expected
-        _log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
+        log_metrics(trainer, {"checks/initial_loss": loss, "checks/ln_vocab": expected}, step=0)
         detail = f"{loss:.3f} vs ln({vocab}) = {expected:.3f} (gap {gap:+.2f}, tolerance {self.tolerance})"
-        _say(trainer, f"[step-0 checks] initial loss {detail}")
+        say(trainer, f"[step-0 checks] initial loss {detail}")
         if not math.isfinite(loss):
             return CheckItem(
                 self.key,
@@ -143,7 +143,7 @@ class InitialLossCheck(_FirstBatchCheck):
         )
 
 
-class OverfitCheck(_FirstBatchCheck):
+class OverfitCheck(FirstBatchCheck):
     key = "overfit"
     title = "overfit one batch"
 
@@ -192,7 +192,7 @@ class OverfitCheck(_FirstBatchCheck):
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CheckItem:
         if not pl_module.automatic_optimization:
             return CheckItem(self.key, self.title, "skip", "manual optimization")
-        batch = _take_rows(batch, self.rows)
+        batch = take_rows(batch, self.rows)
         self.losses = []
         with isolate_rng():
             clone = copy.deepcopy(pl_module)  # LightningModule drops its trainer when copied...
@@ -214,7 +214,7 @@ class OverfitCheck(_FirstBatchCheck):
                     g["lr"] = peak * ramp
                 try:  # the plain loop's step (gptmini.core.step): the check trains as the baseline does
                     loss = train_step(
-                        partial(_training_loss, clone, batch),
+                        partial(training_loss, clone, batch),
                         opt,
                         params,
                         forward_context=trainer.precision_plugin.forward_context,
@@ -225,10 +225,10 @@ class OverfitCheck(_FirstBatchCheck):
                     return self._fail(str(e), max(peaks))
                 value = float(loss)
                 self.losses.append(value)
-                _log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
+                log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
                 done = self.stop_early and value < self.threshold
                 if k % self.log_every == 0 or k == self.steps - 1 or done:
-                    _say(
+                    say(
                         trainer,
                         f"[step-0 checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
                     )

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from gptmini.callbacks.checks_shared import CheckItem, SanityCheckError
 from gptmini.callbacks.interface import recipe_module
-from gptmini.callbacks.report import CheckItem, SanityCheckError
 from gptmini.core.recipe import START_TOLERANCE, warmup_advice
 
 # --------------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def curve_shape(lrs: np.ndarray) -> CurveShape:
     return CurveShape(peak, peak_at, float(lrs[0]), float(lrs[-1]), rises_at)
 
 
-def _starts_near_zero(s: CurveShape, start_tolerance: float) -> bool:
+def starts_near_zero(s: CurveShape, start_tolerance: float) -> bool:
     """Below start_tolerance x peak, or one linear-warmup increment (peak / warmup) for warmups too
     short to start lower."""
     return s.start <= max(start_tolerance, 1.0 / max(s.warmup_steps, 1)) * s.peak * (1 + 1e-6)
@@ -113,7 +113,7 @@ def lr_curve_problems(
     s = curve_shape(lrs)
     n = len(lrs)
     problems = []
-    if s.warmup_steps > 0 and not _starts_near_zero(s, start_tolerance):
+    if s.warmup_steps > 0 and not starts_near_zero(s, start_tolerance):
         problems.append(
             f"warmup starts at {s.start:.2e}, not near 0 (peak {s.peak:.2e} at step {s.warmup_steps})"
         )
@@ -194,7 +194,7 @@ class LRCurveCheck(Callback):
 
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, png: Path | None = None) -> CheckItem:
         """Draw and check the curve of ``trainer.optimizers[0]``; ``png``: write the picture there
-        only (``scripts/lr_curve.py``), instead of the run folder and TensorBoard."""
+        only (``scripts/plot_lr_schedule.py``), instead of the run folder and TensorBoard."""
         key, title = "lr_curve", "lr curve"
         if not trainer.optimizers or trainer.max_steps is None or trainer.max_steps <= 0:
             return CheckItem(key, title, "skip", "needs an optimizer and trainer.max_steps")

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from gptmini.callbacks.lr_curve import _starts_near_zero, curve_shape, warmup_unfinished_problem
-from gptmini.callbacks.report import CheckItem, _num, _unique_params
+from gptmini.callbacks.checks_shared import CheckItem, human_count, unique_params
+from gptmini.callbacks.lr_curve import curve_shape, starts_near_zero, warmup_unfinished_problem
 from gptmini.core.recipe import BETAS, warmup_advice
 
 # --------------------------------------------------------------------------------------------------
-# Guards and the checklist
+# The recipe checks, one per checklist item
 # --------------------------------------------------------------------------------------------------
 
 
@@ -42,7 +42,7 @@ def decay_groups_item(module: nn.Module, optimizer: torch.optim.Optimizer) -> Ch
     for i, g in enumerate(optimizer.param_groups):
         n = sum(p.numel() for p in g["params"])
         groups.append(
-            f"{g.get('name', f'pg{i + 1}')} {g.get('weight_decay', 0.0):g} on {len(g['params'])} tensors ({_num(n)})"
+            f"{g.get('name', f'pg{i + 1}')} {g.get('weight_decay', 0.0):g} on {len(g['params'])} tensors ({human_count(n)})"
         )
     detail = "; ".join(groups)
     if not any(g.get("weight_decay", 0.0) > 0 for g in optimizer.param_groups):
@@ -84,14 +84,14 @@ def betas_item(optimizer: torch.optim.Optimizer) -> CheckItem:
 def peak_lr_item(module: nn.Module, optimizer: torch.optim.Optimizer, limit: float, small: int) -> CheckItem:
     key, title = "peak_lr", "peak lr"
     peak = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
-    n = sum(p.numel() for p in _unique_params(module))
-    detail = f"{peak:.2e} for {_num(n)} parameters"
+    n = sum(p.numel() for p in unique_params(module))
+    detail = f"{peak:.2e} for {human_count(n)} parameters"
     if n <= small and peak > limit:
         return CheckItem(
             key,
             title,
             "warn",
-            f"peak lr {peak:.2e} > {limit:g} for a model of {_num(n)} parameters (<= {_num(small)}): "
+            f"peak lr {peak:.2e} > {limit:g} for a model of {human_count(n)} parameters (<= {human_count(small)}): "
             f"expect loss spikes; lower model.optim.lr",
         )
     return CheckItem(key, title, "pass", detail)
@@ -134,7 +134,7 @@ def warmup_items(
         items.append(CheckItem("warmup_total", "warmup < total", "fail", unfinished + "."))
         return items
     items.append(CheckItem("warmup_total", "warmup < total", "pass", f"peak at step {s.warmup_steps} of {n}"))
-    if s.warmup_steps == 0 or not _starts_near_zero(s, start_tolerance):
+    if s.warmup_steps == 0 or not starts_near_zero(s, start_tolerance):
         items.append(
             CheckItem(
                 "no_warmup",

@@ -19,10 +19,12 @@ import subprocess
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from gptmini.train.compat import cluster_environment
+
 
 def requeue_signal(trainer: pl.Trainer) -> signal.Signals | None:
     """The signal that asks for a requeue, when this run is a SLURM job with auto_requeue on."""
-    env = trainer._accelerator_connector.cluster_environment  # no public accessor in Lightning 2.6
+    env = cluster_environment(trainer)
     if isinstance(env, SLURMEnvironment) and env.auto_requeue:
         return env.requeue_signal
     return None

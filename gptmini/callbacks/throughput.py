@@ -1,4 +1,5 @@
-"""Training throughput: model FLOPs per token, device peak FLOP/s, and a TensorBoard callback.
+"""``ThroughputLogger``: tokens/s, step time and MFU in TensorBoard (the FLOPs arithmetic is
+gptmini.core.flops).
 
 ``ThroughputLogger`` logs ``throughput/tokens_per_sec`` (all devices), ``throughput/tokens_per_sec_per_device``,
 ``throughput/step_ms`` and ``throughput/mfu`` every ``log_every_n_steps``. Why not Lightning's
@@ -15,12 +16,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
-from gptmini.core.flops import _sync, device_peak_flops, flops_per_token, measure_matmul_flops
+from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops, sync_device
+from gptmini.train.compat import compute_dtype
 
 
 class ThroughputLogger(pl.Callback):
@@ -61,7 +62,7 @@ class ThroughputLogger(pl.Callback):
         if stage != "fit":
             return
         device = trainer.strategy.root_device
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        dtype = compute_dtype(trainer)
         if self.peak_flops_setting == "measure":
             self.peak_flops = measure_matmul_flops(device, dtype)
         elif self.peak_flops_setting is not None:
@@ -82,7 +83,7 @@ class ThroughputLogger(pl.Callback):
     ) -> None:
         self._tokens += batch[0].numel()
         if self._t_last is None:  # start the clock after the first step: it holds compile/warm-up
-            _sync(trainer.strategy.root_device)
+            sync_device(trainer.strategy.root_device)
             self._t_last, self._tokens, self._steps, self._paused = time.perf_counter(), 0, 0, 0.0
             return
         self._steps += 1
@@ -90,7 +91,7 @@ class ThroughputLogger(pl.Callback):
         # Log when Lightning writes its own step metrics, so our values are never written stale.
         if every <= 0 or trainer.global_step % every != 0:
             return
-        _sync(trainer.strategy.root_device)  # the only host sync: once per logging interval
+        sync_device(trainer.strategy.root_device)  # the only host sync: once per logging interval
         now = time.perf_counter()
         elapsed = now - self._t_last - self._paused
         if elapsed <= 0 or self._steps == 0:
@@ -113,11 +114,11 @@ class ThroughputLogger(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._t_last is None:
             return
-        _sync(trainer.strategy.root_device)  # queued training work belongs to training time
+        sync_device(trainer.strategy.root_device)  # queued training work belongs to training time
         self._t_val = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._t_val is not None:
-            _sync(trainer.strategy.root_device)
+            sync_device(trainer.strategy.root_device)
             self._paused += time.perf_counter() - self._t_val
             self._t_val = None

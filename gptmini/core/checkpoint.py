@@ -1,6 +1,6 @@
 """Read gptmini checkpoints without Lightning: ``load_model("last.ckpt")`` -> a ready ``GPTMini``.
 
-Two formats load: a Lightning ``.ckpt`` and an export folder (``gptmini export``, gptmini.core.export)
+Two formats load: a Lightning ``.ckpt`` and an export folder (``gptmini export``, gptmini.core.export_folder)
 holding ``model.safetensors`` (weights only), ``config.json`` (the ModelConfig) and ``tokenizer.json``.
 Both need only torch, safetensors and tokenizers: no Lightning, no data cache.
 

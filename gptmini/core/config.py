@@ -9,7 +9,6 @@ stay in the dataclass's ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import types
 import typing
 from typing import Any
@@ -40,11 +39,11 @@ __all__ = [
 ]
 
 UnitIntervalRightOpen = restricted_number_type(
-    "UnitIntervalRightOpen", float, [(">=", 0.0), ("<", 1.0)], docstring="float in [0, 1)"
+    "UnitIntervalRightOpen", float, [(">=", 0.0), ("<", 1.0)], docstring="float restricted to be ≥0 and <1"
 )
 # Token ids are stored as uint16 (gptmini.core.tokens), and a vocabulary needs two ids at least.
 VocabSize = restricted_number_type(
-    "VocabSize", int, [(">=", 2), ("<=", 65536)], docstring="int in [2, 65536]"
+    "VocabSize", int, [(">=", 2), ("<=", 65536)], docstring="int restricted to be ≥2 and ≤65536"
 )
 
 
@@ -53,18 +52,17 @@ class ConfigError(ValueError):
     the CLI prints it as one ``error:`` line (``GPTMINI_TRACEBACK=1`` shows the traceback)."""
 
 
-_SYMBOLS = {operator.gt: ">", operator.ge: ">=", operator.lt: "<", operator.le: "<="}
-
-
 def _is_restricted(hint: Any) -> bool:
-    return isinstance(hint, type) and hasattr(hint, "_restrictions") and hasattr(hint, "_type")
+    """A jsonargparse restricted number type (PositiveInt, restricted_number_type(...))."""
+    return isinstance(hint, type) and issubclass(hint, (int, float)) and hint.__module__ == "jsonargparse.typing"
 
 
 def describe(hint: Any) -> str:
-    """'> 0', '>= 0 and < 1', ... for a restricted number type."""
-    parts = [f"{_SYMBOLS.get(op, op.__name__)} {ref}" for op, ref in hint._restrictions]
-    kind = "an integer" if hint._type is int else "a number"
-    return f"{kind} {f' {hint._join} '.join(parts)}"
+    """'an integer >0', 'a number ≥0 and <1', ... from the type's docstring, jsonargparse's own
+    description of it ("float restricted to be ≥0 and <1"): the types expose their bounds no other
+    public way."""
+    kind = "an integer" if issubclass(hint, int) else "a number"
+    return f"{kind} {(hint.__doc__ or '').rpartition('restricted to be ')[2]}".rstrip()
 
 
 def check_value(key: str, hint: Any, value: Any) -> Any:
@@ -75,7 +73,7 @@ def check_value(key: str, hint: Any, value: Any) -> Any:
             hint(value)
             if isinstance(value, str):
                 raise ValueError(value)
-            return hint._type(value)
+            return (int if issubclass(hint, int) else float)(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be {describe(hint)}, got {value!r}.") from None
     origin, args = typing.get_origin(hint), typing.get_args(hint)

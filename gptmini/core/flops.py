@@ -82,16 +82,16 @@ def measure_matmul_flops(
     deadline = time.perf_counter() + seconds
     (a @ b).sum()  # warm-up: library init, kernel selection
     while True:
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
-        _sync(device)
+        sync_device(device)
         best = max(best, 2.0 * size**3 * reps / (time.perf_counter() - t))
         if time.perf_counter() > deadline:
             return best
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

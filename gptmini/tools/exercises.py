@@ -24,8 +24,6 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +34,7 @@ from lightning.pytorch.callbacks import Callback
 
 from gptmini.tools.curves import Series, read_scalars, style_axis
 from gptmini.tools.exercise_table import EXERCISES, Exercise, scalar_tag
+from gptmini.train.compat import attribute_docstrings_off
 
 # Shipped inside the package (configs/ at the repo root links here), so an installed copy finds them.
 CONFIG_DIR = Path(str(resources.files("gptmini") / "configs"))
@@ -122,28 +121,6 @@ def _overrides(ex: Exercise, value, steps: int, warmup: int, save_dir: Path, lab
     return args + ex.fixed
 
 
-@contextmanager
-def _no_attribute_docstrings() -> Iterator[None]:
-    """Skip jsonargparse's attribute-docstring parsing (help text only) while building a variant.
-
-    It reads and parses the source of every configurable class, seconds of CPU per variant that
-    would dominate the micro runs; nothing here prints --help.
-    """
-    from jsonargparse import set_parsing_settings
-
-    try:
-        from jsonargparse._optionals import get_docstring_parse_options
-
-        before = bool(get_docstring_parse_options().get("attribute_docstrings", False))
-    except (ImportError, AttributeError):  # private API moved: restore the gptmini.cli default
-        before = True
-    set_parsing_settings(docstring_parse_attribute_docstrings=False)
-    try:
-        yield
-    finally:
-        set_parsing_settings(docstring_parse_attribute_docstrings=before)
-
-
 def run_variant(
     ex: Exercise,
     value,
@@ -160,7 +137,7 @@ def run_variant(
     # The user's overrides first, then the exercise's: the swept setting and budget must win.
     args += extra_args + _overrides(ex, value, steps, warmup, save_dir, label)
     t0 = time.perf_counter()
-    with warnings.catch_warnings(), _no_attribute_docstrings():
+    with warnings.catch_warnings(), attribute_docstrings_off():
         # Lightning warns when args= is used while sys.argv has arguments (ours, not the CLI's).
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = make_cli(args=args, run=False)

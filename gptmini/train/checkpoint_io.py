@@ -21,9 +21,9 @@ from typing import IO, Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from gptmini.core import atomic
+from gptmini.train.compat import configured_checkpoint_io, wraps_checkpoint_io
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -70,8 +70,8 @@ def use_atomic_checkpoint_io(strategy: Any) -> None:
     ``strategy._checkpoint_io`` is None until something reads ``checkpoint_io`` (which then picks
     Lightning's ``TorchCheckpointIO``): None here means no plugin was configured.
     """
-    io_plugin = getattr(strategy, "_checkpoint_io", "unknown")
+    io_plugin = configured_checkpoint_io(strategy)
     if io_plugin is None:
         strategy.checkpoint_io = AtomicCheckpointIO()
-    elif isinstance(io_plugin, _WrappingCheckpointIO) and io_plugin.checkpoint_io is None:
+    elif wraps_checkpoint_io(io_plugin) and io_plugin.checkpoint_io is None:
         io_plugin.checkpoint_io = AtomicCheckpointIO()  # e.g. AsyncCheckpointIO() without a base

@@ -1,17 +1,27 @@
-"""What gptmini asks of Lightning beyond its documented API, in one place.
+"""Every use of Lightning's and jsonargparse's private API, in one place, and the questions about a
+trainer that more than one module asks (grad scaler, FSDP), answered once.
 
-Each helper answers one question about a trainer the same way everywhere it is asked (the module,
-the callbacks, the CLI).
+Each private name is used only here (and overridden, for ``LightningCLI._parse_ckpt_path``, in
+gptmini.cli); ``tests/test_compat.py`` fails naming the API when a release moves one. Tested with
+Lightning 2.6 and jsonargparse 4.53; pyproject's bounds say which releases these were checked
+against. Why each is needed is said where it is wrapped: mostly a rule Lightning has but does not
+expose, which gptmini must follow exactly (e.g. "this batch ends an accumulation window").
 """
 
 from __future__ import annotations
 
-from typing import Any
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.strategies import FSDPStrategy
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+# -- questions about a trainer (public API; one answer each) -------------------------------------
 
 
 def grad_scaler(trainer: pl.Trainer | None) -> torch.amp.GradScaler | None:
@@ -25,26 +35,198 @@ def grad_scaler(trainer: pl.Trainer | None) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
+def is_fsdp(strategy: object) -> bool:
+    """Whether ``strategy`` (an instance, or a name as ``trainer.strategy`` takes it: "fsdp",
+    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, str):
+        return strategy.lower() in FSDPStrategy.get_registered_strategies()
+    return isinstance(strategy, FSDPStrategy)
+
+
 def uses_fsdp(trainer: pl.Trainer | None) -> bool:
-    """Whether the run shards its weights with FSDP (Lightning's FSDPStrategy or a subclass)."""
-    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
+    """Whether the run shards its weights with FSDP."""
+    return trainer is not None and is_fsdp(trainer.strategy)
 
 
 def names_fsdp(strategy: object) -> bool:
     """Whether a ``trainer.strategy`` setting (a name or an instance, before the Trainer exists) is
     one Lightning refuses without a GPU (``_check_strategy_and_fallback``: the registered FSDP
     names, or exactly FSDPStrategy)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
     if isinstance(strategy, str):
         return strategy.lower() in FSDPStrategy.get_registered_strategies()
     return type(strategy) is FSDPStrategy
 
 
-def attached_trainer(module: pl.LightningModule) -> Any:
-    """The module's trainer, or None when it is not attached (``module.trainer`` raises then)."""
+# -- Lightning, private ----------------------------------------------------------------------------
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's trainer, or None when it is not attached (``module.trainer`` raises then).
+    Private: ``LightningModule._trainer``."""
     return module._trainer
 
 
 def init_optimizers(module: pl.LightningModule) -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """(optimizers, lr scheduler configs) from ``module.configure_optimizers()``, normalized as
-    Lightning does at fit start (``_init_optimizers_and_lr_schedulers``: no public equivalent)."""
+    Lightning does at fit start. Private: ``lightning.pytorch.core.optimizer._init_optimizers_and_lr_schedulers``."""
+    from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+
     return _init_optimizers_and_lr_schedulers(module)
+
+
+def signal_connector(trainer: pl.Trainer) -> Any:
+    """The trainer's SIGTERM state: its ``received_sigterm`` flag is what Lightning reads after every
+    batch (and broadcasts from rank 0 under DDP) to stop. Private: ``Trainer._signal_connector``."""
+    return trainer._signal_connector
+
+
+# gptmini.callbacks.fault_guard mixes a class into the connector's that overrides this method of
+# Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/test_compat.py checks it still exists.
+SIGTERM_NOTIFIER_HOOK = "_sigterm_notifier_fn"
+
+
+def route_sigterm_handler(handler: Any) -> None:
+    """Make the SIGTERM handler Lightning registered at fit start call ``handler`` instead of its
+    connector's notifier (it holds the method bound before the connector's class was swapped).
+    Private: ``signal_connector._HandlersCompose.signal_handlers``, ``_SignalConnector._sigterm_notifier_fn``."""
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
+
+    registered = signal.getsignal(signal.SIGTERM)
+    if isinstance(registered, _HandlersCompose):
+        notifier = getattr(_SignalConnector, SIGTERM_NOTIFIER_HOOK)
+        registered.signal_handlers = [
+            handler if getattr(h, "__func__", None) is notifier else h for h in registered.signal_handlers
+        ]
+
+
+def skip_sigterm_broadcast(trainer: pl.Trainer) -> None:
+    """Turn off the per-batch broadcast of rank 0's SIGTERM flag (a collective on every batch; the
+    flag itself then decides). Private: ``fit_loop.epoch_loop._broadcast_sigterm_tensor``."""
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+
+def request_stop(trainer: pl.Trainer) -> None:
+    """Stop as after a SIGTERM (finish the step, save, exit): Lightning has no public setter."""
+    signal_connector(trainer).received_sigterm = True
+
+
+def window_continues(trainer: pl.Trainer) -> bool:
+    """Whether the batch being run is inside a gradient-accumulation window, i.e. no optimizer step
+    follows it (epoch end included). Private: ``fit_loop.epoch_loop._should_accumulate()``."""
+    return trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def writes_step_metrics(trainer: pl.Trainer) -> bool:
+    """Lightning's rule for "step metrics are written after this batch" (without it, assume yes).
+    Private: ``Trainer._logger_connector.should_update_logs``."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
+
+
+def every_n_train_steps(callback: ModelCheckpoint) -> int:
+    """A ModelCheckpoint's ``every_n_train_steps`` (0: off). Private: ``_every_n_train_steps``."""
+    return callback._every_n_train_steps or 0
+
+
+def logger_version_unset(logger: Any) -> bool:
+    """Whether the logger will pick ``version_N`` itself (no fixed version, none picked yet): asking
+    through ``logger.version`` would pick one. Private: ``_version`` (TensorBoardLogger, CSVLogger)."""
+    return getattr(logger, "_version", "fixed") is None
+
+
+def set_logger_version(logger: Any, version: int) -> None:
+    """Fix the version the logger writes under (the folder claimed for it). Private: ``_version``."""
+    logger._version = version
+
+
+def is_default_progress_bar(callback: Any) -> bool:
+    """Lightning's own TQDMProgressBar with default settings (refresh every batch, not left on
+    screen): safe to replace. Private: ``TQDMProgressBar._leave``."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    return type(callback) is TQDMProgressBar and callback.refresh_rate == 1 and not callback._leave
+
+
+def compute_dtype(trainer: pl.Trainer) -> torch.dtype:
+    """The dtype the precision plugin computes matmuls in (for MFU). Private:
+    ``lightning.pytorch.callbacks.throughput_monitor._plugin_to_compute_dtype``."""
+    from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+    return _plugin_to_compute_dtype(trainer.precision_plugin)
+
+
+def configured_checkpoint_io(strategy: Any) -> Any:
+    """The CheckpointIO plugin the user configured, None when none was (reading the public
+    ``strategy.checkpoint_io`` would create Lightning's default). Private: ``Strategy._checkpoint_io``;
+    "unknown" for a strategy without it."""
+    return getattr(strategy, "_checkpoint_io", "unknown")
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether ``nn.Module.compile`` compiled the module in place. Private (torch): ``_compiled_call_impl``."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def wraps_checkpoint_io(plugin: Any) -> bool:
+    """Whether ``plugin`` is a CheckpointIO wrapping another (AsyncCheckpointIO), whose
+    ``checkpoint_io`` may still be unset. Private: ``lightning.pytorch.plugins.io.wrapper._WrappingCheckpointIO``."""
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    return isinstance(plugin, _WrappingCheckpointIO)
+
+
+def cluster_environment(trainer: pl.Trainer) -> Any:
+    """The cluster environment Lightning detected (SLURM, torchelastic, ...). Private:
+    ``Trainer._accelerator_connector.cluster_environment`` (no public accessor in Lightning 2.6)."""
+    return trainer._accelerator_connector.cluster_environment
+
+# LightningCLI._parse_ckpt_path: overridden (turned off) by gptmini.cli.GPTMiniCLI; see
+# gptmini.train.resume. tests/test_compat.py checks that LightningCLI.__init__ still calls it.
+PARSE_CKPT_PATH_HOOK = "_parse_ckpt_path"
+
+# -- jsonargparse, private -------------------------------------------------------------------------
+
+
+def parse_given(parser: Any, args: Any) -> Any:
+    """Parse ``args`` (a list, or a dict/Namespace) into only the values given, without defaults and
+    without applying links: jsonargparse fills both on every parse otherwise. Private:
+    ``jsonargparse._link_arguments.skip_apply_links`` and ``_skip_validation``."""
+    from jsonargparse import Namespace
+    from jsonargparse._link_arguments import skip_apply_links
+
+    with skip_apply_links():
+        if isinstance(args, (dict, Namespace)):
+            return parser.parse_object(args, defaults=False, _skip_validation=True)
+        return parser.parse_args(args, defaults=False, _skip_validation=True)
+
+
+def parser_actions(parser: Any) -> list[Any]:
+    """The options of an (argparse-based) jsonargparse parser. Private (argparse): ``_actions``."""
+    return list(getattr(parser, "_actions", []))
+
+
+def attribute_docstrings_on() -> bool:
+    """Whether jsonargparse reads attribute docstrings (``set_parsing_settings`` has no getter).
+    Private: ``jsonargparse._optionals.get_docstring_parse_options``."""
+    try:
+        from jsonargparse._optionals import get_docstring_parse_options
+    except ImportError:  # moved (tests/test_compat.py says so): gptmini.cli's setting
+        return True
+    return bool(get_docstring_parse_options().get("attribute_docstrings", False))
+
+
+@contextmanager
+def attribute_docstrings_off() -> Iterator[None]:
+    """Parse without reading attribute docstrings (seconds of CPU per parser), restoring the setting."""
+    from jsonargparse import set_parsing_settings
+
+    before = attribute_docstrings_on()
+    set_parsing_settings(docstring_parse_attribute_docstrings=False)
+    try:
+        yield
+    finally:
+        set_parsing_settings(docstring_parse_attribute_docstrings=before)

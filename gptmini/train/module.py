@@ -16,19 +16,12 @@ from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
 from gptmini.train.before_fit import check_data_matches_model
-from gptmini.train.compat import attached_trainer, grad_scaler, uses_fsdp
+from gptmini.train.compat import attached_trainer, grad_scaler, is_compiled, uses_fsdp, writes_step_metrics
 
 
 def _as(cls: type, value: Any) -> Any:
     """Accept a dataclass or the plain dict a checkpoint's hparams hold."""
     return cls(**value) if isinstance(value, dict) else value
-
-
-def _writes_step_metrics(trainer: pl.Trainer) -> bool:
-    """Lightning's own rule for "step metrics are written after this batch"
-    (``_LoggerConnector.should_update_logs``, private: without it, assume yes)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
 
 class BitsPerByte(Metric):
@@ -66,7 +59,8 @@ class GPTMiniModule(pl.LightningModule):
 
         Args:
             arch: Model architecture (layers, heads, width); ``vocab_size`` and ``block_size`` are
-                linked from ``data``. Was ``model.model`` before 0.2 (CHANGELOG.md).
+                linked from ``data``. Was ``model.model`` before the second round (CHANGELOG.md);
+                old configs and checkpoints still load (gptmini.train.names).
             optim: AdamW settings (two groups: decay on weight matrices only).
             schedule: Warmup + cosine schedule, stepped every optimizer step up to trainer.max_steps.
             compile: ``torch.compile`` the model in place (state_dict keys unchanged, so checkpoints
@@ -119,7 +113,7 @@ class GPTMiniModule(pl.LightningModule):
             meta = dm.meta()
             self.corpus = {k: meta.get(k) for k in formats.META_CORPUS_KEYS}
         self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
-        if self._should_compile() and getattr(self.model, "_compiled_call_impl", None) is None:
+        if self._should_compile() and not is_compiled(self.model):
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
             self.model.compile(mode=self.compile_mode)
 
@@ -154,14 +148,14 @@ class GPTMiniModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_values: dict[str, torch.Tensor] = {}
-        self._writes_at_start = _writes_step_metrics(self.trainer)
+        self._writes_at_start = writes_step_metrics(self.trainer)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Here, not in training_step: the step-0 checks call training_step outside the loop.
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
-        if not self._writes_at_start and self.trainer.should_stop and _writes_step_metrics(self.trainer):
+        if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
             for name, value in self._step_values.items():
                 self.log(name, value)
 

@@ -16,18 +16,22 @@ model weights only (nanoGPT's ``init_from``): :func:`load_weights`.
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from gptmini.core.checkpoint import model_state_dict, read_checkpoint
+from gptmini.core.checkpoint import checkpoint_problem, model_config, model_state_dict, read_checkpoint
 from gptmini.core.config import ConfigError
-from gptmini.core.formats import CKPT_HPARAMS, CKPT_RUN_CONFIG, CKPT_STEP, RUN_CONFIG_FILE
-from gptmini.train.before_fit import check_checkpoint, read_resume_checkpoint, resolve_ckpt_path
+from gptmini.core.formats import CKPT_HPARAMS, CKPT_RUN_CONFIG, CKPT_STEP, LAST_CKPT_GLOB, RUN_CONFIG_FILE
+from gptmini.train.compat import parse_given
+from gptmini.train.names import upgrade_hparams
+from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
 RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
@@ -99,12 +103,7 @@ def given_values(parser: ArgumentParser, args: Any) -> Namespace:
     jsonargparse fills defaults and linked values on every parse, so a second parse with
     ``defaults=False`` and links off tells a given value from a default (even one that equals it).
     """
-    from jsonargparse._link_arguments import skip_apply_links  # no public switch (jsonargparse 4.53)
-
-    with skip_apply_links():
-        if isinstance(args, (dict, Namespace)):
-            return parser.parse_object(args, defaults=False, _skip_validation=True)
-        return parser.parse_args(args, defaults=False, _skip_validation=True)
+    return parse_given(parser, args)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -209,3 +208,88 @@ def load_weights(model: torch.nn.Module, path: str) -> int:
             f"set model.arch to the checkpoint's (see its run's config.yaml)."
         ) from None
     return int(ckpt.get(CKPT_STEP, 0))
+
+
+# -- the checkpoint to start from ------------------------------------------------------------------
+
+
+def _newest_first(paths: list[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
+    """``last`` -> the newest ``last*.ckpt`` of this run name (if it cannot be read, the newest
+    readable checkpoint of the run, with a warning naming both); a path must exist. Else unchanged."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or ckpt_path.startswith("registry:"):
+        return ckpt_path
+    if ckpt_path == "last":
+        dirs = checkpoint_dirs(trainer)
+        # Hidden temp files of interrupted saves (".last.ckpt.tmp-...") never match "*.ckpt".
+        every = _newest_first([p for d in dirs for p in d.glob("*.ckpt") if p.is_file()])
+        lasts = [p for p in every if fnmatch.fnmatch(p.name, LAST_CKPT_GLOB)]
+        if not lasts:
+            looked = ", ".join(str(Path(g) / LAST_CKPT_GLOB) for g in checkpoint_dir_globs(trainer))
+            raise ConfigError(
+                f"--ckpt_path last: no last.ckpt found (looked for {looked}); drop "
+                f"--ckpt_path to start a new run, or give the checkpoint file."
+            )
+        problem = checkpoint_problem(lasts[0])
+        if problem is None:
+            return str(lasts[0])
+        problems = {lasts[0]: problem}
+        for p in every:
+            if p not in problems and (problems.setdefault(p, checkpoint_problem(p))) is None:
+                rank_zero_warn(
+                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); using {p}, "
+                    f"the newest readable checkpoint of this run."
+                )
+                return str(p)
+        found = "; ".join(f"{p} cannot be read ({why})" for p, why in problems.items())
+        raise ConfigError(
+            f"--ckpt_path last: no readable checkpoint of this run: {found}. Give another "
+            f"checkpoint file, or drop --ckpt_path to start a new run."
+        )
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
+        )
+    return str(path)
+
+
+def check_checkpoint(path: str, model_cfg: object, flag: str = "--ckpt_path") -> str:
+    """The checkpoint is readable and was trained with this model shape; returns its path."""
+    try:
+        saved = model_config(read_checkpoint(path), path)
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+    diffs = [
+        f"model.arch.{k}: checkpoint {getattr(saved, k)} vs config {getattr(model_cfg, k)}"
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        if getattr(saved, k) != getattr(model_cfg, k)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{flag} {path} was trained with another model shape ({'; '.join(diffs)}); use the "
+            f"checkpoint's model.arch settings (its run's config.yaml) or start from scratch."
+        )
+    return str(Path(path).expanduser())
+
+
+def read_resume_checkpoint(path: str, max_steps: int | None) -> dict:
+    """The checkpoint to resume from, readable, with its settings and steps left to train."""
+    try:
+        ckpt = read_checkpoint(path)
+        model_config(ckpt, path)
+    except ValueError as e:
+        raise ConfigError(f"--ckpt_path: {e}") from None
+    if not isinstance(ckpt.get(CKPT_HPARAMS), dict):
+        raise ConfigError(f"--ckpt_path {path} holds no {CKPT_HPARAMS}; it is not a gptmini checkpoint.")
+    ckpt[CKPT_HPARAMS] = upgrade_hparams(ckpt[CKPT_HPARAMS])  # older checkpoints' names (train.names)
+    step = int(ckpt.get(CKPT_STEP, 0))
+    if max_steps is not None and 0 < max_steps <= step:
+        raise ConfigError(
+            f"--ckpt_path {path} is at step {step}, and trainer.max_steps is {max_steps}: nothing "
+            f"left to train. Raise trainer.max_steps to continue (the cosine is recomputed over it)."
+        )
+    return ckpt

@@ -1,8 +1,8 @@
 """Draw and check the learning-rate schedule of any config, without training (seconds, no data needed).
 
-    python scripts/lr_curve.py --config configs/10m.yaml
-    python scripts/lr_curve.py --config configs/tiny.yaml --out /tmp/tiny_lr.png
-    python scripts/lr_curve.py --config configs/10m.yaml -- --trainer.max_steps=20000 --model.schedule.warmup_steps=400
+    python scripts/plot_lr_schedule.py --config configs/10m.yaml
+    python scripts/plot_lr_schedule.py --config configs/tiny.yaml --out /tmp/tiny_lr.png
+    python scripts/plot_lr_schedule.py --config configs/10m.yaml -- --trainer.max_steps=20000 --model.schedule.warmup_steps=400
 
 The config is parsed exactly as ``gptmini.cli fit`` parses it (anything after ``--`` is passed on as
 overrides); the module's own ``configure_optimizers`` builds the real optimizer and scheduler, and a
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from gptmini.callbacks.checklist import Checklist
+from gptmini.callbacks.checks_shared import CheckItem
 from gptmini.callbacks.lr_curve import LRCurveCheck
-from gptmini.callbacks.report import CheckItem
 from gptmini.cli import make_cli
 from gptmini.train.compat import init_optimizers
 

@@ -51,18 +51,18 @@ class CheckItem:
         return f"  {MARKS[self.status]:<4} {self.title:<18} {self.detail}{took}"
 
 
-def _say(trainer: pl.Trainer, message: str) -> None:
+def say(trainer: pl.Trainer, message: str) -> None:
     # print, not logging: the checklist must reach the console whatever logging is configured.
     if trainer.is_global_zero:
         print(message, flush=True)
 
 
-def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+def log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
 
 
-def _num(x: float) -> str:
+def human_count(x: float) -> str:
     """Human count: 13.7M, 819M, 4,096."""
     for unit, scale in (("B", 1e9), ("M", 1e6)):
         if abs(x) >= scale:
@@ -84,7 +84,7 @@ def _muted_logging(module: pl.LightningModule) -> Iterator[None]:
         del module.log, module.log_dict
 
 
-def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
+def training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
     """The loss ``training_step`` returns for ``batch`` (tensor or ``{"loss": tensor}``)."""
     with _muted_logging(module):
         out = module.training_step(batch, 0)
@@ -96,25 +96,25 @@ def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
     return loss
 
 
-def _take_rows(batch: Any, rows: int | None) -> Any:
+def take_rows(batch: Any, rows: int | None) -> Any:
     """The first ``rows`` samples of every tensor in the batch (all of it for None)."""
     if rows is None:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch[:rows]
     if isinstance(batch, dict):
-        return {k: _take_rows(v, rows) for k, v in batch.items()}
+        return {k: take_rows(v, rows) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_take_rows(v, rows) for v in batch)
+        return type(batch)(take_rows(v, rows) for v in batch)
     return batch
 
 
-def _vocab_size(trainer: pl.Trainer, module: pl.LightningModule) -> int | None:
+def vocab_size_of(trainer: pl.Trainer, module: pl.LightningModule) -> int | None:
     recipe = recipe_module(module)
     if recipe is not None and recipe.model_cfg.vocab_size:
         return int(recipe.model_cfg.vocab_size)
     return getattr(trainer.datamodule, "vocab_size", None)
 
 
-def _unique_params(module: nn.Module) -> list[nn.Parameter]:
+def unique_params(module: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in module.parameters()}.values())  # tied weights once
