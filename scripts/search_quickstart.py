@@ -57,6 +57,7 @@ V1 = Point()
 POINTS: dict[str, Point] = {
     "v1": V1,  # configs/tiny.yaml before the search
     "lr4e-3": replace(V1, lr=4e-3),
+    "lr1e-3": replace(V1, lr=1e-3),
     "b16": replace(V1, batch_size=16),
     "b16-lr3e-3": replace(V1, batch_size=16, lr=3e-3),
     "ctx64": replace(V1, block_size=64, batch_size=32),
