@@ -156,3 +156,13 @@ def fitted_run(tmp_path_factory, corpus_file, data_cache) -> Path:
     args = tiny_cli_args(tmp, corpus_file, data_cache, max_steps=6) + [f"--trainer.callbacks={json.dumps(callbacks)}"]
     cli = make_cli(args)
     return Path(cli.trainer.logger.log_dir)
+
+
+def fit_cli(args: list[str], *callbacks):
+    """Build trainer, module and data from `fit` arguments as the CLI does, and fit with ``callbacks`` added."""
+    from gptmini.cli import make_cli
+
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli

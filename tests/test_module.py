@@ -1,7 +1,11 @@
+import functools
+
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import fit_cli
 
+from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig
 from gptmini.core.schedule import ScheduleConfig, lr_multiplier
 from gptmini.train.module import GPTMiniModule
@@ -161,3 +165,19 @@ def test_vocab_mismatch_between_data_and_model_is_a_clear_error(tiny_model_cfg, 
     )
     with pytest.raises(ValueError, match=r"vocab size \(384.*model.arch.vocab_size \(500\)"):
         make_trainer(max_steps=2).fit(module, datamodule=tiny_data)
+
+
+def test_compiled_module_checkpoint_has_no_orig_mod(cli_args, tmp_path, monkeypatch):
+    # The eager backend: Dynamo traces and wraps the model exactly as with inductor, minus the
+    # minutes of C++ codegen a 2-core CPU would spend. Key names are decided by the wrapping.
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", functools.partialmethod(torch.nn.Module.compile, backend="eager")
+    )
+    cli = fit_cli(cli_args(max_steps=8) + ["--model.compile=true", "--trainer.limit_val_batches=0"])
+    assert cli.model.model._compiled_call_impl is not None  # it really was compiled
+    path = tmp_path / "compiled.ckpt"
+    cli.trainer.save_checkpoint(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+    bare = GPTMini(cli.model.model_cfg)
+    bare.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})

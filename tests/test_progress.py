@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+
 import pytest
 import torch
-from conftest import scalars_by_step
+from conftest import fit_cli, scalars_by_step
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -77,3 +81,57 @@ def test_bar_counts_run_steps_and_tokens_and_flags_a_long_run(cli_args):
     assert metrics["tokens"] == "2.05k" and 8 * tokens_per_step == 2048  # 8 steps x B8 x T32
     assert float(metrics["loss"]) == pytest.approx(cli.model.last_loss.item(), abs=1e-3)
     assert torch.isfinite(cli.model.last_loss)
+
+
+def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
+    """Lightning, the module, the configs' callbacks and LossProgressBar read tensors only on log
+    steps (every 5 here), never on the steps between: on a GPU each read is a sync."""
+    args = [a for a in cli_args(max_steps=10) if "enable_progress_bar" not in a and "log_every" not in a]
+    args += [
+        "--trainer.log_every_n_steps=5",
+        "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=gptmini.callbacks.progress.LossProgressBar",
+        "--trainer.callbacks.refresh_rate=5",
+    ]
+    if importlib.util.find_spec("gptmini.callbacks.fault_guard"):
+        # FaultGuard's finite-loss check is one sync per check (issue 5); align it with logging.
+        args.append("--fault_guard.check_every_n_steps=5")
+    state = {"step": None, "reads": []}
+
+    class Where(Callback):
+        def on_train_batch_start(self, trainer, *_):
+            state["step"] = trainer.global_step + 1  # the step now running, 1-based
+
+        def on_train_end(self, *_):
+            state["step"] = None
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        @functools.wraps(original)
+        def wrapper(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            # torch's own optimizer reads its CPU-side step counter: not a device sync.
+            if state["step"] is not None and f"torch{'/'}optim" not in caller:
+                state["reads"].append((state["step"], name, caller))
+            return original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        spy(name)
+    cli = fit_cli(args, Where())
+    assert isinstance(cli.trainer.progress_bar_callback, LossProgressBar)
+    # FaultGuard (issue 5) checks for a finite loss every fault_guard.check_every_n_steps, at a step's
+    # start, and its final checkpoint at the end: a few steps, not every step.
+    guard_steps = {r[0] for r in state["reads"] if r[2].endswith("fault_guard.py")}
+    assert len(guard_steps) <= 3, guard_steps
+    steps = {step for step, _, caller in state["reads"] if not caller.endswith("fault_guard.py")}
+    assert steps <= {5, 10}, [r for r in state["reads"] if r[0] not in (5, 10)]
+    assert steps == {5, 10}  # the spy works: log steps do read the loss
+
+
+def test_cli_swaps_default_bar_for_loss_bar(cli_args):
+    args = [a for a in cli_args(max_steps=1) if "enable_progress_bar" not in a]
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
+    assert type(cli.trainer.progress_bar_callback) is LossProgressBar

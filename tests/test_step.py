@@ -1,12 +1,16 @@
 """The one hand-written training step (gptmini.core.step) and the device defaults it sits with."""
 
+
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from torch import nn
 
 from gptmini.callbacks import first_batch
 from gptmini.core import plainloop, step
+from gptmini.core.model import ModelConfig
 from gptmini.core.step import NoGradientError, compile_by_default, train_step
+from gptmini.train.module import GPTMiniModule
 
 
 def test_overfit_check_and_plain_loop_share_one_step():
@@ -36,3 +40,11 @@ def test_compile_default_has_one_home():
     assert compile_by_default(None, "cuda") is True
     assert compile_by_default(None, "cpu") is False
     assert compile_by_default(True, "cpu") is True and compile_by_default(False, "cuda") is False
+
+
+def test_compile_defaults_per_device():
+    module = GPTMiniModule(ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    module.trainer = trainer
+    assert module._should_compile() is False  # CPU: off unless asked
+    assert GPTMiniModule(compile=True).compile_setting is True

@@ -5,7 +5,7 @@ module decides (:func:`gptmini.core.optim.build_adamw`), the same per-step Lambd
 (:func:`gptmini.core.schedule.build_scheduler`), and the step :func:`gptmini.core.step.train_step`
 (autocast for ``bf16-mixed``, clipping by norm) that ``OverfitCheck`` also trains with. No host sync
 per step: losses stay on the device until the caller reads them. ``scripts/bench.py`` times it
-against the Lightning path; ``tests/test_speed.py`` checks that both train to the same losses.
+against the Lightning path; ``tests/test_plainloop.py`` checks that both train to the same losses.
 Lightning-free on purpose.
 """
 
