@@ -19,24 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from gptmini.core.atomic import write_text
-from gptmini.core.checkpoint import TOKENIZER_FILE, load_model_and_tokenizer
+from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
 from gptmini.core.evaluate import score_tokens
+from gptmini.core.formats import CACHE_TOKENIZER, TOKEN_DTYPE, TOKEN_FILE_SUFFIX
 from gptmini.core.prepare import has_val_split
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, resolve_sources, stream
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths
-from gptmini.core.tokens import TOKEN_DTYPE, TextSeen, encode_to_file, pieces, record_separator
+from gptmini.core.tokens import TextSeen, encode_to_file, pieces, record_separator
 from gptmini.generate import resolve_device
-
-TOKEN_FILE_SUFFIX = ".bin"
 
 
 def _token_file(path: Path, tok) -> np.ndarray:
     """A prepared token file, checked to come from the model's tokenizer (tokenizer.json beside it)."""
-    beside = path.parent / TOKENIZER_FILE
+    beside = path.parent / CACHE_TOKENIZER
     if not beside.is_file():
         raise ConfigError(
-            f"--data {path} is a token file without {TOKENIZER_FILE} beside it; give a token file from "
+            f"--data {path} is a token file without {CACHE_TOKENIZER} beside it; give a token file from "
             f"a data cache folder (data_cache/<key>/val.bin) or the corpus itself."
         )
     if load_tokenizer(beside).to_str() != tok.to_str():

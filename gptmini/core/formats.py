@@ -49,7 +49,8 @@ META_VERSION = 2  # 2: records of JSONL/Parquet/datasets, pieces cut inside long
 TOKEN_DTYPE = np.uint16  # every token file: raw little-endian uint16 ids (vocab <= 65536)
 CACHE_TOKENIZER = "tokenizer.json"
 CACHE_META = "meta.json"  # written last: its presence marks a finished cache
-CACHE_ALL_TOKENS = "all.bin"  # the whole stream before the val tail is split off
+TOKEN_FILE_SUFFIX = ".bin"  # a token file (what `gptmini eval --data` recognises as one)
+CACHE_ALL_TOKENS = "all" + TOKEN_FILE_SUFFIX  # the whole stream before the val tail is split off
 SPLITS = ("train", "val")
 META_VOCAB_SIZE = "vocab_size"  # meta.json: the tokenizer's vocab (checked against data.vocab_size)
 # meta.json keys a checkpoint's run record keeps for the export's model card.
@@ -58,7 +59,7 @@ META_CORPUS_KEYS = ("sources", "train_tokens", "val_tokens", "val_from", "tokeni
 
 def split_file(split: str) -> str:
     """The token file of ``split`` ("train" or "val") in a cache folder."""
-    return f"{split}.bin"
+    return split + TOKEN_FILE_SUFFIX
 
 
 def meta_tokens(split: str) -> str:
