@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import re
 import runpy
 import shlex
@@ -371,8 +372,8 @@ def test_the_checker_refuses_what_the_code_would(cli_parser, monkeypatch):
 
 
 def test_quickstart_export_generate_and_python_snippets_run(tmp_path, monkeypatch, corpus_file, data_cache, capsys):
-    """README's quickstart fit as written (plus test-size overrides), then README's export and
-    generate commands on the checkpoint it wrote, then every ```python block of the docs."""
+    """README's quickstart fit as written (plus test-size overrides), then README's export, generate
+    and eval commands on the checkpoint it wrote, then every ```python block of the docs."""
     readme = [c for c in doc_commands() if c.where.startswith("README.md")]
     fit = next(c for c in readme if c.argv[:2] == ["gptmini", "fit"] and "configs/tiny.yaml" in c.argv)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
@@ -384,8 +385,11 @@ def test_quickstart_export_generate_and_python_snippets_run(tmp_path, monkeypatc
         assert commands.main([*fit.argv[1:], *overrides]) == 0
     (best,) = (tmp_path / "runs" / "tiny").glob("version_0/checkpoints/best-step=*.ckpt")
     best = best.relative_to(tmp_path).as_posix()
-    tools = [c for c in readme if c.argv[:2] in (["gptmini", "export"], ["gptmini", "generate"])]
-    assert {c.argv[1] for c in tools} == {"export", "generate"}
+    tools = [c for c in readme if c.argv[:2] in (["gptmini", "export"], ["gptmini", "generate"], ["gptmini", "eval"])]
+    assert {c.argv[1] for c in tools} == {"export", "generate", "eval"}
+    # README's `eval ... --data my_corpus.jsonl`: a few records of the training text, in the default field
+    text = corpus_file.read_text(encoding="utf-8")[:4000]
+    (tmp_path / "my_corpus.jsonl").write_text("".join(json.dumps({"text": text[i : i + 1000]}) + "\n" for i in range(0, 4000, 1000)))
     for cmd in tools:
         args = [re.sub(r"^runs/tiny/version_0/checkpoints/best-step=\d+\.ckpt$", best, a) for a in cmd.argv[1:]]
         if args[0] == "generate":  # fewer tokens: the text is not checked, the command is
@@ -393,6 +397,9 @@ def test_quickstart_export_generate_and_python_snippets_run(tmp_path, monkeypatc
             args += [] if "--max_new_tokens" in args else ["--max_new_tokens", "20"]
         assert commands.main(args) == 0, cmd.where
     assert "ROMEO:" in capsys.readouterr().out
+    if any(c.argv[1] == "eval" and "--json" in c.argv for c in tools):
+        scored = json.loads((tmp_path / tools[[c.argv[1] for c in tools].index("eval")].argv[-1]).read_text())
+        assert scored["tokens"] > 0 and scored["loss"] > 0, scored
     for path in DOCS:
         for n, body in fenced_blocks(path, "python"):
             code = "\n".join(body).replace("max_new_tokens=100", "max_new_tokens=20")
