@@ -23,7 +23,7 @@
   are in no checkpoint); one during the validation of step N stops after the current validation
   batch, and the resumed run repeats that validation from its start. Several processes (DDP,
   torchrun, srun) stop together after the same step when any of them was signalled
-  (``_StopConnector``).
+  (``gptmini.callbacks.stop_rules``).
 """
 
 from __future__ import annotations
@@ -46,17 +46,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptmini.callbacks import requeue
 from gptmini.callbacks.interface import recipe_module
+from gptmini.callbacks.stop_rules import install_stop_rules
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
-from gptmini.train.compat import (
-    grad_scaler,
-    request_stop,
-    route_sigterm_handler,
-    signal_connector,
-    skip_sigterm_broadcast,
-    window_continues,
-)
+from gptmini.train.compat import grad_scaler, request_stop
 
 
 class NonFiniteLossError(RuntimeError):
@@ -108,71 +102,6 @@ def _name_last_intact(trainer: pl.Trainer, error: DiskFullError) -> None:
     error.last_intact = last
     if last:  # `last` resolves to the newest last*.ckpt; any other file is named
         error.resume = resume_command(ckpt="last" if Path(last).name.startswith("last") else last)
-
-
-class _StopConnector:
-    """Mixed into the trainer's ``_SignalConnector``: when a stop (SIGTERM, Ctrl-C, SLURM's requeue
-    signal) is acted on. Lightning has no option for either rule below; its flag
-    ``received_sigterm`` is the one place all its checks read (after each training and validation
-    batch, at each epoch's end: points every rank passes in the same order).
-
-    - Not inside a gradient-accumulation window: the flag reads False until the window's optimizer
-      step is done. Lightning stops after any micro-batch and saves no gradients: a resume from
-      there would run a partial window, i.e. a different step.
-    - Several processes decide together: reading the flag is one all-reduce (stop when any rank
-      was signalled), so all stop at the same batch, as one process would. Lightning 2.6 instead
-      broadcasts rank 0's flag from inside the signal handler, a collective at whatever point the
-      signal lands: with another rank inside an all-reduce both wait until the launcher's SIGKILL
-      (seen with torchrun, 2 nodes x 1 process: no last.ckpt); and its check before each batch
-      stops one batch later than a single process does, so a resumed run logged every step one
-      too high. So no code may read ``trainer.received_sigterm`` on one rank only.
-    """
-
-    trainer: pl.Trainer
-    _stop_requested: bool = False
-    _agreed: bool = False
-
-    @property
-    def received_sigterm(self) -> bool:
-        # Lightning's own rule for "this batch does not end a window" (epoch end included); the
-        # same on every rank, so either all ranks take the all-reduce below or none.
-        if window_continues(self.trainer):
-            return False
-        if not _several_processes(self.trainer):
-            return self._stop_requested
-        if not self._agreed:
-            self._agreed = self.trainer.strategy.reduce_boolean_decision(self._stop_requested, all=False)
-        return self._agreed
-
-    @received_sigterm.setter
-    def received_sigterm(self, value: bool) -> None:
-        self._stop_requested = value
-
-    def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:
-        """Lightning's SIGTERM handler without its collective (see the class docstring)."""
-        rank_zero_info(f"Received SIGTERM: {signum}")
-        launcher = self.trainer.strategy.launcher
-        if not self._stop_requested and launcher is not None:
-            launcher.kill(signum)  # the processes Lightning started itself (ddp on one machine)
-        self._stop_requested = True
-
-
-def _several_processes(trainer: pl.Trainer) -> bool:
-    # Lightning's condition for its per-batch broadcast.
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1
-
-
-def _install_stop_rules(trainer: pl.Trainer) -> None:
-    """Swap the connector's class (state kept), route the SIGTERM handler Lightning registered at
-    fit start (it holds the old bound method) to _StopConnector, and drop the per-batch broadcast."""
-    connector = signal_connector(trainer)
-    if not isinstance(connector, _StopConnector):
-        requested = connector.received_sigterm
-        connector.__class__ = type("StopConnector", (_StopConnector, type(connector)), {})
-        connector._stop_requested = requested
-    connector._agreed = False
-    route_sigterm_handler(connector._sigterm_notifier_fn)
-    skip_sigterm_broadcast(trainer)  # decided by the flag
 
 
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
@@ -348,7 +277,7 @@ class FaultGuard(Callback):
         checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] = val
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _install_stop_rules(trainer)
+        install_stop_rules(trainer)
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
         # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM. Under SLURM the
@@ -372,7 +301,7 @@ class FaultGuard(Callback):
             self._restore_handlers(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt at once: abort
         if self.stop_signal is None:
             self.stop_signal = signum
-        # Lightning reads this flag after every batch (_StopConnector: all ranks agree).
+        # Lightning reads this flag after every batch (stop_rules.StopConnector: all ranks agree).
         request_stop(trainer)
         if signum == signal.SIGINT:
             rank_zero_info(
