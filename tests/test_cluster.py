@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_by_step, tiny_cli_args
+from test_resume import run_subprocess
 
 from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
@@ -298,14 +299,7 @@ def test_slurm_sigterm_saves_requeues_once_and_resumes_exactly(
 # -- FSDP on CPU ----------------------------------------------------------------------------------
 def test_fsdp_on_cpu_is_one_line_error(tmp_path, corpus_file, data_cache):
     args = tiny_cli_args(tmp_path, corpus_file, data_cache, 4) + ["--trainer.strategy=fsdp", "--trainer.devices=2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "gptmini.cli", *args],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_subprocess(args, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: trainer.strategy=fsdp needs CUDA GPUs") and "trainer.strategy=ddp" in line

@@ -53,14 +53,15 @@ def run_args(root: Path, corpus_file: Path, data_cache: Path, fault: dict | None
     ]
 
 
-def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
+def run_subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m gptmini.cli ARGS`` in a child process of this checkout, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "gptmini.cli", *args],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import attribute_docstrings_off, cli_env, tiny_cli_args
-from test_resume import REPO, compare, reference, run_args, wait_for  # noqa: F401 (reference: a fixture)
+from test_resume import REPO, compare, reference, run_args, run_subprocess, wait_for  # noqa: F401 (reference: a fixture)
 
 from gptmini.cli import main
 from gptmini.core import atomic
@@ -99,14 +99,7 @@ def test_sigkill_inside_saves_resumes_exactly(reference, shm_root, tmp_path, cor
 
 def test_disk_full_during_a_save(tmp_path, corpus_file, data_cache):
     args = run_args(tmp_path, corpus_file, data_cache) + [plugin("storage_hooks.FullDisk", fail_at_save=3)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "gptmini.cli", *args],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_subprocess(args)
     ckpts = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
     assert proc.returncode == 74, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
