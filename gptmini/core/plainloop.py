@@ -19,11 +19,12 @@ from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, train_step
+from gptmini.core.tokens import inputs_and_targets
 
 
 def train_plain(
     model: GPTMini,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     optim: OptimConfig,
     schedule: ScheduleConfig,
     max_steps: int,
@@ -37,7 +38,8 @@ def train_plain(
 
     Args:
         model: The model, already initialised (and compiled, if wanted); it is moved to ``device``.
-        batches: (x, y) pairs of token ids, (B, T) each, e.g. ``GPTMiniData.train_dataloader()``.
+        batches: uint16 (B, T+1) windows (``GPTMiniData.train_dataloader()``) or (x, y) pairs of
+            token ids, (B, T) each.
         optim: AdamW settings; groups as :func:`gptmini.core.optim.param_groups`.
         schedule: Warmup + cosine, horizon ``max_steps``, stepped after every optimizer step.
         max_steps: Optimizer steps to take.
@@ -58,11 +60,13 @@ def train_plain(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     non_blocking = device.type == "cuda"
     losses: list[torch.Tensor] = []
-    for step, (x, y) in enumerate(_cycle(batches)):
+    for step, batch in enumerate(_cycle(batches)):
         if step >= max_steps:
             break
-        x = x.to(device, non_blocking=non_blocking)  # (B, T)
-        y = y.to(device, non_blocking=non_blocking)  # (B, T)
+        if torch.is_tensor(batch):  # one uint16 (B, T+1) window: copied, then split on the device
+            x, y = inputs_and_targets(batch.to(device, non_blocking=non_blocking))  # (B, T) each
+        else:
+            x, y = (t.to(device, non_blocking=non_blocking) for t in batch)
         loss = train_step(
             lambda x=x, y=y: model(x, y)[1],  # drop the logits now, as training_step does
             optimizer,
