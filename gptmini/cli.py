@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
+from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import before_fit, compat, resume, run_folder
@@ -113,6 +114,8 @@ class GPTMiniCLI(LightningCLI):
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
+        # Before fit sets up the device: TF32 matmuls on CUDA (and no Lightning advice line about it).
+        use_tf32_matmuls(trainer.strategy.root_device)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.
         use_atomic_checkpoint_io(trainer.strategy)

@@ -18,7 +18,7 @@ import torch
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
-from gptmini.core.step import autocast_for, train_step
+from gptmini.core.step import autocast_for, train_step, use_tf32_matmuls
 from gptmini.core.tokens import inputs_and_targets
 
 
@@ -55,6 +55,7 @@ def train_plain(
     model.to(device)
     model.train()
     autocast_for(precision, device)  # refuse an unsupported precision before the first batch
+    use_tf32_matmuls(device)  # as the CLI sets it for the Lightning path
     optimizer = build_adamw(model, optim, device)
     scheduler = build_scheduler(optimizer, schedule, max_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
