@@ -22,8 +22,9 @@ SIGNALLED_AT = 5  # global_step when the signal comes: after step index 4
 
 
 def run(tmp_path, corpus_file, data_cache, fault: bool) -> int:
-    save_last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
-    callbacks = [save_last]
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+    ]
     if fault:  # SIGTERM to this process once global_step == SIGNALLED_AT
         fault_args = {"at_step": SIGNALLED_AT - 1, "kind": "sigterm"}
         callbacks.append({"class_path": "fault_injection.InjectFault", "init_args": fault_args})
