@@ -127,6 +127,12 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
 
+def step_metrics_step(trainer: pl.Trainer) -> int:
+    """The step Lightning writes this batch's step metrics at (LearningRateMonitor writes its own
+    there too). Private: ``fit_loop.epoch_loop._batches_that_stepped``."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def every_n_train_steps(callback: ModelCheckpoint) -> int:
     """A ModelCheckpoint's ``every_n_train_steps`` (0: off). Private: ``_every_n_train_steps``."""
     return callback._every_n_train_steps or 0
