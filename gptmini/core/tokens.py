@@ -205,7 +205,8 @@ class TokenWindows(Dataset):
 
     def _memmap(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")
+            # A plain ndarray over the mapping: indexing a np.memmap costs twice as much (subclass wrapping).
+            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r").view(np.ndarray)
         return self._tokens
 
     def __getitem__(self, i: int | tuple[int, int]) -> torch.Tensor:
