@@ -38,7 +38,10 @@ def test_throughput_counts_every_device_and_logs_mfu(monkeypatch):
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
         loggers=[SimpleNamespace(log_metrics=log_metrics)],
     )
-    monkeypatch.setattr(throughput, "step_metrics_step", lambda trainer: 10 * trainer.global_step)
+    def log_step_metrics(t, metrics: dict) -> None:  # at the step Lightning writes step metrics at
+        t.loggers[0].log_metrics(metrics, 10 * t.global_step)
+
+    monkeypatch.setattr(throughput, "log_step_metrics", log_step_metrics)
     cb.peak_flops = 1e9
     batch = (torch.zeros(3, 16, dtype=torch.long), torch.zeros(3, 16, dtype=torch.long))
     for step in (1, 2, 3, 4):
@@ -81,3 +84,4 @@ def test_throughput_in_tensorboard(tiny_data, tiny_model_cfg, tmp_path):
     steps = [e.step for e in events.Scalars("throughput/tokens_per_sec")]
     assert len(steps) >= 2  # every log interval after the first step, not once
     assert set(steps) <= {e.step for e in events.Scalars("train/loss")}  # at the steps train/loss is written
+    assert trainer.logged_metrics["throughput/tokens_per_sec"] > 0  # and among what the trainer logged

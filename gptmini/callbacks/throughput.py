@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.config import ConfigError
 from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops, sync_device
-from gptmini.train.compat import compute_dtype, step_metrics_step
+from gptmini.train.compat import compute_dtype, log_step_metrics
 
 
 class ThroughputLogger(pl.Callback):
@@ -107,13 +107,12 @@ class ThroughputLogger(pl.Callback):
             seq_len = batch[0].shape[-1]
             module = recipe_module(pl_module)
             if module is not None:
-                metrics["throughput/mfu"] = per_device * flops_per_token(module.model_cfg, seq_len) / self.peak_flops
-        # Straight to the loggers at Lightning's step for this batch, as its LearningRateMonitor and
-        # ThroughputMonitor do: a self.log per value costs ~0.1 ms, and Lightning then walks every
-        # logged key again after each batch; these are written, never read back by a callback.
-        step = step_metrics_step(trainer)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+                fpt = flops_per_token(module.model_cfg, seq_len)
+                metrics["throughput/mfu"] = per_device * fpt / self.peak_flops
+        # Straight to the loggers (and trainer.logged_metrics) at Lightning's step for this batch, as
+        # its ThroughputMonitor does: a self.log per value costs ~0.1 ms, and Lightning then walks
+        # every self.logged key again after each batch.
+        log_step_metrics(trainer, metrics)
         self._t_last, self._tokens, self._steps, self._paused = now, 0, 0, 0.0
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -127,10 +127,11 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
 
-def step_metrics_step(trainer: pl.Trainer) -> int:
-    """The step Lightning writes this batch's step metrics at (LearningRateMonitor writes its own
-    there too). Private: ``fit_loop.epoch_loop._batches_that_stepped``."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
+def log_step_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` to every logger at the step Lightning writes this batch's step metrics at, and
+    into ``trainer.logged_metrics``, as Lightning's ThroughputMonitor does (no ``self.log``). Private:
+    ``Trainer._logger_connector.log_metrics``, ``fit_loop.epoch_loop._batches_that_stepped``."""
+    trainer._logger_connector.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
 def every_n_train_steps(callback: ModelCheckpoint) -> int:
