@@ -125,7 +125,7 @@ def test_overfit_budget_rule():
 @pytest.fixture(scope="module")
 def pd_english(tmp_path_factory) -> GPTMiniData:
     """pd_english (../shared/data): 4 slices of 60k characters from across the corpus, BPE 8000 like
-    configs/10m.yaml, windows of 128 tokens, batches of 2 (256 tokens)."""
+    configs/10m.yaml, windows of 64 tokens, batches of 2 (128 tokens: seconds at the 10m width)."""
     src = SHARED_DATA / "pd_english.txt.gz"
     if not src.is_file():
         pytest.skip(f"{src} not found (set GPTMINI_SHARED_DATA to the folder holding pd_english.txt.gz)")
@@ -136,24 +136,26 @@ def pd_english(tmp_path_factory) -> GPTMiniData:
     (folder / "pd.txt").write_text("".join(text[i * step : i * step + 60_000] for i in range(4)), encoding="utf-8")
     vocab = yaml.safe_load((REPO / "configs" / "10m.yaml").read_text())["data"]["vocab_size"]
     dm = GPTMiniData(
-        data=str(folder / "pd.txt"), cache_dir=str(folder / "cache"), vocab_size=vocab, block_size=128, batch_size=2
+        data=str(folder / "pd.txt"), cache_dir=str(folder / "cache"), vocab_size=vocab, block_size=64, batch_size=2
     )
     dm.prepare_data()
     return dm
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_overfit_check_passes_with_margin_at_the_10m_width_on_real_text(pd_english, precision, tmp_path, capsys):
+def test_overfit_check_passes_with_margin_at_the_10m_width_on_real_text(pd_english, tmp_path, capsys):
+    """The GPU's failure, at a CPU-sized batch: configs/10m.yaml's model and optimizer, bf16 autocast
+    as on the GPU (fp32 needs the same steps: docs/training.md), real text; the rule's budget holds
+    twice what it needs."""
     model = yaml.safe_load((REPO / "configs" / "10m.yaml").read_text())["model"]
     arch = ModelConfig(**model["arch"], vocab_size=pd_english.vocab_size, block_size=pd_english.block_size)
     assert (arch.n_embd, arch.n_layer, arch.vocab_size) == (384, 6, 8000)  # the 10m shape, as shipped
     pl.seed_everything(1337, verbose=False)
     module = GPTMiniModule(arch=arch, optim=OptimConfig(**model["optim"]), schedule=ScheduleConfig(2))
     check = OverfitCheck()
-    fit(module, pd_english, [check, Checklist(disable=["peak_lr"])], tmp_path, max_steps=3, precision=precision)
+    fit(module, pd_english, [check, Checklist(disable=["peak_lr"])], tmp_path, max_steps=3, precision="bf16-mixed")
     first, last = check.losses[0], check.losses[-1]
     assert abs(first - 8.99) < 0.5 and last < check.threshold
     # Margin: a healthy 10m model needs at most half the rule's budget (measured: 2.7x at 512 tokens).
     params = sum(p.numel() for p in module.parameters())
-    assert 2 * len(check.losses) <= check.budget == overfit_budget(256, params), (len(check.losses), check.budget)
+    assert 2 * len(check.losses) <= check.budget == overfit_budget(128, params), (len(check.losses), check.budget)
     assert "ok   overfit one batch" in capsys.readouterr().out
