@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptmini.core.config import ConfigError
 from gptmini.core.step import PRECISIONS
 
 CAPTURED = "captured"
@@ -66,7 +67,7 @@ def choose_step_path(
     AdamW, clipping by norm, no torch.compile mode with its own graphs, and nothing else that must run
     between backward and the optimizer step (``closure_hooks``: who overrides Lightning's closure
     hooks; they would run once, at capture). ``setting`` is ``model.capture``: null = wherever it
-    applies, false = never; true where it cannot apply raises ``ValueError`` naming why."""
+    applies, false = never; true where it cannot apply raises :class:`ConfigError` naming why."""
     if setting is False:
         return StepPath(EAGER, "model.capture=false")
     reasons = []
@@ -90,7 +91,7 @@ def choose_step_path(
         reasons.append(f"{', '.join(closure_hooks)} would run only once, at capture")
     if reasons:
         if setting:
-            raise ValueError(
+            raise ConfigError(
                 f"model.capture=true cannot apply: {reasons[0]}. Set model.capture: null (capture "
                 "where it applies) or false."
             )

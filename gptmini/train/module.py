@@ -290,12 +290,10 @@ class GPTMiniModule(pl.LightningModule):
         self._runner = None
 
     def on_train_start(self) -> None:
-        # Here, after a checkpoint restore (it replaces the optimizer's param groups): the lr tensors
-        # and the graph see the restored state.
+        # Here, after a checkpoint restore: the graph holds the restored weights, moments and lr.
         if self.step_path is None or not self.step_path.captured:
             return
         optimizer = self.trainer.optimizers[0]
-        self._lrs = install_lr_tensors(optimizer)
         clip = self.trainer.gradient_clip_val
         guard = self.nonfinite_guard
         precision = str(self.trainer.precision)
@@ -312,6 +310,7 @@ class GPTMiniModule(pl.LightningModule):
 
         # On a CPU (tests) the same object runs the step eagerly: the captured step's eager twin.
         self._runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer), graphs=on_cuda)
+        self._lrs = []
 
     def on_train_end(self) -> None:
         self._runner = None  # frees the graph and its memory pool
@@ -331,6 +330,8 @@ class GPTMiniModule(pl.LightningModule):
             return
         # Lightning's zero-grad counters and on_before_zero_grad, as its closure would run them.
         run_zero_grad_hooks(optimizer_closure)
+        if not self._lrs:  # at the first step, after the step-0 checks (they read float lrs)
+            self._lrs = install_lr_tensors(self.trainer.optimizers[0])
         refresh_lr(self.trainer.optimizers[0], self._lrs)  # the lr LambdaLR set after the last step
         loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
@@ -392,6 +393,14 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The captured step's lr tensors and capturable flag are its own business: checkpoints hold
+        # float lrs as always, so either path resumes either path's checkpoint.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                if isinstance(group.get("lr"), torch.Tensor):
+                    group["lr"] = float(group["lr"])  # one read per save
+                if group.get("capturable"):
+                    group["capturable"] = False
         # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
         checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
         checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
