@@ -167,8 +167,8 @@ class OverfitCheck(FirstBatchCheck):
         Args:
             steps: Most optimizer steps to train. null = the rule
                 :func:`gptmini.core.recipe.overfit_budget` for the tokens it trains on and the
-                model's size, about 2.2-2.7x what a healthy run needs: 80 x (tokens / 512)**0.3 x
-                (10M / params)**0.2, neither factor below 1 (10m: 227 on 32 x 512; tiny: 126).
+                model's size, 2-3x what a healthy run needs: 90 x (tokens / 512)**0.3 x
+                (10M / params)**0.2, neither factor below 1 (10m: 255 on 32 x 512; tiny: 142).
             threshold: The check passes when the loss ends below this.
             warmup_steps: Linear warmup to the peak lr over this many steps (0 = peak from step 0).
             rows: Use only the first ``rows`` samples of the batch (null = all): cheaper steps, for
