@@ -159,3 +159,20 @@ def test_overfit_check_passes_with_margin_at_the_10m_width_on_real_text(pd_engli
     params = sum(p.numel() for p in module.parameters())
     assert 2 * len(check.losses) <= check.budget == overfit_budget(128, params), (len(check.losses), check.budget)
     assert "ok   overfit one batch" in capsys.readouterr().out
+
+
+def test_overfit_steps_script_measures_needed_against_the_budget(corpus_file, tmp_path, capsys):
+    """scripts/overfit_steps.py (the GPU slot's command for the unmeasured 10m row) runs the real check."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overfit_steps", REPO / "scripts" / "overfit_steps.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--data", str(corpus_file), "--vocab", "384"]
+    args += ["--batch", "2", "--block", "32", "--accelerator", "cpu", "--json", str(tmp_path / "o.jsonl")]
+    assert script.main(args) == 0
+    (row,) = [yaml.safe_load(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert row["passed"] and row["tokens"] == 64 and row["needed"] < row["budget"]
+    assert row["budget"] == overfit_budget(64, row["params"]) and row["margin"] >= 2
+    # the check's own line at the step it passed: "overfit step   k/budget" with k = needed - 1
+    assert f"overfit step {row['needed'] - 1:>4}/{row['budget']}: loss {row['last_loss']:.4f}" in capsys.readouterr().out
