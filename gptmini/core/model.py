@@ -20,15 +20,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptmini.core.config import (
     ConfigError,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     VocabSize,
     check_fields,
 )
+from gptmini.core.losshead import linear_cross_entropy
 from gptmini.core.sampling import SampleConfig, generate_ids
 
 
@@ -71,6 +74,40 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+
+# model.kernels.attention names -> torch's SDPA backends (torch.nn.attention.sdpa_kernel).
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
+@dataclass
+class KernelConfig:
+    """How the model's math runs on the device: the same function, other kernels (scripts/bench.py
+    measures each; docs/performance.md has the figures). Not part of the architecture: checkpoints
+    and exports load without it."""
+
+    attention: str | None = None
+    """SDPA backend for training's causal attention: flash, efficient, cudnn or math (CUDA; math also
+    on CPU); null lets torch choose (flash for bf16 on recent GPUs)."""
+    loss_chunk_tokens: NonNegativeInt = 0
+    """0: the plain head (the (B, T, V) logits are kept for backward); N > 0: a chunked linear +
+    cross-entropy over N tokens at a time that keeps no logits (gptmini.core.losshead). Training
+    only: with no autograd (validation, sampling) the plain head runs."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.kernels")
+        if self.attention is not None and self.attention not in SDPA_BACKENDS:
+            raise ConfigError(
+                f"model.kernels.attention is {self.attention!r}; use one of {sorted(SDPA_BACKENDS)} or null."
+            )
+
+    def sdpa_backends(self) -> list[SDPBackend] | None:
+        return None if self.attention is None else [SDPA_BACKENDS[self.attention]]
 
 
 def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +162,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.proj.is_residual_proj = True  # scaled init, see GPTMini._init_weights
+        self.sdpa_backends: list[SDPBackend] | None = None  # KernelConfig.attention; None: torch's choice
 
     def forward(
         self,
@@ -140,8 +178,11 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:  # training and uncached sampling
+        if cache is None and self.sdpa_backends is None:  # training and uncached sampling
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        elif cache is None:  # a chosen backend (dynamo traces sdpa_kernel since torch 2.5)
+            with sdpa_kernel(self.sdpa_backends):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, H, start + T, hd)
@@ -190,7 +231,7 @@ class Block(nn.Module):
 
 
 class GPTMini(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -203,6 +244,13 @@ class GPTMini(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        self.set_kernels(kernels or KernelConfig())
+
+    def set_kernels(self, kernels: KernelConfig) -> None:
+        """Choose the attention backend and the loss head (same results, other kernels)."""
+        self.kernels = kernels
+        for block in self.blocks:
+            block.attn.sdpa_backends = kernels.sdpa_backends()
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.cfg.init_std
@@ -227,8 +275,11 @@ class GPTMini(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean CE loss.
+
+        With ``kernels.loss_chunk_tokens`` and autograd on, the loss comes from the chunked head
+        and the logits are None: training never materialises them (callers with targets drop them).
 
         With a ``cache``, idx holds only the positions after the ``cache.pos`` already cached (RoPE
         continues from there), the cache is extended by T, and logits are for the last position
@@ -249,6 +300,9 @@ class GPTMini(nn.Module):
             cache.pos += T
             x = x[:, -1:]  # (B, 1, C)
         x = self.norm_out(x)  # (B, T, C)
+        chunk = self.kernels.loss_chunk_tokens
+        if targets is not None and chunk and torch.is_grad_enabled():
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, Metric
 
 from gptmini.core import formats
 from gptmini.core.evaluate import bits_per_byte
-from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.model import GPTMini, KernelConfig, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import compile_by_default
@@ -54,6 +54,7 @@ class GPTMiniModule(pl.LightningModule):
         schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
         compile: bool | None = None,
         compile_mode: str | None = None,
+        kernels: KernelConfig = KernelConfig(),  # noqa: B008
     ) -> None:
         """GPTMini pretraining recipe.
 
@@ -69,11 +70,14 @@ class GPTMiniModule(pl.LightningModule):
                 is ``gptmini.core.step.compile_by_default``).
             compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
+            kernels: Attention backend and loss head (chunked linear + cross-entropy): the same
+                math, other kernels (docs/performance.md).
         """
         super().__init__()
         self.model_cfg: ModelConfig = _as(ModelConfig, arch)
         self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
         self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
+        self.kernel_cfg: KernelConfig = _as(KernelConfig, kernels)
         # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -82,12 +86,13 @@ class GPTMiniModule(pl.LightningModule):
                 "schedule": asdict(self.schedule_cfg),
                 "compile": compile,
                 "compile_mode": compile_mode,
+                "kernels": asdict(self.kernel_cfg),
             }
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
-        self.model = GPTMini(self.model_cfg)
+        self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
         self._writes_at_start = True
