@@ -148,11 +148,22 @@ class KVCache:
         end = self.pos + T
         assert end <= self.block_size, "the caller must reset a full cache"
         if self.k[layer] is None:
-            self.k[layer] = k.new_empty(B, H, self.block_size, hd)
-            self.v[layer] = v.new_empty(B, H, self.block_size, hd)
+            # Zeros, not empty: the static decode step (GPTMini.decode_step) reads the whole buffer
+            # and masks what is not filled yet; a masked NaN would still poison the sum.
+            self.k[layer] = k.new_zeros(B, H, self.block_size, hd)
+            self.v[layer] = v.new_zeros(B, H, self.block_size, hd)
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, end, hd)
+
+    def write_at(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's k, v (B, H, 1, hd) at ``pos`` (a (1,) device tensor, no host read);
+        the whole buffers (B, H, block_size, hd). The buffers exist already (the prompt filled them)."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
@@ -171,6 +182,7 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -183,6 +195,10 @@ class CausalSelfAttention(nn.Module):
         elif cache is None:  # a chosen backend (dynamo traces sdpa_kernel since torch 2.5)
             with sdpa_kernel(self.sdpa_backends):
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif at is not None:  # GPTMini.decode_step: one token at a device-side position
+            pos, visible = at
+            k, v = cache.write_at(layer, k, v, pos)  # (B, H, block_size, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)  # positions <= pos only
         else:
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, H, start + T, hd)
@@ -224,8 +240,9 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cos, sin, cache, layer)  # (B, T, C)
+        x = x + self.attn(self.norm_attn(x), cos, sin, cache, layer, at)  # (B, T, C)
         x = x + self.mlp(self.norm_mlp(x))  # (B, T, C)
         return x
 
@@ -309,6 +326,23 @@ class GPTMini(nn.Module):
             # Under autocast cross_entropy runs in fp32 by itself; no explicit upcast copy needed.
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def decode_step(self, tok: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Last-position logits (B, V) for one new token per row, tok (B, 1), at position ``pos`` (a
+        (1,) long tensor on the model's device); its keys/values go into ``cache`` (positions before
+        ``pos`` filled by a cached ``forward`` first). ``cache.pos`` is the caller's to advance.
+
+        The same numbers as ``forward(tok, cache=cache)`` up to float rounding, but with static shapes
+        and no host reads: attention runs over the whole cache buffer with the positions after
+        ``pos`` masked, so one CUDA graph captured once replays every step (gptmini.core.sampling).
+        """
+        x = self.tok_emb(tok)  # (B, 1, C)
+        cos, sin = self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos)  # (1, hd/2)
+        visible = torch.arange(self.cfg.block_size, device=pos.device) <= pos  # (block_size,)
+        at = (pos, visible[None, None, None, :])  # mask (1, 1, 1, block_size)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, layer, at)  # (B, 1, C)
+        return self.lm_head(self.norm_out(x))[:, -1]  # (B, V)
 
     @torch.no_grad()
     def generate(
