@@ -150,12 +150,11 @@ def plan_for(smoke: bool) -> Plan:
         ],
         levers=[
             "default",
-            "chunked_ce:model.kernels.loss_chunk_tokens=64",
-            "sdpa_math:model.kernels.attention=math",  # CPU has flash and math only
+            "chunked_ce:model.kernels.loss_chunk_tokens=64",  # proves model.kernels.* through the CLI
         ],
         generate=["--device=cpu", "--new-tokens", "16", "--repeats=1", "--decode", "static"],
         eval_tokens=2048,
-        profile=["--rounds=1", "--warmup=2", "--steps=6", "--interval=0.001"],
+        profile=["--rounds=1", "--warmup=2", "--steps=4", "--interval=0.001"],
         # Generous: on a shared 2-core machine each part's wall time is mostly other people's load.
         limits={
             "prepare": 60, "bench": float("inf"), "levers": 120, "fit": 120,
@@ -202,6 +201,7 @@ class Check:
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         }
         t0 = time.monotonic()
+        cpu0 = _children_cpu()
         print(f"[gpu_check] {name}: {' '.join(cmd)} (limit {timeout:.0f} s)", flush=True)
         with open(log, "w") as f:
             # Own session: a timeout kills the part's whole process group (DataLoader and compile workers too).
@@ -217,7 +217,13 @@ class Check:
                 rc, timed_out = proc.wait(), True
             finally:
                 self.active = None
-        part = {"rc": rc, "timed_out": timed_out, "seconds": round(time.monotonic() - t0, 1), "log": log.name}
+        part = {
+            "rc": rc,
+            "timed_out": timed_out,
+            "seconds": round(time.monotonic() - t0, 1),
+            "cpu_seconds": round(_children_cpu() - cpu0, 1),  # host CPU of the part's processes
+            "log": log.name,
+        }
         self.parts[name] = part
         self.save()
         state = "TIMED OUT" if timed_out else ("ok" if rc == 0 else f"FAILED (rc {rc})")
@@ -438,14 +444,14 @@ class Check:
             f"- corpus: {self.data or 'the embedded Shakespeare (no pd_english.txt.gz found; give --data)'}",
             f"- elapsed: {time.monotonic() - self.start:.0f} s of a {self.plan.budget} s budget",
             "",
-            "| part | status | seconds |",
-            "|---|---|---|",
+            "| part | status | seconds | host CPU s |",
+            "|---|---|---|---|",
         ]
         for name, p in self.parts.items():
             state = "timed out" if p["timed_out"] else ("ok" if p["rc"] == 0 else f"failed (rc {p['rc']})")
             if p.get("skipped"):
                 state = f"skipped ({p['skipped']})"
-            lines.append(f"| {name} | {state} | {p['seconds']} |")
+            lines.append(f"| {name} | {state} | {p['seconds']} | {p.get('cpu_seconds', '-')} |")
         for section in (
             self.bench_lines, self.lever_lines, self.fit_lines, self.generate_lines,
             self.eval_lines, self.profile_lines, self.test_lines,
@@ -653,6 +659,14 @@ class Check:
         if (self.out / "fit.png").is_file():
             lines.append("- curves: fit.png")
         return lines
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _fmt(x: float | None, spec: str = ",.0f") -> str:
