@@ -19,10 +19,10 @@ from gptmini.core.captured import (
     EAGER,
     CapturedStep,
     StepPath,
+    capturable,
     choose_step_path,
-    install_lr_tensors,
-    make_capturable,
-    refresh_lr,
+    lr_tensors,
+    lrs_on_device,
 )
 from gptmini.core.config import ConfigError
 from gptmini.core.guard import NonFiniteGuard
@@ -99,13 +99,13 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
     losses, norms = [], []
 
     def start(model, opt):
-        guard = NonFiniteGuard(opt)
-        lrs = install_lr_tensors(opt)  # after the restore, as GPTMiniModule.on_train_start does
+        guard = NonFiniteGuard(opt)  # after the restore, as GPTMiniModule.on_train_start does
+        lrs = lr_tensors(opt)
 
         def step(batch):
             return guarded_step(lambda: model(*batch)[1] * poison, opt, guard, clip=clip)
 
-        return guard, lrs, CapturedStep(step, before_capture=lambda: make_capturable(opt), graphs=graphs)
+        return guard, lrs, CapturedStep(step, capture_context=lambda: capturable(opt), graphs=graphs)
 
     guard, lrs, runner = start(model, opt)
     for i, batch in enumerate(data):
@@ -113,9 +113,9 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
             model, opt, sched = build(device, round_trip(model, opt, sched))
             guard, lrs, runner = start(model, opt)
         poison.fill_(float("nan") if i == NAN_AT else 1.0)
-        refresh_lr(opt, lrs)
         runner.load_batch(batch)
-        losses.append(runner().clone())
+        with lrs_on_device(opt, lrs):
+            losses.append(runner().clone())
         norms.append(guard.norm.clone())
         sched.step()
     return torch.stack(losses), torch.stack(norms), model, opt, guard
@@ -136,7 +136,7 @@ def test_eager_twin_matches_todays_step_across_lr_clipping_nan_skip_and_a_round_
     # The skipped step left AdamW's step count one behind, in both; the lr followed the schedule.
     assert {int(s["step"]) for s in opt.state.values()} == {STEPS - 1}
     assert {int(s["step"]) for s in ref_opt.state.values()} == {STEPS - 1}
-    assert [float(g["lr"]) for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
     assert guard.read() == (0, -1)  # a fresh guard after the restore: the skip was before it
 
 
@@ -166,7 +166,7 @@ def test_no_host_read_inside_the_step(monkeypatch):
     """A graph cannot hold a host read: none while the step runs (the spy of tests/test_progress.py)."""
     model, opt, sched = build()
     guard = NonFiniteGuard(opt)
-    lrs = install_lr_tensors(opt)
+    lrs = lr_tensors(opt)
     runner = CapturedStep(lambda b: guarded_step(lambda: model(*b)[1], opt, guard, clip=CLIP), graphs=False)
     reads = []
     inside = [False]
@@ -185,10 +185,10 @@ def test_no_host_read_inside_the_step(monkeypatch):
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy", "__index__"):
         spy(name)
     for batch in batches(4):
-        refresh_lr(opt, lrs)
         runner.load_batch(batch)
         inside[0] = True
-        runner()
+        with lrs_on_device(opt, lrs):
+            runner()
         inside[0] = False
         sched.step()
     assert runner.eager_steps == 4
@@ -199,17 +199,17 @@ def test_no_host_read_inside_the_step(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
-def test_lr_tensors_follow_the_schedule_in_place():
+def test_lr_tensors_take_the_schedules_lr_for_the_step_only():
     model, opt, sched = build()
-    lrs = install_lr_tensors(opt)
+    lrs = lr_tensors(opt)
     for _ in range(5):
         sched.step()
-        refresh_lr(opt, lrs)
-        assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))
-        assert [float(t) for t in lrs] == pytest.approx([float(v) for v in sched.get_last_lr()])
-    opt.param_groups[0]["lr"] = 0.5  # a float assigned over it (older torch, a callback): copied in
-    refresh_lr(opt, lrs)
-    assert opt.param_groups[0]["lr"] is lrs[0] and float(lrs[0]) == 0.5
+        with lrs_on_device(opt, lrs):
+            assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))  # what fused AdamW reads
+        assert [float(t) for t in lrs] == pytest.approx(sched.get_last_lr())  # filled in place
+        # Outside the step: floats, for the scheduler, LearningRateMonitor and checkpoints.
+        assert [g["lr"] for g in opt.param_groups] == sched.get_last_lr()
+        assert all(isinstance(g["lr"], float) for g in opt.param_groups)
 
 
 def test_static_batch_keeps_its_buffers_and_runs_other_shapes_eagerly():
@@ -227,10 +227,11 @@ def test_static_batch_keeps_its_buffers_and_runs_other_shapes_eagerly():
     assert seen[2] is short
 
 
-def test_make_capturable_marks_every_group():
+def test_capturable_only_during_the_capture():
     _, opt, _ = build()
-    make_capturable(opt)
-    assert all(g["capturable"] for g in opt.param_groups) and opt.defaults["capturable"]
+    with capturable(opt):
+        assert all(g["capturable"] for g in opt.param_groups)
+    assert not any(g["capturable"] for g in opt.param_groups)  # no warning on eager steps, none saved
 
 
 # -- where it applies -------------------------------------------------------------------------------
