@@ -312,7 +312,7 @@ class Record(pl.Callback):
     captured_step_aware = True  # it touches nothing between backward and the optimizer step
 
     def __init__(self) -> None:
-        self.losses, self.norms, self.lrs, self.paths = [], [], [], []
+        self.losses, self.norms, self.lrs, self.paths, self.grads = [], [], [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if hasattr(pl_module, "poison"):
@@ -323,6 +323,7 @@ class Record(pl.Callback):
         self.norms.append(trainer.callback_metrics["train/grad_norm"].clone())
         self.lrs.append([float(g["lr"]) for g in trainer.optimizers[0].param_groups])
         self.paths.append(pl_module.runs_own_step())
+        self.grads.append(tuple(p.grad.data_ptr() for p in pl_module.parameters()))
 
 
 @pytest.fixture
@@ -369,6 +370,8 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
         twin_cli, twin_rec = lightning_fit(args, tmp_path, "twin")
     assert "training step: captured (test: eager twin)" in caplog.text
     assert not any(today_rec.paths) and all(twin_rec.paths)
+    # The grads a graph writes stay the same tensors, through the validation after step 6 too.
+    assert len(set(twin_rec.grads)) == 1
 
     def close(a, b):
         torch.testing.assert_close(torch.stack(a), torch.stack(b), rtol=1e-6, atol=1e-6, equal_nan=True)
@@ -386,6 +389,9 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
 
     ckpt = tmp_path / "twin" / "epoch=0-step=6.ckpt"
     saved = torch.load(ckpt, weights_only=True)
+    # Lightning's loop counters (optimizer steps, zero_grad calls, batches) as on today's path.
+    assert saved["loops"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["loops"]
+    assert saved["lr_schedulers"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["lr_schedulers"]
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved["optimizer_states"][0]["param_groups"])
     resumed_cli, resumed_rec = lightning_fit(args, tmp_path, "resumed", ckpt_path=ckpt)
     assert all(resumed_rec.paths)
@@ -399,3 +405,56 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     cross_cli, cross_rec = lightning_fit(args, tmp_path, "cross", ckpt_path=ckpt)
     assert not any(cross_rec.paths)
     close(cross_rec.losses, today_rec.losses[6:])
+
+
+def test_closure_hook_owners_name_who_would_be_skipped(tiny_model_cfg):
+    from fault_injection import InjectFault
+    from test_module import LoudModule
+
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False,
+        callbacks=[InjectFault(at_step=3), FaultGuard(), Record(), ModelCheckpoint()],
+    )
+    assert module_mod.closure_hook_owners(trainer, GPTMiniModule(tiny_model_cfg)) == [
+        "InjectFault.on_before_backward"  # FaultGuard and Record say they know the captured step
+    ]
+    assert "LoudModule.training_step" in module_mod.closure_hook_owners(trainer, LoudModule(tiny_model_cfg))
+
+
+def test_fit_start_asks_with_the_trainers_settings(tiny_model_cfg, tiny_data, monkeypatch, caplog):
+    from fault_injection import InjectFault
+
+    asked = {}
+
+    def choose(setting, **kwargs):
+        asked.update(kwargs, setting=setting)
+        return choose_step_path(setting, **kwargs)
+
+    monkeypatch.setattr(module_mod, "choose_step_path", choose)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, max_steps=1, accumulate_grad_batches=2,
+        gradient_clip_val=1.0, callbacks=[InjectFault(at_step=99), FaultGuard()],
+    )
+    module = GPTMiniModule(tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=0))
+    trainer.fit(module, datamodule=tiny_data)
+    assert asked == dict(
+        setting=None, device=torch.device("cpu"), precision="32-true", accumulate_grad_batches=2,
+        grad_scaler=False, world_size=1, single_device=True, fused=False, clip_algorithm=None,
+        compile_mode=None, closure_hooks=["InjectFault.on_before_backward"],
+    )
+    assert caplog.text.count("training step: ") == 1  # one line, at fit start
+    assert not module.runs_own_step()
+
+
+def test_capture_true_where_it_cannot_apply_is_one_error_line(cli_args, capsys):
+    from gptmini.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(max_steps=6) + ["--model.capture=true"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: model.capture=true cannot apply: CUDA graphs need a CUDA device, this run is on cpu. "
+        "Set model.capture: null (capture where it applies) or false."
+    )
