@@ -24,10 +24,10 @@ from gptmini.core import formats
 from gptmini.core.captured import (
     CapturedStep,
     StepPath,
+    capturable,
     choose_step_path,
-    install_lr_tensors,
-    make_capturable,
-    refresh_lr,
+    lr_tensors,
+    lrs_on_device,
 )
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.guard import NonFiniteGuard
@@ -309,8 +309,8 @@ class GPTMiniModule(pl.LightningModule):
             )
 
         # On a CPU (tests) the same object runs the step eagerly: the captured step's eager twin.
-        self._runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer), graphs=on_cuda)
-        self._lrs = []
+        self._runner = CapturedStep(step, capture_context=lambda: capturable(optimizer), graphs=on_cuda)
+        self._lrs = lr_tensors(optimizer)
 
     def on_train_end(self) -> None:
         self._runner = None  # frees the graph and its memory pool
@@ -330,10 +330,8 @@ class GPTMiniModule(pl.LightningModule):
             return
         # Lightning's zero-grad counters and on_before_zero_grad, as its closure would run them.
         run_zero_grad_hooks(optimizer_closure)
-        if not self._lrs:  # at the first step, after the step-0 checks (they read float lrs)
-            self._lrs = install_lr_tensors(self.trainer.optimizers[0])
-        refresh_lr(self.trainer.optimizers[0], self._lrs)  # the lr LambdaLR set after the last step
-        loss = self._runner()
+        with lrs_on_device(self.trainer.optimizers[0], self._lrs):  # the lr LambdaLR set for this step
+            loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
         self.last_loss = set_closure_result(optimizer_closure, loss)
         self._log_step("train/loss", self.last_loss)
@@ -393,14 +391,6 @@ class GPTMiniModule(pl.LightningModule):
         self._log_step("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The captured step's lr tensors and capturable flag are its own business: checkpoints hold
-        # float lrs as always, so either path resumes either path's checkpoint.
-        for state in checkpoint.get("optimizer_states", []):
-            for group in state.get("param_groups", []):
-                if isinstance(group.get("lr"), torch.Tensor):
-                    group["lr"] = float(group["lr"])  # one read per save
-                if group.get("capturable"):
-                    group["capturable"] = False
         # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
         checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
         checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
