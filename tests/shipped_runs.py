@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import TINY_BLOCK, TINY_VOCAB, cli_env
+from conftest import TINY_BLOCK, TINY_VOCAB, cli_env, scalars_by_step
 
 import gptmini
 
@@ -25,6 +26,8 @@ MAX_STEPS = 6
 VAL_EVERY = 3
 # The CPU DDP shape of docs/clusters.md, on one machine.
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+# A hang is a failure after this long, not a stuck suite (each run takes ~10-30 s).
+TIMEOUT = 240
 
 
 def shipped_args(
@@ -61,6 +64,23 @@ def shipped_args(
     if fault:
         args.append("--trainer.callbacks+=" + json.dumps({"class_path": "fault_injection.InjectFault", "init_args": fault}))
     return args
+
+
+def only_run(root: Path) -> Path:
+    (run,) = (root / "runs").glob("*/version_*")
+    return run
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
+    """configs/tiny.yaml on 2 CPU processes (Lightning's DDP), 6 steps, uninterrupted: its run folder,
+    output and scalars. The reference of every 2-process resume (DDP, torchrun): same world size,
+    same global batch, so the same numbers bit for bit. Registered in conftest (one per session)."""
+    root = tmp_path_factory.mktemp("ddp")
+    proc = start(cli(shipped_args(root, corpus_file, data_cache) + DDP), root / "ddp.log")
+    assert wait_all([proc], TIMEOUT) == [0], log_text(root)[-4000:]
+    run = only_run(root)
+    return {"run": run, "out": log_text(root), "scalars": scalars_by_step(run)}
 
 
 def shipped_callbacks(config: str) -> list[str]:

@@ -16,9 +16,11 @@ from conftest import attribute_docstrings_off, scalars_by_step
 from shipped_runs import (
     DDP,
     MAX_STEPS,
+    TIMEOUT,
     assert_no_traceback_of_ours,
     cli,
     log_text,
+    only_run,
     run_config_callbacks,
     saved_lines,
     shipped_args,
@@ -30,24 +32,6 @@ from shipped_runs import (
 
 from gptmini.cli import main
 from gptmini.core.checkpoint import load_model, read_checkpoint
-
-# A hang is a failure after this long, not a stuck suite (the runs take ~10-30 s).
-TIMEOUT = 240
-
-
-def only_run(root: Path) -> Path:
-    (run,) = (root / "runs").glob("*/version_*")
-    return run
-
-
-@pytest.fixture(scope="session")
-def ddp_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
-    """configs/tiny.yaml on 2 CPU processes, 6 steps, uninterrupted: its run folder, output, scalars."""
-    root = tmp_path_factory.mktemp("ddp")
-    proc = start(cli(shipped_args(root, corpus_file, data_cache) + DDP), root / "ddp.log")
-    assert wait_all([proc], TIMEOUT) == [0], log_text(root)[-4000:]
-    run = only_run(root)
-    return {"run": run, "out": log_text(root), "scalars": scalars_by_step(run)}
 
 
 @pytest.mark.slow
