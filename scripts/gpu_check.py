@@ -11,8 +11,9 @@ part, so a timeout or a kill still leaves the evidence gathered so far:
 1. ``prepare``: tokenizer + token cache of the corpus (``--data``, default ``../shared/data/pd_english.txt.gz``)
    in ``OUT/data_cache``, shared by the next parts.
 2. ``bench``: ``scripts/bench.py`` on the 10m shape (configs/10m.yaml: B32 T512 bf16), Lightning vs
-   the plain loop alternating: ``default`` (as configured) and ``cudagraphs``
-   (``model.compile_mode=reduce-overhead``). ``OUT/bench.json`` (rewritten after every run).
+   the plain loop alternating: ``default`` (as configured: the captured step), ``cudagraphs``
+   (``model.compile_mode=reduce-overhead``) and ``nocapture`` (``model.capture=false``, the path
+   issue 22 measured). ``OUT/bench.json`` (rewritten after every run).
 3. ``levers``: the same bench, Lightning path only, one variant per GPU-side lever against
    ``default``: the chunked linear + cross-entropy head, each SDPA backend, ``max-autotune-no-cudagraphs``
    (last: its autotuning is the slowest compile). ``OUT/levers.json``.
@@ -69,8 +70,9 @@ DATA_CANDIDATES = [
     REPO / "shared" / "data" / "pd_english.txt.gz",
 ]
 VARIANTS = [
-    "default",
+    "default",  # as shipped: the captured step where it applies (model.capture), compiled
     "cudagraphs:model.compile_mode=reduce-overhead",
+    "nocapture:model.capture=false",  # issue 22's "before" path: compiled, step not captured
 ]
 
 
