@@ -209,6 +209,32 @@ def test_cache_key_follows_a_file_rewritten_to_the_same_size(tmp_path):
     assert make(str(path), tmp_path).cache_key() != key
 
 
+def test_a_source_rewritten_to_the_same_size_during_preparation_is_caught(tmp_path, monkeypatch):
+    # The check after preparation compares the content key (size and mtime), not the size alone.
+    import os
+
+    import gptmini.train.datamodule as dm_mod
+    from gptmini.core.config import ConfigError
+
+    path = tmp_path / "x.txt"
+    path.write_text("the cat sat\n" * 400)
+    real = dm_mod.prepare_tokens
+
+    def prepare_while_rewriting(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        before = path.stat()
+        path.write_text("the dog ran\n" * 400)  # another process rewrites it: same size
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # coarse clocks: 1 s later
+        assert path.stat().st_size == before.st_size
+        return meta
+
+    monkeypatch.setattr(dm_mod, "prepare_tokens", prepare_while_rewriting)
+    with pytest.raises(ConfigError, match=f"changed while it was being prepared: {re.escape(str(path))} "
+                       r"\(modified, same size\)"):
+        make(str(path), tmp_path).prepare_data()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing kept
+
+
 def test_cache_key_follows_content_and_settings(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", RECORDS)
     key = make(str(path), tmp_path).cache_key()

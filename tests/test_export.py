@@ -111,3 +111,16 @@ def test_card_of_the_embedded_corpus_carries_its_notice():
     assert "| final | not recorded |" in card
     old = model_card("m", cfg, 1000, {}, "old.ckpt")  # a checkpoint from before the run record
     assert "| tokens seen | not recorded |" in old and "sources: not recorded" in old
+
+
+def test_card_best_row_is_the_lowest_validation_not_the_last():
+    # A run whose validation got worse at the end: best (step 200) != final (step 300).
+    cfg = {"n_embd": 128, "n_layer": 4, "n_head": 4, "vocab_size": 2048, "block_size": 128}
+    val = [
+        {"step": 100, "val/loss": 5.0, "val/bpb": 2.5},
+        {"step": 200, "val/loss": 4.25, "val/bpb": 2.125},
+        {"step": 300, "val/loss": 4.5, "val/bpb": 2.25},
+    ]
+    card = model_card("m", cfg, 1000, {"global_step": 300, "gptmini_run": {"tokens_seen": 9, "val": val}}, "x.ckpt")
+    assert "| final | val/loss 4.5000, val/bpb 2.2500 (step 300) |" in card
+    assert "| best | val/loss 4.2500, val/bpb 2.1250 (step 200) |" in card
