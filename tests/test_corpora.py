@@ -371,3 +371,55 @@ def test_cli_fit_on_a_saved_dataset(tmp_path, corpus_file, capfd, no_attribute_d
     (meta,) = cache.glob("*/meta.json")
     assert json.loads(meta.read_text())["val_from"] == "validation split"
     assert list((tmp_path / "runs").glob("tiny/version_0/checkpoints/last.ckpt"))
+
+
+# -- a damaged compressed corpus: one rule for every format and command ---------------------------
+def damaged(path: Path, damage: str) -> Path:
+    """``path`` (a .txt.gz or .jsonl.gz) holding RECORDS, damaged as a failed download or disk does."""
+    body = "".join(json.dumps({"text": r}) + "\n" for r in RECORDS) if ".jsonl" in path.name else "".join(RECORDS)
+    data = bytearray(gzip.compress(body.encode()))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "not gzip":
+        data = bytearray(body.encode())
+    else:  # corrupt: the deflate stream's first bytes flipped
+        data[12] ^= 0xFF
+        data[13] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+WHY = {"truncated": "is truncated (the compressed data ends", "not gzip": "is not a valid gzip file", "corrupt": "is corrupt ("}
+
+
+@pytest.mark.parametrize("damage", list(WHY))
+@pytest.mark.parametrize("name", ["x.jsonl.gz", "x.txt.gz"])
+def test_damaged_gz_corpus_is_one_error_naming_the_file_and_how_far(tmp_path, name, damage):
+    from gptmini.core.config import ConfigError
+
+    path = damaged(tmp_path / name, damage)
+    with pytest.raises(ConfigError) as info:
+        make(str(path), tmp_path).prepare_data()
+    msg = str(info.value)
+    assert msg.startswith(f"corpus file {path} {WHY[damage]}"), msg
+    far = int(re.search(r"reading stopped after ([\d,]+) bytes of text", msg).group(1).replace(",", ""))
+    assert (far > 0) == (damage == "truncated"), msg  # a truncated file gave part of its text
+    assert msg.endswith("or drop it from data.data.")
+    assert list((tmp_path / "cache").iterdir()) == []  # no cache entry, no temp folder
+
+
+def test_fit_on_a_truncated_jsonl_gz_is_one_line_exit_2(tmp_path, corpus_file, capsys, no_attribute_docstrings):
+    from conftest import tiny_cli_args
+
+    from gptmini.cli import main
+
+    path = damaged(tmp_path / "x.jsonl.gz", "truncated")
+    cache = tmp_path / "cache"
+    args = [a for a in tiny_cli_args(tmp_path, corpus_file, cache) if not a.startswith("--data.data=")]
+    with pytest.raises(SystemExit) as info:
+        main([*args, f"--data.data={path}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "error" in x.lower()]
+    assert line.startswith(f"error: corpus file {path} is truncated") and line.endswith("data.data."), err
+    assert not cache.exists() or list(cache.iterdir()) == []

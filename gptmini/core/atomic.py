@@ -81,6 +81,23 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def unwritable(folder: str | Path, create: bool = True) -> str | None:
+    """Why no file can be created in ``folder`` (created first when ``create``), or None. Root
+    ignores permission bits, so the probe really creates (and removes) a file."""
+    folder = Path(folder)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            return f"no folder {folder}"
+        probe = temp_path(folder / "write-probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as e:
+        return f"{e.strerror or type(e).__name__}: {e.filename or folder}"
+    return None
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
