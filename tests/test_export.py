@@ -84,12 +84,7 @@ def test_model_card_says_what_the_model_is_and_its_load_recipes_run(fitted_run, 
     ckpt_path = fitted_run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     run = ckpt["gptmini_run"]
-    exe = Path(sys.executable).with_name("gptmini")
-    res = subprocess.run(
-        [str(exe), "export", str(ckpt_path), "tiny_model"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr
-    out = tmp_path / "tiny_model"
+    out = export_model(ckpt_path, tmp_path / "tiny_model")  # `gptmini export` itself: the test below
     card = (out / "README.md").read_text(encoding="utf-8")
     n_params = sum(t.numel() for t in ckpt["state_dict"].values()) - TINY_VOCAB * 32  # tied head once
     assert f"d32 L2 H2, vocab {TINY_VOCAB}, context {TINY_BLOCK}" in card
@@ -189,3 +184,69 @@ def test_card_best_row_is_the_lowest_validation_not_the_last():
     card = model_card("m", cfg, 1000, {"global_step": 300, "gptmini_run": {"tokens_seen": 9, "val": val}}, "x.ckpt")
     assert "| final | val/loss 4.5000, val/bpb 2.2500 (step 300) |" in card
     assert "| best | val/loss 4.2500, val/bpb 2.1250 (step 200) |" in card
+
+
+# -- a full or read-only filesystem: one line, exit 74 / 2, nothing half-written -------------------
+_ON_SMALL_FILESYSTEMS = """
+import hashlib, json, os, subprocess, sys
+ckpt, exe, fits_kb, report = sys.argv[1:5]
+out = {}
+def mount(where, opts):
+    os.makedirs(where)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", where], check=True)
+def export(target, *extra):
+    res = subprocess.run([exe, "export", ckpt, target, *extra], capture_output=True, text=True)
+    return {"rc": res.returncode, "err": res.stderr}
+def files(folder):
+    return {p: hashlib.sha256(open(os.path.join(folder, p), "rb").read()).hexdigest() if os.path.isfile(os.path.join(folder, p)) else "dir"
+            for p in sorted(os.listdir(folder))}
+mount("full", "size=64k")
+out["full"] = {**export("full/m"), "left": files("full")}
+mount("ro", "ro")
+out["ro"] = {**export("ro/m"), "left": files("ro")}
+mount("fits_one", f"size={fits_kb}k")  # room for one export, not for a second copy beside it
+first = export("fits_one/m")
+before = files("fits_one/m")
+out["overwrite"] = {**export("fits_one/m", "--overwrite=true"), "first_rc": first["rc"], "before": before,
+                    "after": files("fits_one/m"), "left": files("fits_one")}
+json.dump(out, open(report, "w"))
+"""
+
+
+def _can_mount() -> bool:
+    try:
+        cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare (user + mount namespaces) to mount a small tmpfs")
+def test_export_onto_a_full_or_read_only_filesystem_is_one_line_and_leaves_nothing_half_written(fitted_run, tmp_path):
+    import json
+
+    ckpt = fitted_run / "checkpoints" / "last.ckpt"
+    size = sum(p.stat().st_size for p in export_model(ckpt, tmp_path / "probe").iterdir())
+    report = tmp_path / "report.json"
+    exe = Path(sys.executable).with_name("gptmini")
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", _ON_SMALL_FILESYSTEMS,
+           str(ckpt), str(exe), str(int(size * 1.5) // 1024 + 16), str(report)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(report.read_text())
+
+    def one_error_line(case: dict) -> str:
+        assert "Traceback" not in case["err"], case["err"]
+        (line,) = case["err"].splitlines()
+        return line
+
+    assert got["full"]["rc"] == 74 and got["full"]["left"] == {}
+    assert one_error_line(got["full"]).startswith("error: disk full: writing model.safetensors in full/m needs ")
+    assert got["ro"]["rc"] == 2 and got["ro"]["left"] == {}
+    assert one_error_line(got["ro"]) == (
+        "error: out_dir ro/m cannot be written (Read-only file system: ro); give a folder on a writable filesystem."
+    )
+    over = got["overwrite"]
+    assert over["first_rc"] == 0 and sorted(over["before"]) == sorted(EXPORT_FILES)
+    assert over["rc"] == 74 and one_error_line(over).startswith("error: disk full: writing model.safetensors in fits_one/m")
+    assert over["after"] == over["before"] and list(over["left"]) == ["m"]  # the earlier export whole, no temp folder

@@ -93,8 +93,9 @@ def unwritable(folder: str | Path, create: bool = True) -> str | None:
         probe = temp_path(folder / "write-probe")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         probe.unlink()
-    except OSError as e:
-        return f"{e.strerror or type(e).__name__}: {e.filename or folder}"
+    except OSError as e:  # the folder, not the probe's own name, is what the user knows
+        where = folder if e.filename is None or Path(e.filename).name.startswith(".write-probe") else e.filename
+        return f"{e.strerror or type(e).__name__}: {where}"
     return None
 
 
