@@ -375,7 +375,20 @@ def test_cli_fit_on_a_saved_dataset(tmp_path, corpus_file, capfd, no_attribute_d
 
 # -- a damaged compressed corpus: one rule for every format and command ---------------------------
 def damaged(path: Path, damage: str) -> Path:
-    """``path`` (a .txt.gz or .jsonl.gz) holding RECORDS, damaged as a failed download or disk does."""
+    """``path`` (a .txt.gz, .jsonl.gz or .parquet) holding RECORDS, damaged as a failed download or
+    a bad disk does."""
+    if path.suffix == ".parquet":
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": RECORDS}), path, row_group_size=60)
+        data = bytearray(path.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 3 : len(data) // 3 + 200] = bytes(200)
+        path.write_bytes(bytes(data))
+        return path
     body = "".join(json.dumps({"text": r}) + "\n" for r in RECORDS) if ".jsonl" in path.name else "".join(RECORDS)
     data = bytearray(gzip.compress(body.encode()))
     if damage == "truncated":
@@ -390,20 +403,24 @@ def damaged(path: Path, damage: str) -> Path:
 
 
 WHY = {"truncated": "is truncated (the compressed data ends", "not gzip": "is not a valid gzip file", "corrupt": "is corrupt ("}
+DAMAGED = [(n, d) for n in ("x.jsonl.gz", "x.txt.gz") for d in WHY] + [("x.parquet", "truncated"), ("x.parquet", "corrupt")]
 
 
-@pytest.mark.parametrize("damage", list(WHY))
-@pytest.mark.parametrize("name", ["x.jsonl.gz", "x.txt.gz"])
-def test_damaged_gz_corpus_is_one_error_naming_the_file_and_how_far(tmp_path, name, damage):
+@pytest.mark.parametrize("name, damage", DAMAGED)
+def test_damaged_compressed_corpus_is_one_error_naming_the_file_and_how_far(tmp_path, name, damage):
     from gptmini.core.config import ConfigError
 
     path = damaged(tmp_path / name, damage)
     with pytest.raises(ConfigError) as info:
         make(str(path), tmp_path).prepare_data()
     msg = str(info.value)
-    assert msg.startswith(f"corpus file {path} {WHY[damage]}"), msg
-    far = int(re.search(r"reading stopped after ([\d,]+) bytes of text", msg).group(1).replace(",", ""))
-    assert (far > 0) == (damage == "truncated"), msg  # a truncated file gave part of its text
+    if name.endswith(".parquet"):  # pyarrow names no truncation: the footer or a page is unreadable
+        assert msg.startswith(f"corpus file {path} is corrupt ("), msg
+        assert "its footer (the table of contents) cannot be read" in msg or re.search(r"after [\d,]+ of its 240 rows", msg)
+    else:
+        assert msg.startswith(f"corpus file {path} {WHY[damage]}"), msg
+        far = int(re.search(r"reading stopped after ([\d,]+) bytes of text", msg).group(1).replace(",", ""))
+        assert (far > 0) == (damage == "truncated"), msg  # a truncated file gave part of its text
     assert msg.endswith("or drop it from data.data.")
     assert list((tmp_path / "cache").iterdir()) == []  # no cache entry, no temp folder
 

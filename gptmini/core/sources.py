@@ -208,30 +208,34 @@ def _open_binary(path: Path):
     return raw, (gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw)
 
 
-def _unreadable(path: Path, raw, binary, e: BaseException, names: SettingNames) -> ConfigError:
+def _unreadable(path: Path, e: BaseException, read: str, names: SettingNames) -> ConfigError:
     """The one error line of a corpus file that breaks while it is read (every format, every
-    command): the file, why, and how far reading got."""
-    compressed = binary is not raw
+    command): the file, why, and how far reading got (``read``)."""
+    gz = path.name.endswith(".gz")
     if isinstance(e, EOFError):
         why = "truncated (the compressed data ends before its end-of-stream marker)"
     elif isinstance(e, gzip.BadGzipFile):
         why = f"not a valid gzip file ({e})"
-    elif isinstance(e, zlib.error):
-        why = f"corrupt ({e})"
+    elif isinstance(e, zlib.error) or not isinstance(e, OSError) or e.errno is None:
+        why = f"corrupt ({str(e).strip().rstrip('.') or type(e).__name__})"  # zlib's, pyarrow's errors
     else:
-        why = f"unreadable ({getattr(e, 'strerror', None) or e})"
-    try:
-        text_pos = binary.tell()  # a GzipFile's: bytes of decompressed text
-        read = f"reading stopped after {text_pos:,} bytes of text"
-        if compressed:
-            read += f" ({raw.tell():,} of the file's {path.stat().st_size:,} bytes read)"
-    except (OSError, ValueError):
-        read = "reading stopped partway"
-    check = f" (`gzip -t {path.name}` tests it)" if compressed else ""
+        why = f"unreadable ({e.strerror or e})"
+    check = f" (`gzip -t {path.name}` tests it)" if gz else ""
     return ConfigError(
         f"corpus file {path} is {why}: {read}. Nothing was kept from it; replace the file{check} "
         f"or drop it from {names.data}."
     )
+
+
+def _how_far(path: Path, raw, binary) -> str:
+    """How far a text or JSONL file was read: bytes of text (decompressed), and of the file."""
+    try:
+        read = f"reading stopped after {binary.tell():,} bytes of text"  # a GzipFile's: decompressed
+        if binary is not raw:
+            read += f" ({raw.tell():,} of the file's {path.stat().st_size:,} bytes read)"
+        return read
+    except (OSError, ValueError):
+        return "reading stopped partway"
 
 
 def _text_stream(path: Path, progress: Progress, names: SettingNames = FIT_NAMES) -> Stream:
@@ -248,7 +252,7 @@ def _text_stream(path: Path, progress: Progress, names: SettingNames = FIT_NAMES
                     progress(now - done)
                     done = now
             except READ_ERRORS as e:
-                raise _unreadable(path, raw, binary, e, names) from None
+                raise _unreadable(path, e, _how_far(path, raw, binary), names) from None
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"corpus file {path} is not valid UTF-8 (byte offset ~{e.start} of a chunk: {e.reason}). "
@@ -268,7 +272,7 @@ def _lines(path: Path, raw, binary, names: SettingNames) -> Iterator[bytes]:
     try:
         yield from binary
     except READ_ERRORS as e:
-        raise _unreadable(path, raw, binary, e, names) from None
+        raise _unreadable(path, e, _how_far(path, raw, binary), names) from None
 
 
 def _jsonl_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
@@ -312,12 +316,26 @@ def _pyarrow_parquet():
 
 
 def _parquet_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
-    pf = _pyarrow_parquet().ParquetFile(path)
-    if field not in pf.schema_arrow.names:
+    pq = _pyarrow_parquet()
+    from pyarrow import ArrowException  # pyarrow's own errors (ArrowInvalid) on damaged files
+
+    seen = 0
+    try:
+        pf = pq.ParquetFile(path)
+        batches = pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]) if field in pf.schema_arrow.names else None
+    except (*READ_ERRORS, ArrowException) as e:
+        raise _unreadable(path, e, "its footer (the table of contents) cannot be read", bad.names) from None
+    if batches is None:
         raise _field_error(str(path), field, pf.schema_arrow.names, bad.names)
     rows, size, done = max(pf.metadata.num_rows, 1), path.stat().st_size, 0
-    seen = 0
-    for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]):
+
+    def batches_or_error():
+        try:
+            yield from batches
+        except (*READ_ERRORS, ArrowException) as e:
+            raise _unreadable(path, e, f"reading stopped after {seen:,} of its {rows:,} rows", bad.names) from None
+
+    for batch in batches_or_error():
         for text in batch.column(0).to_pylist():
             seen += 1
             if not isinstance(text, str):
