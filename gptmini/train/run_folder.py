@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -224,18 +225,37 @@ def release_locks() -> None:
             pass
 
 
+def _nothing_recorded(folder: Path) -> bool:
+    """The folder holds only what any start writes: the run's config, hparams, and TensorBoard event
+    files with no event beyond the file header (one TFRecord: u64 length, u32 crc, data, u32 crc)."""
+    for p in folder.iterdir():
+        if p.name in (RUN_CONFIG_FILE, "hparams.yaml"):
+            continue
+        if not (p.is_file() and p.name.startswith("events.out.tfevents.")):
+            return False
+        data = p.read_bytes()
+        length = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+        if len(data) > 16 + length:  # a second record: something was logged
+            return False
+    return True
+
+
 @contextmanager
 def owned_folders() -> Iterator[None]:
     """Around one command: the locks it takes are released when it ends (a SIGKILLed process's
     stay, and are recognised as stale), and a ``version_N`` folder it claimed is removed when the
-    command fails with that folder still empty (a fit that stops on bad data leaves no trace)."""
+    command fails before anything was recorded there (a fit that stops on bad data leaves no trace)."""
     claimed = len(_claimed)
     try:
         yield
     except BaseException:
+        release_locks()  # its own folder's lock first: the folder is then empty if nothing was written
         for folder in _claimed[claimed:]:
             with suppress(OSError):
-                folder.rmdir()  # only if empty: never anything written
+                if _nothing_recorded(folder):
+                    for p in folder.iterdir():
+                        p.unlink()
+                    folder.rmdir()
         raise
     finally:
         del _claimed[claimed:]
