@@ -169,6 +169,9 @@ def _holder(lock: Path) -> dict | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return {"pid": "?", "host": "?"}  # unreadable: kept, the message says how to remove it
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and holder.get("job") == job and pid != os.getpid():
+        return None  # this job's earlier incarnation: a requeued job keeps its id, maybe not its node
     if holder.get("host") != socket.gethostname():
         return holder  # cannot be checked from here: assumed alive
     try:
@@ -190,7 +193,13 @@ def lock_run(folder: str | Path, why: str) -> None:
     lock = folder / LOCK_FILE
     if lock in _locks:
         return
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()), "what": why}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _start_time(os.getpid()),
+        "job": os.environ.get("SLURM_JOB_ID"),
+        "what": why,
+    }
     temp = atomic.temp_path(lock)
     temp.write_text(json.dumps(me))
     try:
