@@ -653,12 +653,31 @@ class Check:
             )
         if "val/loss" in s:
             lines.append(f"- val/loss: {s['val/loss'][1][-1]:.3f} at step {s['val/loss'][0][-1]}")
+        log = self.out / "fit.log"
+        checks = [ln.strip() for ln in log.read_text(errors="replace").splitlines()] if log.is_file() else []
+        # The Checklist's lines (gptmini.callbacks.checks_shared.MARKS) and a check's stop message.
+        items = [ln for ln in checks if ln.startswith(("ok ", "FAIL ", "WARN "))]
+        failed = [ln for ln in items if ln.startswith("FAIL ")] + [ln for ln in checks if "check failed" in ln]
+        if items or failed:
+            lines.append(
+                f"- step-0 checks: {len(items) - len(failed)} ok, {len(failed)} failed "
+                f"— {self.verdict(not failed)}" + "".join(f"\n  - {ln}" for ln in failed[:3])
+            )
         if tps:
             steady = sorted(tps[1][1:] or tps[1])
+            median = steady[len(steady) // 2]
             lines.append(
-                f"- throughput/tokens_per_sec (ThroughputLogger): median {steady[len(steady) // 2] / 1e6:.3f}M "
+                f"- throughput/tokens_per_sec (ThroughputLogger): median {median / 1e6:.3f}M "
                 f"over {len(tps[1])} log points"
             )
+            bench = self.out / "bench.json"
+            default = json.loads(bench.read_text())["variants"].get("default") if bench.is_file() else None
+            if default and "lightning" in default["paths"]:
+                ratio = median / default["paths"]["lightning"]["tokens_per_sec"]
+                lines.append(
+                    f"- fit / bench (default, Lightning) tokens/s: {ratio:.3f} (target within 10%) "
+                    f"— {self.verdict(abs(ratio - 1) <= 0.10)}"
+                )
         if "throughput/mfu" in s:
             lines.append(f"- throughput/mfu: last {100 * s['throughput/mfu'][1][-1]:.1f}%")
         if (self.out / "fit.png").is_file():
