@@ -63,6 +63,7 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert "resume exactness on CUDA (tests/test_gpu.py): skipped" in summary
     assert (out / "fit.png").stat().st_size > 10_000
     assert "throughput/tokens_per_sec (ThroughputLogger)" in summary and "val/loss" in summary
+    assert "- step-0 checks: " in summary and ", 0 failed" in summary and "fit / bench (default" in summary
     # The bundle: at most 8 files, the rest in one tarball without checkpoints or the token cache.
     names = sorted(p.name for p in bundle.iterdir())
     assert len(names) <= 8 and "summary.md" in names and "evidence.tar.gz" in names, names
