@@ -154,6 +154,7 @@ def plan_for(smoke: bool) -> Plan:
         levers=[
             "default",
             "chunked_ce:model.kernels.loss_chunk_tokens=64",  # proves model.kernels.* through the CLI
+            "sdpa_efficient:model.kernels.attention=efficient",  # CUDA-only: a refused lever loses only itself
         ],
         generate=["--device=cpu", "--new-tokens", "16", "--repeats=1", "--decode", "static"],
         eval_tokens=2048,
@@ -536,6 +537,8 @@ class Check:
             "| variant | settings | tokens/s | vs default | ms/step | host ms/step | peak mem |",
             "|---|---|---|---|---|---|---|",
         ]
+        for name, error in data.get("failed", {}).items():
+            lines.append(f"| {name} | failed: {error[:200]} | - | - | - | - | - |")
         for name, v in data["variants"].items():
             lt = v["paths"].get("lightning")
             if lt is None:
