@@ -128,7 +128,7 @@ def plan_for(smoke: bool) -> Plan:
                 "prepare": 20, "bench": 110, "levers": 80, "fit": 90,
                 "generate": 40, "eval": 20, "profile": 30, "gpu_tests": 60,
             },
-            budget=570,  # the device call's limit is 600 s: pip install and the summary fit in the rest
+            budget=560,  # the device call's limit is 600 s: pip install and the summary fit in the rest
         )
     return Plan(
         accelerator="cpu",
