@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gptmini.core import config as config_module
+from gptmini.core import losshead
 from gptmini.core import model as model_module
 
 PACKAGE = "gptmini"
@@ -33,6 +34,12 @@ def _stand_in(name: str, obj: Any) -> str | None:
         return (
             f"def {name}(obj, prefix):\n"
             '    """gptmini checks each field\'s range here; config.json was written checked."""\n'
+        )
+    if obj is losshead.linear_cross_entropy:  # the chunked head is a training kernel: plain math here
+        return (
+            f"def {name}(x, weight, targets, chunk):\n"
+            '    """gptmini computes this in chunks when training (model.kernels); the same value."""\n'
+            "    return F.cross_entropy(F.linear(x.reshape(-1, x.size(-1)), weight), targets.reshape(-1))\n"
         )
     if config_module._is_restricted(obj):  # PositiveInt, VocabSize, ...: the plain type
         return f"{name} = {'int' if issubclass(obj, int) else 'float'}\n"
