@@ -60,7 +60,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(version, int) or version > CKPT_FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {version!r}, newer than this gptmini reads "
-            f"({CKPT_FORMAT_VERSION}); upgrade gptmini (pip install -U gptmini) to load it."
+            f"({CKPT_FORMAT_VERSION}); upgrade gptmini to load it (`git pull` in its clone, then `pip install ./gptmini`)."
         )
     return ckpt
 
