@@ -458,3 +458,68 @@ def test_capture_true_where_it_cannot_apply_is_one_error_line(cli_args, capsys):
         "error: model.capture=true cannot apply: CUDA graphs need a CUDA device, this run is on cpu. "
         "Set model.capture: null (capture where it applies) or false."
     )
+
+
+@pytest.mark.gpu
+def test_lightning_captured_step_matches_its_closure_path_in_bf16_over_50_steps(cli_args):
+    """The CLI fit on CUDA (bf16-mixed, compiled, fused AdamW, every tiny.yaml callback): captured by
+    default, and within bf16 noise of the same fit with model.capture=false over 50 steps."""
+    from conftest import fit_cli
+
+    args = cli_args(max_steps=50) + ["--trainer.accelerator=cuda", "--trainer.precision=bf16-mixed"]
+    runs = {}
+    for capture in ("null", "false"):
+        rec = Record()
+        cli = fit_cli([*args, f"--model.capture={capture}"], rec)
+        assert cli.model.step_path.captured is (capture == "null"), cli.model.step_path
+        assert all(rec.paths) is (capture == "null") and cli.trainer.global_step == 50
+        if capture == "null":
+            assert cli.model._runner is None  # released at train end
+        runs[capture] = (torch.stack(rec.losses).float().cpu(), cli.model.state_dict())
+    (captured_losses, captured_weights), (eager_losses, eager_weights) = runs["null"], runs["false"]
+    assert captured_losses[-1] < captured_losses[0]  # it trained
+    torch.testing.assert_close(captured_losses, eager_losses, rtol=2e-2, atol=2e-2)
+    for k, v in captured_weights.items():
+        torch.testing.assert_close(v.float(), eager_weights[k].float(), rtol=5e-2, atol=5e-3, msg=k)
+
+
+@pytest.mark.gpu
+def test_cli_fit_on_the_shipped_10m_config_is_captured_and_resumes(tmp_path):
+    """`gptmini.cli fit --config configs/10m.yaml` as shipped (every callback, the embedded corpus),
+    40 steps on CUDA in a child process: the captured step is chosen and says so, the run finishes
+    with finite weights, and a resume from its step-20 checkpoint (captured again, after the restore)
+    ends within bf16 noise of it."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import cli_env
+
+    repo = Path(__file__).parent.parent
+    ck = tmp_path / "ck"
+    args = [
+        sys.executable, "-m", "gptmini.cli", "fit", "--config", str(repo / "configs" / "10m.yaml"),
+        "--trainer.max_steps=40", "--trainer.val_check_interval=20", "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=10", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}", "--model.schedule.warmup_steps=4",
+        "--fault_guard.check_every_n_steps=10",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={ck}", "--trainer.callbacks.every_n_train_steps=20",
+        "--trainer.callbacks.save_top_k=-1",
+    ]
+    line = "training step: captured (model.capture=null: CUDA, one process, no accumulation)"
+    first = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert line in first.stderr, first.stderr[-4000:]
+    second = subprocess.run(
+        [*args, "--ckpt_path", str(ck / "epoch=0-step=20.ckpt")],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200,
+    )
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert line in second.stderr
+    runs = tmp_path / "runs" / "10m"
+    a = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    b = torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert a["global_step"] == b["global_step"] == 40
+    for k, v in a["state_dict"].items():
+        assert torch.isfinite(v).all(), k
+        torch.testing.assert_close(b["state_dict"][k].float(), v.float(), rtol=5e-2, atol=5e-3, msg=k)
