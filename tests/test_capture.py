@@ -523,3 +523,14 @@ def test_cli_fit_on_the_shipped_10m_config_is_captured_and_resumes(tmp_path):
     for k, v in a["state_dict"].items():
         assert torch.isfinite(v).all(), k
         torch.testing.assert_close(b["state_dict"][k].float(), v.float(), rtol=5e-2, atol=5e-3, msg=k)
+
+
+def test_capture_is_a_runtime_setting_on_resume(tmp_path):
+    """--ckpt_path with another model.capture resumes (same math, another way to run it)."""
+    from gptmini.train.resume import resume_settings
+
+    hparams = {"arch": {"n_embd": 32}, "optim": {"lr": 0.002}, "compile": None, "compile_mode": None, "capture": None}
+    settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, {"capture": False}, {"capture": False})
+    assert settings["capture"] is False
+    old = {k: v for k, v in hparams.items() if k != "capture"}  # a checkpoint from before the field
+    assert resume_settings(str(tmp_path / "x.ckpt"), old, {}, {"capture": None})["capture"] is None
