@@ -3,6 +3,7 @@ on a CPU matches today's step; where it applies and why not; on a GPU, the graph
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import sys
@@ -58,6 +59,37 @@ def build(device: str = "cpu", state: dict | None = None, fused: bool = True):
     return model, opt, sched
 
 
+class SimulatedGraph:
+    """What a CUDA graph does, on a CPU: recording runs nothing; each replay runs the recorded step
+    on the same static buffers and writes its loss into the same output tensor."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.out, self.replays = fn, torch.zeros(()), 0
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+        self.replays += 1
+
+
+class SimulatedCapture(CapturedStep):
+    """CapturedStep's own warmup / capture / replay / fallback logic, with SimulatedGraph for CUDA."""
+
+    def __init__(self, step, capture_context=contextlib.nullcontext, graphs=True, fail=None) -> None:
+        super().__init__(step, capture_context=capture_context, graphs=True)
+        self.fail, self.recorded_in_context = fail, None
+
+    def _side_stream(self, fn):
+        return fn()
+
+    def _record(self, fn):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        opt = getattr(self, "optimizer", None)
+        self.recorded_in_context = opt is None or all(g["capturable"] for g in opt.param_groups)
+        graph = SimulatedGraph(fn)
+        return graph, graph.out
+
+
 def round_trip(model, opt, sched) -> dict:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
@@ -91,7 +123,7 @@ def today(data, clip=CLIP, fused=True):
     return torch.stack(losses), torch.stack(norms), model, opt
 
 
-def twin(data, device="cpu", graphs=False, clip=CLIP):
+def twin(data, device="cpu", graphs=False, clip=CLIP, runner_class=CapturedStep, **runner_kwargs):
     """The captured step's path: lr tensors refreshed from LambdaLR, static batch, guarded_step; the
     NaN comes from a device tensor (a graph cannot see a Python value change)."""
     model, opt, sched = build(device)
@@ -105,7 +137,9 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
         def step(batch):
             return guarded_step(lambda: model(*batch)[1] * poison, opt, guard, clip=clip)
 
-        return guard, lrs, CapturedStep(step, capture_context=lambda: capturable(opt), graphs=graphs)
+        runner = runner_class(step, capture_context=lambda: capturable(opt), graphs=graphs, **runner_kwargs)
+        runner.optimizer = opt
+        return guard, lrs, runner
 
     guard, lrs, runner = start(model, opt)
     for i, batch in enumerate(data):
@@ -118,6 +152,7 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
             losses.append(runner().clone())
         norms.append(guard.norm.clone())
         sched.step()
+    twin.runner = runner
     return torch.stack(losses), torch.stack(norms), model, opt, guard
 
 
@@ -138,6 +173,32 @@ def test_eager_twin_matches_todays_step_across_lr_clipping_nan_skip_and_a_round_
     assert {int(s["step"]) for s in ref_opt.state.values()} == {STEPS - 1}
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
     assert guard.read() == (0, -1)  # a fresh guard after the restore: the skip was before it
+
+
+def test_captured_steps_logic_with_a_simulated_graph_matches_todays_step():
+    """CapturedStep's warmup (3 eager steps), capture (capturable only then) and replays over the
+    static batch, the graph simulated on a CPU: the same losses and weights as today's step."""
+    data = batches(STEPS)
+    ref_losses, ref_norms, ref_model, _ = today(data)
+    losses, norms, model, _, _ = twin(data, runner_class=SimulatedCapture)
+    runner = twin.runner  # the one built after the restore at SAVE_AT
+    assert runner.eager_steps == captured.WARMUP_STEPS and runner.recorded_in_context
+    assert runner.graph.replays == STEPS - SAVE_AT - captured.WARMUP_STEPS
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-6, atol=1e-6, equal_nan=True)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_capture_warns_and_trains_on_eagerly():
+    data = batches(STEPS)
+    ref_losses, _, ref_model, _ = today(data)
+    with pytest.warns(UserWarning, match=r"capture failed \(RuntimeError: no graphs here\); this run continues"):
+        losses, _, model, _, _ = twin(data, runner_class=SimulatedCapture, fail="no graphs here")
+    assert twin.runner.graph is None and twin.runner.failure == "RuntimeError: no graphs here"
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6, equal_nan=True)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
 def test_eager_twin_matches_the_unfused_cpu_default_without_a_nan():
@@ -339,9 +400,18 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(GPTMiniModule, "batch_loss", batch_loss)
 
 
-def force_twin(monkeypatch):
-    """The captured path on a CPU: CapturedStep runs guarded_step eagerly (its eager twin)."""
+def force_twin(monkeypatch) -> list:
+    """The captured path on a CPU: CapturedStep's warmup, capture and replays with SimulatedGraph
+    (every replay runs guarded_step eagerly: its eager twin). Returns the runners built."""
+    runners = []
+
+    def simulated(step, capture_context, graphs):
+        runners.append(SimulatedCapture(step, capture_context))
+        return runners[-1]
+
     monkeypatch.setattr(module_mod, "choose_step_path", lambda *a, **k: StepPath(CAPTURED, "test: eager twin"))
+    monkeypatch.setattr(module_mod, "CapturedStep", simulated)
+    return runners
 
 
 def lightning_fit(args, tmp_path, name, ckpt_path=None):
@@ -365,10 +435,12 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
         today_cli, today_rec = lightning_fit(args, tmp_path, "today")
     assert "training step: eager (CUDA graphs need a CUDA device, this run is on cpu)" in caplog.text
     caplog.clear()
-    force_twin(monkeypatch)
+    runners = force_twin(monkeypatch)
     with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
         twin_cli, twin_rec = lightning_fit(args, tmp_path, "twin")
     assert "training step: captured (test: eager twin)" in caplog.text
+    (runner,) = runners  # warmup, capture after the step-0 checks, then replays over the static batch
+    assert runner.eager_steps == captured.WARMUP_STEPS and runner.graph.replays == 12 - captured.WARMUP_STEPS
     assert not any(today_rec.paths) and all(twin_rec.paths)
     # The grads a graph writes stay the same tensors, through the validation after step 6 too.
     assert len(set(twin_rec.grads)) == 1
@@ -394,7 +466,7 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     assert saved["lr_schedulers"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["lr_schedulers"]
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved["optimizer_states"][0]["param_groups"])
     resumed_cli, resumed_rec = lightning_fit(args, tmp_path, "resumed", ckpt_path=ckpt)
-    assert all(resumed_rec.paths)
+    assert all(resumed_rec.paths) and runners[-1].graph.replays == 6 - captured.WARMUP_STEPS  # after the restore
     close(resumed_rec.losses, twin_rec.losses[6:])
     for cli in (today_cli, twin_cli, resumed_cli):  # the skip counted once, and carried by the resume
         (guard,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, FaultGuard)]
