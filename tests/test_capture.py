@@ -13,7 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from gptmini.callbacks.checks_shared import CheckItem
 from gptmini.callbacks.fault_guard import FaultGuard
+from gptmini.callbacks.first_batch import OverfitCheck
 from gptmini.core import captured
 from gptmini.core.captured import (
     CAPTURED,
@@ -431,6 +433,8 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     scheduler and weights to 1e-6; a resume from the twin's step-6 checkpoint lands on the same
     weights; either path resumes the other's checkpoint."""
     args = cli_args(max_steps=12) + ["--model.optim.fused=true", "--fault_guard.max_skipped_steps=1"]
+    # Not this test's subject (its deepcopy of a module with a runner: tests/test_progress.py's spy).
+    monkeypatch.setattr(OverfitCheck, "run", lambda self, *a: CheckItem(self.key, self.title, "skip", "test"))
     with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
         today_cli, today_rec = lightning_fit(args, tmp_path, "today")
     assert "training step: eager (CUDA graphs need a CUDA device, this run is on cpu)" in caplog.text
@@ -473,7 +477,7 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
         assert guard.state_dict() == {"skipped": 1}
     for k, v in resumed_cli.model.state_dict().items():
         torch.testing.assert_close(v, today_weights[k], rtol=1e-6, atol=1e-6, msg=k)
-    monkeypatch.undo()  # today's path resumes the twin's checkpoint too
+    monkeypatch.setattr(module_mod, "choose_step_path", choose_step_path)  # today's path resumes it too
     cross_cli, cross_rec = lightning_fit(args, tmp_path, "cross", ckpt_path=ckpt)
     assert not any(cross_rec.paths)
     close(cross_rec.losses, today_rec.losses[6:])
