@@ -31,7 +31,7 @@ from gptmini.core.captured import (
 )
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.guard import NonFiniteGuard
-from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.model import GPTMini, KernelConfig, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, compile_by_default, guarded_step
@@ -111,6 +111,7 @@ class GPTMiniModule(pl.LightningModule):
         compile: bool | None = None,
         compile_mode: str | None = None,
         capture: bool | None = None,
+        kernels: KernelConfig = KernelConfig(),  # noqa: B008
     ) -> None:
         """GPTMini pretraining recipe.
 
@@ -132,11 +133,14 @@ class GPTMiniModule(pl.LightningModule):
                 accumulation, bf16-mixed or 32-bit, fused AdamW, no callback on Lightning's closure
                 hooks); false = never; true = capture or stop naming why not. Fit start prints one
                 ``training step:`` line with the path and why (docs/performance.md).
+            kernels: Attention backend and loss head (chunked linear + cross-entropy): the same
+                math, other kernels (docs/performance.md).
         """
         super().__init__()
         self.model_cfg: ModelConfig = _as(ModelConfig, arch)
         self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
         self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
+        self.kernel_cfg: KernelConfig = _as(KernelConfig, kernels)
         # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -146,6 +150,7 @@ class GPTMiniModule(pl.LightningModule):
                 "compile": compile,
                 "compile_mode": compile_mode,
                 "capture": capture,
+                "kernels": asdict(self.kernel_cfg),
             }
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
@@ -157,9 +162,9 @@ class GPTMiniModule(pl.LightningModule):
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
         self._lrs: list[torch.Tensor] = []
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
-        self.model = GPTMini(self.model_cfg)
+        self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
-        self._step_values: dict[str, torch.Tensor] = {}
+        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
         self._writes_at_start = True
         # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
         # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
@@ -206,22 +211,25 @@ class GPTMiniModule(pl.LightningModule):
         self.last_loss = loss.detach()
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
         # sync per step; gptmini.callbacks.progress.LossProgressBar shows it at its refresh rate instead.
-        self._log_step("train/loss", self.last_loss)
+        # Each rank's loss is of its own shard: the curve is their mean (an all-reduce on the
+        # written steps only, which every rank reaches together: gptmini.train.ranks).
+        self._log_step("train/loss", self.last_loss, sync_dist=True)
         return loss
 
-    def _log_step(self, name: str, value: torch.Tensor) -> None:
+    def _log_step(self, name: str, value: torch.Tensor, sync_dist: bool = False) -> None:
         """``self.log`` on the steps whose metrics Lightning writes, and only then.
 
         Lightning writes step metrics every ``log_every_n_steps``, but each ``self.log`` costs host
         time on every step (about 0.1 ms: it re-wraps and moves the value); the written curves and
-        the ``callback_metrics`` of those steps are the same either way.
+        the ``callback_metrics`` of those steps are the same either way. ``sync_dist``: the mean over
+        ranks, so its collective also runs on the written steps only.
         """
-        self._step_values[name] = value
+        self._step_values[name] = (value, sync_dist)
         if self._writes_at_start:
-            self.log(name, value)
+            self.log(name, value, sync_dist=sync_dist)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_values: dict[str, torch.Tensor] = {}
+        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
         self._writes_at_start = writes_step_metrics(self.trainer)
         if self._runner is not None:
             self._runner.load_batch(batch)  # into the graph's static buffers, on the device
@@ -232,8 +240,8 @@ class GPTMiniModule(pl.LightningModule):
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
         if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
-            for name, value in self._step_values.items():
-                self.log(name, value)
+            for name, (value, sync_dist) in self._step_values.items():
+                self.log(name, value, sync_dist=sync_dist)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -334,7 +342,7 @@ class GPTMiniModule(pl.LightningModule):
             loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
         self.last_loss = set_closure_result(optimizer_closure, loss)
-        self._log_step("train/loss", self.last_loss)
+        self._log_step("train/loss", self.last_loss, sync_dist=True)  # one process here: no collective
         self._log_step("train/grad_norm", self.nonfinite_guard.norm)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
