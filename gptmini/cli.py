@@ -16,7 +16,7 @@ from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, launcher, resume, run_folder
+from gptmini.train import before_fit, compat, launcher, ranks, resume, run_folder
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -109,7 +109,7 @@ class GPTMiniCLI(LightningCLI):
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
             run_folder.claim_version(self.trainer)
             run_folder.check_log_dir_free(self.trainer)
-            log_dir = self.trainer.log_dir
+            log_dir = ranks.own_log_dir(self.trainer)  # rank 0 alone: no broadcast (gptmini.train.ranks)
             if log_dir and "://" not in log_dir:  # a live fit's folder: not for another run to resume from
                 run_folder.lock_run(log_dir, f"fit writing {log_dir}")
 
