@@ -351,14 +351,8 @@ def test_export_then_generate_through_console_script_and_without_lightning(
     out = tmp_path / "tiny_model"
     res = _console("export", str(ckpt), str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-<<<<<<< HEAD
     names = ["README.md", "config.json", "model.safetensors", "modeling_gptmini.py", "tokenizer.json"]
     assert sorted(p.name for p in out.iterdir()) == names
-=======
-    assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "modeling_gptmini.py", "tokenizer.json"
-    ]
->>>>>>> exporteval
     with pytest.raises(SystemExit) as e:  # a second export is refused (in process: cli.main's dispatch)
         cli_main(["export", str(ckpt), str(out)])
     assert e.value.code == 2 and "--overwrite=true" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from gptmini.core.recipe import OVERFIT_REF_TOKENS, OVERFIT_THRESHOLD, overfit_b
 from gptmini.core.schedule import lr_multiplier
 from gptmini.core.step import NoGradientError, train_step
 from gptmini.train.compat import grad_scaler, init_optimizers
+from gptmini.train.ranks import failed_on_any_rank
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -75,8 +76,9 @@ class FirstBatchCheck(Callback):
         if any(getattr(cb, "runs_first_batch_checks", False) for cb in trainer.callbacks):
             return  # the checklist runs us, prints, then raises
         item = self.ensure_run(trainer, pl_module, batch)
-        if item.status == "fail":
-            raise SanityCheckError(item.detail)
+        failure = failed_on_any_rank(trainer, item.detail if item.status == "fail" else None)  # gptmini.train.ranks
+        if failure:
+            raise SanityCheckError(failure)
 
 
 class InitialLossCheck(FirstBatchCheck):
