@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -9,7 +10,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
@@ -17,7 +18,7 @@ from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, resume, run_folder
+from gptmini.train import before_fit, compat, launcher, ranks, resume, run_folder
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -37,7 +38,17 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + did_you_mean(message, _keys(self)), ex)
+        hint = did_you_mean(message, _keys(self)).strip()
+        message = f"{hint} {message}" if hint else message  # the fix first, then what was wrong
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raises: nothing printed
+        # jsonargparse prints the whole usage first (86 lines for fit), burying the one line that
+        # matters: the error, then where the options are listed.
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = "gptmini " + parser.prog.split()[-1] if " " in parser.prog else "gptmini"
+        print(f"error: {message}", file=sys.stderr)
+        print(f"tip: `{prog} --help` lists every option.", file=sys.stderr, flush=True)
+        self.exit(2)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -53,6 +64,11 @@ def _keys(parser: Any) -> list[str]:
 
 class SaveConfigToCheckpoint(SaveConfigCallback):
     """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # validate logs into its run's validate/ folder, again at each validation: the latest config.
+        self.overwrite = self.overwrite or stage == "validate"
+        super().setup(trainer, pl_module, stage)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
@@ -71,7 +87,10 @@ class GPTMiniCLI(LightningCLI):
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         before_fit.check_writable(self.trainer, self.datamodule)
-        resume.start_run(self, self._args, self.trainer.max_steps)
+        ckpt_path = resume.start_run(self, self._args, self.trainer.max_steps)
+        if rank_zero_only.rank == 0 and ckpt_path and ckpt_path.endswith(".ckpt"):
+            # Before any folder is claimed: a second resume of a live run stops here (one line).
+            run_folder.lock_run(run_folder.run_folder_of(ckpt_path), f"fit --ckpt_path {ckpt_path}")
         before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
@@ -81,13 +100,20 @@ class GPTMiniCLI(LightningCLI):
 
     def before_validate(self) -> None:
         before_fit.check_writable(self.trainer, self.datamodule)
-        resume.start_run(self, self._args, max_steps=None, need_weights=True)
-        self._claim_log_dir()
+        ckpt_path = resume.start_run(self, self._args, max_steps=None, need_weights=True)
+        # Logs go beside the run the checkpoint belongs to (run/validate/), not into a new run folder.
+        why = run_folder.log_validation_beside(self.trainer, ckpt_path or self.config[self.subcommand].get("init_from"))
+        if why and rank_zero_only.rank == 0:
+            run_folder.claim_version(self.trainer)
+            rank_zero_info(f"validate: logging to a new run folder, {ranks.own_log_dir(self.trainer)}: {why}.")
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
             run_folder.claim_version(self.trainer)
             run_folder.check_log_dir_free(self.trainer)
+            log_dir = ranks.own_log_dir(self.trainer)  # rank 0 alone, before fit: no collective
+            if log_dir and "://" not in str(log_dir):  # a live fit's folder: not for another run to resume from
+                run_folder.lock_run(log_dir, f"fit writing {log_dir}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -138,6 +164,7 @@ def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
     a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
+    launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
     if not run_tool(argv):
         make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
     return 0
@@ -145,7 +172,7 @@ def main(args: list[str] | None = None) -> int:
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
-    with user_errors():
+    with user_errors(), run_folder.owned_folders():
         return GPTMiniCLI(
             GPTMiniModule,
             GPTMiniData,

@@ -193,8 +193,10 @@ class Bench:
             module.optim_cfg,
             module.schedule_cfg,
         )
+        self.kernel_cfg = module.kernel_cfg  # model.kernels: attention backend, chunked loss head
         self.compile = compile_by_default(module.compile_setting, self.device)  # as the module decides
         self.compile_mode = module.compile_mode
+        self.capture = module.capture_setting  # the plain loop captures where the module does
         self.clip = self.trainer.gradient_clip_val
         self.dm.prepare_data()
         self.dm.setup("fit")
@@ -245,6 +247,9 @@ class Bench:
         after each plain-loop step (scripts/profile_step.py starts its sampler there)."""
         clock = Clock(self.device, self.args.warmup, self.args.window)
         if self.device.type == "cuda":
+            # Initialise CUDA first: in a process that has not touched it yet (profile_step.py)
+            # reset_peak_memory_stats raises "Invalid device argument".
+            torch.cuda.init()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         if path == "lightning":
@@ -257,7 +262,7 @@ class Bench:
             losses = cb.losses
         else:
             seed_everything(self.seed, verbose=False)
-            model = GPTMini(self.model_cfg)
+            model = GPTMini(self.model_cfg, self.kernel_cfg)
             if self.compile:
                 model.compile(mode=self.compile_mode)
             losses = train_plain(
@@ -269,6 +274,8 @@ class Bench:
                 precision=self.precision,
                 gradient_clip_val=self.clip,
                 device=self.device,
+                capture=self.capture,
+                compile_mode=self.compile_mode if self.compile else None,
                 on_step_end=clock.tick if on_step_end is None else lambda i: (clock.tick(), on_step_end(i)),
             )
         out = {
@@ -450,12 +457,23 @@ def main(argv: list[str] | None = None) -> dict | None:
                     r["speedup_vs_first_variant"] = (
                         r["tokens_per_sec"] / first["paths"][path]["tokens_per_sec"]
                     )
-        out.write_text(json.dumps({"variants": summaries, "complete": final}, indent=2))
+        out.write_text(json.dumps({"variants": summaries, "complete": final, "failed": failed}, indent=2))
         return summaries
 
+    failed: dict[str, str] = {}  # variant -> error: a lever the device refuses loses only itself
     for r in range(args.rounds):
         for bench, path in combos if r % 2 == 0 else combos[::-1]:
-            res = bench.run(path)
+            if bench.name in failed:
+                continue
+            try:
+                res = bench.run(path)
+            except Exception as e:  # e.g. an SDPA backend this GPU lacks ("No available kernel")
+                if len(benches) == 1:
+                    raise
+                failed[bench.name] = f"{type(e).__name__}: {str(e)[:500]}"
+                print(f"[bench] {bench.name}/{path} FAILED: {failed[bench.name]}", flush=True)
+                write({}, final=False)
+                continue
             results[bench.name][path].append(res)
             print(
                 f"[bench] round {r} {bench.name}/{path:<9} median {statistics.median(res['windows_ms']):8.2f} "

@@ -166,3 +166,11 @@ def fit_cli(args: list[str], *callbacks):
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
+    """The multi-process tests' shared reference run, once per session (tests/shipped_runs.py)."""
+    from shipped_runs import reference_run
+
+    return reference_run(tmp_path_factory.mktemp("ddp"), corpus_file, data_cache)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gptmini.callbacks.checks_shared import CheckItem, SanityCheckError
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.recipe import START_TOLERANCE, warmup_advice
+from gptmini.train.ranks import run_dir
 
 # --------------------------------------------------------------------------------------------------
 # The learning-rate curve
@@ -204,9 +205,10 @@ class LRCurveCheck(Callback):
         ratio = self.min_lr_ratio if self.min_lr_ratio is not None else _min_lr_ratio(pl_module)
         if png is not None:
             self._render(trainer, png, log=False)
-        elif trainer.is_global_zero:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
-            self._render(trainer, folder / self.filename)
+        else:
+            folder = run_dir(trainer)  # a collective (gptmini.train.ranks): every rank, then rank 0 draws
+            if trainer.is_global_zero:
+                self._render(trainer, folder / self.filename)
         by_problem: dict[str, list[str]] = {}  # one line per problem, naming the groups it hits
         for g, (name, lrs) in zip(opt.param_groups, self.curves.items()):
             peak = g.get("initial_lr")
