@@ -42,7 +42,7 @@ from gptmini.train.names import upgrade_hparams
 from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
-RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
+RUNTIME_KEYS = ("compile", "compile_mode", "capture", "optim.fused")
 # Under `model.`: set by the CLI from the data settings, never given directly.
 LINKED = {"arch.vocab_size": "data.vocab_size", "arch.block_size": "data.block_size"}
 # Under `data.`: what makes the validation tokens (validate compares these with the checkpoint's run).
@@ -257,7 +257,7 @@ def resume_settings(
             f"these weights with new optimizer/schedule settings: --init_from {path} instead of "
             f"--ckpt_path."
         )
-    effective = {k: v for k, v in hparams.items() if k not in ("compile", "compile_mode")}
+    effective = {k: v for k, v in hparams.items() if k not in ("compile", "compile_mode", "capture")}
     effective["optim"] = {**hparams.get("optim", {})}
     for key in RUNTIME_KEYS:
         group, _, leaf = key.rpartition(".")
