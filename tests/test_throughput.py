@@ -21,7 +21,8 @@ def test_throughput_counts_every_device_and_logs_mfu():
     cb = ThroughputLogger(peak_flops=1e9, log_every_n_steps=2)
     logged: dict[str, float] = {}
     module = SimpleNamespace(  # gptmini.callbacks.interface.RecipeModule, and log()
-        model=None, model_cfg=cfg, schedule_cfg=None, last_loss=None,
+        model=None, model_cfg=cfg, schedule_cfg=None, last_loss=None, nonfinite_guard=None,
+        runs_own_step=lambda: False,
         log=lambda name, value, **_: logged.__setitem__(name, value),
     )
     trainer = SimpleNamespace(
