@@ -9,11 +9,13 @@ from typing import Any
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.formats import CKPT_RUN_CONFIG
+from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import before_fit, compat, launcher, ranks, resume, run_folder
@@ -21,6 +23,7 @@ from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
+from gptmini.train.profiler import NoProfiler
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -139,6 +142,8 @@ class GPTMiniCLI(LightningCLI):
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
+        # Before fit sets up the device: TF32 matmuls on CUDA (and no Lightning advice line about it).
+        use_tf32_matmuls(trainer.strategy.root_device)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.
         use_atomic_checkpoint_io(trainer.strategy)
@@ -149,6 +154,9 @@ class GPTMiniCLI(LightningCLI):
         for i, cb in enumerate(callbacks):
             if compat.is_default_progress_bar(cb):
                 callbacks[i] = LossProgressBar()
+        # The default no-op profiler, minus its cost on every hook call (gptmini.train.profiler).
+        if type(trainer.profiler) is PassThroughProfiler:
+            trainer.profiler = NoProfiler()
         return trainer
 
 

@@ -134,7 +134,10 @@ class FaultGuard(Callback):
                 dropped) before stopping; 0 = stop at the first one.
             check_every_n_steps: Check every n-th optimizer step. Unfused AdamW: each check is one
                 host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
-                guarded on the device and the verdict is read (one sync) every n steps.
+                guarded on the device and the verdict is read (one sync) every n steps. Several
+                processes also agree then whether any was signalled to stop (one all-reduce, none
+                between): a stop waits at most n - 1 steps, so keep n steps well inside the
+                scheduler's grace period.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
             requeue_on_sigterm: Under SLURM with auto_requeue (Lightning's default), requeue the job
                 after a SIGTERM too (time limit without ``--signal``, preemption), not only after the
@@ -309,7 +312,7 @@ class FaultGuard(Callback):
         checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] = val
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        install_stop_rules(trainer)
+        install_stop_rules(trainer, self.check_every_n_steps)  # several processes agree on a stop then
         module = recipe_module(pl_module)
         module_guard = module.nonfinite_guard if module is not None else None
         if module_guard is not None:  # count on from a resumed run's skips, at its step

@@ -146,6 +146,13 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
 
+def log_step_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` to every logger at the step Lightning writes this batch's step metrics at, and
+    into ``trainer.logged_metrics``, as Lightning's ThroughputMonitor does (no ``self.log``). Private:
+    ``Trainer._logger_connector.log_metrics``, ``fit_loop.epoch_loop._batches_that_stepped``."""
+    trainer._logger_connector.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 def every_n_train_steps(callback: ModelCheckpoint) -> int:
     """A ModelCheckpoint's ``every_n_train_steps`` (0: off). Private: ``_every_n_train_steps``."""
     return callback._every_n_train_steps or 0
