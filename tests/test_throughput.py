@@ -28,7 +28,8 @@ def test_throughput_counts_every_device_and_logs_mfu(monkeypatch):
         writes.append(step)
 
     module = SimpleNamespace(  # gptmini.callbacks.interface.RecipeModule; never self.log (a cost per step)
-        model=None, model_cfg=cfg, schedule_cfg=None, last_loss=None,
+        model=None, model_cfg=cfg, schedule_cfg=None, last_loss=None, nonfinite_guard=None,
+        runs_own_step=lambda: False,
         log=lambda *a, **k: pytest.fail("self.log"),
     )
     trainer = SimpleNamespace(
