@@ -125,9 +125,13 @@ def test_torchrun_two_nodes_sigterm_saves_once_and_resumes_bitwise(ddp_reference
 WORKER = """
 import os, signal, sys, time
 from gptmini.train.launcher import follow_launcher
-signal.signal(signal.SIGTERM, lambda s, f: (open(sys.argv[1] + ".got", "w").write(str(s)), sys.exit(143)))
+def say(path, text):  # whole or not at all: the test polls for the file
+    with open(path + ".part", "w") as f:
+        f.write(text)
+    os.replace(path + ".part", path)
+signal.signal(signal.SIGTERM, lambda s, f: (say(sys.argv[1] + ".got", str(s)), sys.exit(143)))
 assert follow_launcher()
-open(sys.argv[1], "w").write(str(os.getpid()))
+say(sys.argv[1], str(os.getpid()))
 time.sleep(60)
 """
 LAUNCHER = """
