@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import set_loader, set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.core.config import load_yaml_unique
 from gptmini.core.formats import CKPT_RUN_CONFIG
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
@@ -25,12 +26,19 @@ from gptmini.train.names import did_you_mean
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+# The parser mode of every gptmini parser: YAML that refuses a key given twice (gptmini.core.config).
+PARSER_MODE = "gptmini_yaml"
+
+
 class GPTMiniParser(LightningArgumentParser):
-    """Adds a did-you-mean to unknown-key errors and turns off argparse's prefix matching (which
-    would silently take ``--trainer.max_step`` for ``--trainer.max_steps``)."""
+    """Adds a did-you-mean to unknown-key errors, refuses a config that gives a key twice, and turns
+    off argparse's prefix matching (which would silently take ``--trainer.max_step`` for
+    ``--trainer.max_steps``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        set_loader(PARSER_MODE, load_yaml_unique)  # idempotent; here, not at import time
+        kwargs.setdefault("parser_mode", PARSER_MODE)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
