@@ -204,9 +204,12 @@ class LRCurveCheck(Callback):
         ratio = self.min_lr_ratio if self.min_lr_ratio is not None else _min_lr_ratio(pl_module)
         if png is not None:
             self._render(trainer, png, log=False)
-        elif trainer.is_global_zero:
+        else:
+            # trainer.log_dir broadcasts from rank 0 (a collective): every rank reads it, then only
+            # rank 0 draws. Read on rank 0 alone, it hangs DDP at step 0.
             folder = Path(trainer.log_dir or trainer.default_root_dir)
-            self._render(trainer, folder / self.filename)
+            if trainer.is_global_zero:
+                self._render(trainer, folder / self.filename)
         by_problem: dict[str, list[str]] = {}  # one line per problem, naming the groups it hits
         for g, (name, lrs) in zip(opt.param_groups, self.curves.items()):
             peak = g.get("initial_lr")
