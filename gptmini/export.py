@@ -1,7 +1,7 @@
 """Export a trained model: ``gptmini export runs/tiny/version_0/checkpoints/last.ckpt tiny_model``.
 
-Writes ``model.safetensors``, ``config.json`` and ``tokenizer.json`` into the folder (see
-gptmini.core.export_folder); ``gptmini generate FOLDER`` and ``gptmini.core.checkpoint.load_model(FOLDER)``
+Writes ``model.safetensors``, ``config.json``, ``tokenizer.json`` and a ``README.md`` model card
+into the folder (see gptmini.core.export_folder and gptmini.core.model_card); ``gptmini generate FOLDER`` and ``gptmini.core.checkpoint.load_model(FOLDER)``
 load it without Lightning or the data cache. ``--help`` lists every option.
 """
 

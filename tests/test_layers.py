@@ -93,3 +93,24 @@ def test_rename_table_points_at_what_exists_now():
         assert not attr or hasattr(target, attr), new
         old_module = old.rstrip(".") if old.endswith(".") else old.rpartition(".")[0]
         assert importlib.util.find_spec(old_module) is None, f"{old_module} still exists: drop it from MOVED"
+
+
+ARCHITECTURE = CORE.parent.parent / "docs" / "architecture.md"
+
+
+def test_architecture_doc_has_one_row_per_module():
+    """docs/architecture.md's table names every module of the package (``__init__.py`` aside), one row
+    each, and no module that is gone. The message gives the rows to add or remove."""
+    package = CORE.parent
+    modules = {p.relative_to(package.parent).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"}
+    rows = [line for line in ARCHITECTURE.read_text(encoding="utf-8").splitlines() if line.startswith("| `gptmini/")]
+    named = [row.split("`")[1] for row in rows]
+    missing = sorted(modules - set(named))
+    gone = sorted(m for m in named if m.endswith(".py") and m not in modules)
+    twice = sorted({m for m in named if named.count(m) > 1})
+    assert len(modules) >= 40  # the walk found the package
+    assert not missing, "docs/architecture.md lacks these rows (add them to the table, one line each):\n" + "\n".join(
+        f"| `{m}` | ... |" for m in missing
+    )
+    assert not gone, f"docs/architecture.md names modules that do not exist: remove their rows: {gone}"
+    assert not twice, f"docs/architecture.md has more than one row for {twice}"
