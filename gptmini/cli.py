@@ -7,16 +7,17 @@ from typing import Any
 
 from jsonargparse import set_loader, set_parsing_settings
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
 from gptmini.core.config import load_yaml_unique
-from gptmini.core.formats import CKPT_RUN_CONFIG
+from gptmini.core.model import count_params
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import before_fit, compat, resume, run_folder
+from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
@@ -56,16 +57,6 @@ def _keys(parser: Any) -> list[str]:
     return keys
 
 
-class SaveConfigToCheckpoint(SaveConfigCallback):
-    """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
-        if getattr(self, "_dumped", None) is None:
-            self._dumped = self.parser.dump(self.config, skip_none=False)
-        checkpoint[CKPT_RUN_CONFIG] = self._dumped
-
-
 class GPTMiniCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -82,7 +73,7 @@ class GPTMiniCLI(LightningCLI):
         self._claim_log_dir()
         if rank_zero_only.rank == 0:
             run_folder.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
-            run_folder.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
+            run_folder.warn_if_disk_too_small(self.trainer, count_params(self.model))
 
     def before_validate(self) -> None:
         before_fit.check_writable(self.trainer, self.datamodule)
@@ -154,7 +145,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
             auto_configure_optimizers=False,
             seed_everything_default=1337,
             parser_class=GPTMiniParser,
-            save_config_callback=SaveConfigToCheckpoint,
+            save_config_callback=RunConfigSource,
             # `gptmini --help` names the tools dispatched before this parser (see TOOLS).
             parser_kwargs={"description": "Pretrain GPTMini models (fit, validate). Also: "
                            + ", ".join(f"gptmini {t}" for t in TOOLS) + " (each with --help)."},

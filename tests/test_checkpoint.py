@@ -10,6 +10,7 @@ import torch
 
 from gptmini.core.checkpoint import CheckpointError, load_model, read_checkpoint
 from gptmini.core.model import GPTMini
+from gptmini.train import compat
 
 
 def _fake_ckpt(path, cfg, compiled: bool = False) -> GPTMini:
@@ -54,7 +55,7 @@ def test_compiled_module_keeps_clean_keys(tiny_model_cfg):
     module = GPTMiniModule(arch=tiny_model_cfg, compile=True)
     plain = set(module.state_dict())
     module.setup("fit")  # compiles self.model in place (lazily: no compilation happens here)
-    assert module.model._compiled_call_impl is not None
+    assert compat.is_compiled(module.model)
     assert set(module.state_dict()) == plain
     assert not [k for k in plain if "_orig_mod." in k]
 
@@ -128,3 +129,35 @@ def test_bad_export_folder_names_the_file(tmp_path, tiny_model_cfg, tiny_data):
     (out / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json is not a gptmini model config"):
         load_model(out)
+
+
+def _count_loads(monkeypatch) -> list:
+    """Every torch.load call from here on (gptmini's reads and Lightning's CheckpointIO alike)."""
+    calls, real = [], torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs.get("mmap"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    return calls
+
+
+def test_resume_and_export_read_the_checkpoint_once(fitted_run, tmp_path, monkeypatch):
+    """validate --ckpt_path (the resume path: settings checked, then Lightning's restore) and export each
+    read the file once, memory-mapped."""
+    from gptmini.cli import make_cli
+    from gptmini.core.export_folder import export_model
+    from gptmini.train.compat import attribute_docstrings_off
+
+    last = fitted_run / "checkpoints" / "last.ckpt"
+    calls = _count_loads(monkeypatch)
+    args = ["validate", "--config", str(fitted_run / "config.yaml"), "--ckpt_path", str(last),
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.limit_val_batches=1"]
+    with attribute_docstrings_off():
+        cli = make_cli(args)
+    assert cli.trainer.callback_metrics["val/loss"] > 0  # the weights were restored and validated
+    assert calls == [True]
+    calls.clear()
+    export_model(last, tmp_path / "export")
+    assert calls == [True] and (tmp_path / "export" / "README.md").is_file()

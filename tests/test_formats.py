@@ -72,9 +72,9 @@ def test_checkpoint_holds_the_keys_the_loaders_read(run_ckpt, monkeypatch):
     with pytest.raises(ConfigError, match="both given"):  # --ckpt_path with another --init_from
         check_init_from(str(run_ckpt), ckpt, "other.ckpt")
     load_weights(GPTMini(model.cfg), str(run_ckpt))  # --init_from
-    from gptmini.train.module import GPTMiniModule
+    from gptmini.train.checkpoint_contents import CheckpointContents
 
-    GPTMiniModule(arch=model.cfg).on_load_checkpoint(seen[-1])  # the run record, on resume
+    CheckpointContents().on_load_checkpoint(None, None, seen[-1])  # the run record, on resume
     read = set().union(*(r.read for r in seen))
     assert read <= set(raw), f"read but never written: {read - set(raw)}"
     unread = set(formats.CKPT_GPTMINI_KEYS) - read

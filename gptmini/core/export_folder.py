@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptmini.core.atomic import atomic_path, is_temp, remove_stale_temps, write_text
-from gptmini.core.checkpoint import load_model_and_tokenizer, read_checkpoint
+from gptmini.core.checkpoint import load_with_checkpoint
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import CARD_FILE, CONFIG_FILE, EXPORT_FILES, TOKENIZER_FILE, WEIGHTS_FILE
 from gptmini.core.model import GPTMini
@@ -56,16 +56,13 @@ def export_model(
             )
         if any((out / name).exists() for name in EXPORT_FILES) and not overwrite:
             raise ConfigError(f"out_dir {out} already holds an export; pass --overwrite=true to replace it.")
-    model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config
+    # Checks the weights against the config; the checkpoint, read once, also feeds the card.
+    model, tok, ckpt = load_with_checkpoint(source, tokenizer)
     src = Path(source).expanduser()
     if src.is_dir():  # another export folder: its card, if it has one, still describes the model
         card = (src / CARD_FILE).read_text(encoding="utf-8") if (src / CARD_FILE).is_file() else None
         if card is None:
-            card = model_card(out.name, asdict(model.cfg), _n_params(model), None, str(source))
+            card = model_card(out.name, asdict(model.cfg), model.num_params(), None, str(source))
     else:
-        card = model_card(out.name, asdict(model.cfg), _n_params(model), read_checkpoint(src), str(source))
+        card = model_card(out.name, asdict(model.cfg), model.num_params(), ckpt, str(source))
     return save_folder(model, tok, out, card)
-
-
-def _n_params(model: GPTMini) -> int:
-    return sum(p.numel() for p in model.parameters())  # the tied matrix counted once

@@ -189,6 +189,11 @@ class Block(nn.Module):
         return x
 
 
+
+def count_params(module: nn.Module) -> int:
+    """The one parameter count: each parameter once (``parameters()`` skips a tied one's second name)."""
+    return sum(p.numel() for p in module.parameters())
+
 class GPTMini(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -216,7 +221,7 @@ class GPTMini(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; the tied head is counted once. non_embedding drops the token table."""
-        n = sum(p.numel() for p in self.parameters())
+        n = count_params(self)
         if non_embedding:
             n -= self.tok_emb.weight.numel()
         return n
