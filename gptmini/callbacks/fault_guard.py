@@ -8,7 +8,10 @@
   training with an error naming the step and that checkpoint; ``max_skipped_steps: N`` instead
   skips up to N bad updates (all gradients dropped, so AdamW leaves weights and moments alone).
   With fused AdamW this costs no host sync per step: fused AdamW honours a ``found_inf`` flag and
-  drops the update on the device; the flag counters are read every ``check_every_n_steps``.
+  drops the update on the device; the flag counters are read every ``check_every_n_steps``. The
+  check uses the step's one gradient norm (``gptmini.core.guard.NonFiniteGuard``, shared with
+  clipping); in the captured step (``model.capture``) the step itself makes the check on the device
+  and this callback only reads the counters.
 - **SIGTERM and Ctrl-C** (preemption, ``scancel``, ``timeout``, ``kill``; SIGINT). Lightning finishes
   the current step on SIGTERM and raises ``SIGTERMException``; a first Ctrl-C is turned into the
   same stop (a second one raises ``KeyboardInterrupt`` at once: abort, nothing saved). The guard then
@@ -50,6 +53,7 @@ from gptmini.callbacks.stop_rules import install_stop_rules
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
+from gptmini.core.guard import NonFiniteGuard
 from gptmini.train.compat import grad_scaler, request_stop
 
 
@@ -112,6 +116,10 @@ def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tens
 
 
 class FaultGuard(Callback):
+    # Its closure hook (on_before_optimizer_step) is not needed by the captured step, which makes
+    # the same check on the device (gptmini.train.module.closure_hook_owners skips it).
+    captured_step_aware = True
+
     def __init__(
         self,
         max_skipped_steps: NonNegativeInt = 0,
@@ -143,8 +151,36 @@ class FaultGuard(Callback):
         self._previous_handlers: dict[int, Any] = {}
         self._val_progress: dict | None = None  # validation counters at the start of a running validation
         self._saving_stop = False
+        self._guard: NonFiniteGuard | None = None  # device counters, read every n steps
+        self._counts_on_device = False  # self.skipped comes from the guard's counter
 
     # -- non-finite ------------------------------------------------------------------------
+    def _guard_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> NonFiniteGuard:
+        """The module's guard for ``optimizer`` (the norm clipping also uses), else one of our own."""
+        module_guard = getattr(recipe_module(pl_module), "nonfinite_guard", None)
+        if module_guard is not None and module_guard.optimizer is optimizer:
+            self._guard = module_guard
+        elif self._guard is None or self._guard.optimizer is not optimizer:
+            self._guard = NonFiniteGuard(optimizer, skipped=self.skipped, step=trainer.global_step)
+        return self._guard
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The captured step checks on the device, without calling on_before_optimizer_step: read
+        # its counters at the start of every n-th step (the steps before it are checked).
+        module = recipe_module(pl_module)
+        if module is None or not getattr(module, "runs_own_step", lambda: False)():
+            return
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._read_device_verdict(trainer, module.nonfinite_guard)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._guard is not None and recipe_module(pl_module) is None:
+            self._guard.done()  # our own guard: the module does it for its own
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -156,15 +192,17 @@ class FaultGuard(Callback):
         if step % self.check_every_n_steps:
             return
         loss = _step_loss(trainer, pl_module)
-        checks = [] if loss is None else [torch.isfinite(loss.detach()).all().to(pl_module.device)]
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                checks.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        if not checks:
+            guard = self._guard_for(trainer, pl_module, optimizer)
+            if not guard.grads() and loss is None:
+                return
+            guard.measure(loss)  # the step's one grad norm: clipping reuses it
+            finite = not bool(guard.found_inf)  # the one host sync
+        elif loss is None:
             return
-        finite = bool(torch.stack(checks).all())  # the one host sync
+        else:
+            finite = bool(torch.isfinite(loss.detach()).all())  # the one host sync
         # Every rank must take the same decision, or DDP/FSDP would deadlock.
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
@@ -192,25 +230,18 @@ class FaultGuard(Callback):
         kernel leaves weights, moments and step count alone. So every step is guarded without a
         host sync, and only every ``check_every_n_steps`` the counters are read to stop or warn.
         """
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
+        guard = self._guard_for(trainer, pl_module, optimizer)
+        if not guard.grads():
             return
-        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        loss = _step_loss(trainer, pl_module)
-        if loss is not None:
-            bad = bad | ~torch.isfinite(loss.detach().to(bad.device)).all()
-        optimizer.found_inf = bad.float()
-        if getattr(self, "_bad_total", None) is None or self._bad_total.device != bad.device:
-            # Starts from the count a resumed checkpoint carried.
-            self._bad_total = torch.full((), self.skipped, dtype=torch.long, device=bad.device)
-            self._first_new_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
-        self._bad_total += bad.long()
-        first_unset = self._first_new_bad < 0
-        self._first_new_bad = torch.where(bad & first_unset, step, self._first_new_bad)
+        guard.measure(_step_loss(trainer, pl_module))  # writes found_inf, which fused AdamW reads
         if step % self.check_every_n_steps:
             return
-        total, first = torch.stack([self._bad_total, self._first_new_bad]).tolist()  # the host sync
-        self._first_new_bad.fill_(-1)
+        self._read_device_verdict(trainer, guard)
+
+    def _read_device_verdict(self, trainer: pl.Trainer, guard: NonFiniteGuard) -> None:
+        """Read the device counters (the host sync), then stop past the budget or warn of new skips."""
+        self._guard, self._counts_on_device = guard, True
+        total, first = guard.read()
         stop = total > self.max_skipped_steps
         if not trainer.strategy.reduce_boolean_decision(not stop, all=True):
             self._stop(trainer, first, "update skipped on the device, weights unchanged")
@@ -278,6 +309,9 @@ class FaultGuard(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         install_stop_rules(trainer)
+        module_guard = getattr(recipe_module(pl_module), "nonfinite_guard", None)
+        if module_guard is not None:  # count on from a resumed run's skips, at its step
+            module_guard.reset_counts(self.skipped, trainer.global_step)
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
         # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM. Under SLURM the
@@ -365,10 +399,10 @@ class FaultGuard(Callback):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if getattr(self, "_bad_total", None) is not None:  # device counter, read at save time only
-            self.skipped = int(self._bad_total)
+        if self._counts_on_device and self._guard is not None:  # device counter, read at save time only
+            self.skipped = int(self._guard.bad_total)
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
-        self._bad_total = None
+        self._guard, self._counts_on_device = None, False

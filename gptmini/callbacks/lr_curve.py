@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gptmini.callbacks.checks_shared import CheckItem, SanityCheckError
 from gptmini.callbacks.interface import recipe_module
 from gptmini.core.recipe import START_TOLERANCE, warmup_advice
+from gptmini.train.ranks import run_dir
 
 # --------------------------------------------------------------------------------------------------
 # The learning-rate curve
@@ -205,9 +206,7 @@ class LRCurveCheck(Callback):
         if png is not None:
             self._render(trainer, png, log=False)
         else:
-            # trainer.log_dir broadcasts from rank 0 (a collective): every rank reads it, then only
-            # rank 0 draws. Read on rank 0 alone, it hangs DDP at step 0.
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            folder = run_dir(trainer)  # a collective (gptmini.train.ranks): every rank, then rank 0 draws
             if trainer.is_global_zero:
                 self._render(trainer, folder / self.filename)
         by_problem: dict[str, list[str]] = {}  # one line per problem, naming the groups it hits

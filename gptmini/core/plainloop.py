@@ -2,9 +2,11 @@
 
 It does the same work as ``GPTMiniModule`` in a ``Trainer``: the same two-group AdamW, fused as the
 module decides (:func:`gptmini.core.optim.build_adamw`), the same per-step LambdaLR
-(:func:`gptmini.core.schedule.build_scheduler`), and the step :func:`gptmini.core.step.train_step`
-(autocast for ``bf16-mixed``, clipping by norm) that ``OverfitCheck`` also trains with. No host sync
-per step: losses stay on the device until the caller reads them. ``scripts/bench.py`` times it
+(:func:`gptmini.core.schedule.build_scheduler`), and the same step
+:func:`gptmini.core.step.guarded_step` (autocast for ``bf16-mixed``, one grad norm for clipping and
+the non-finite guard), captured in a CUDA graph where the module's is (the same rule,
+:func:`gptmini.core.captured.choose_step_path`). No host sync per step: losses stay on the device
+until the caller reads them. ``scripts/bench.py`` times it
 against the Lightning path; ``tests/test_plainloop.py`` checks that both train to the same losses.
 Lightning-free on purpose.
 """
@@ -15,10 +17,18 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from gptmini.core.captured import (
+    CapturedStep,
+    choose_step_path,
+    install_lr_tensors,
+    make_capturable,
+    refresh_lr,
+)
+from gptmini.core.guard import NonFiniteGuard
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
-from gptmini.core.step import autocast_for, train_step
+from gptmini.core.step import autocast_for, guarded_step
 
 
 def train_plain(
@@ -32,6 +42,8 @@ def train_plain(
     gradient_clip_val: float | None = 1.0,
     device: torch.device | str | None = None,
     on_step_end: Callable[[int], None] | None = None,
+    capture: bool | None = None,
+    compile_mode: str | None = None,
 ) -> list[torch.Tensor]:
     """Train ``model`` for ``max_steps`` optimizer steps over ``batches`` (cycled if shorter).
 
@@ -45,6 +57,8 @@ def train_plain(
         gradient_clip_val: Clip the global grad norm to this (None or 0: no clipping).
         device: Where to train; default: where the model's parameters are.
         on_step_end: Called with the 0-based step index after each step (timing hooks).
+        capture: ``model.capture``: null = replay the step from a CUDA graph where the module would.
+        compile_mode: The model's torch.compile mode (one with its own CUDA graphs is not captured).
 
     Returns:
         The training loss of every step, detached and still on the device (no host sync here).
@@ -55,25 +69,39 @@ def train_plain(
     autocast_for(precision, device)  # refuse an unsupported precision before the first batch
     optimizer = build_adamw(model, optim, device)
     scheduler = build_scheduler(optimizer, schedule, max_steps)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    fused = bool(optimizer.defaults.get("fused"))
+    path = choose_step_path(capture, device=device, precision=precision, fused=fused, compile_mode=compile_mode)
+    guard = NonFiniteGuard(optimizer)
+    lrs = install_lr_tensors(optimizer) if path.captured else None
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch  # (B, T), (B, T)
+        return guarded_step(
+            lambda: model(x, y)[1],  # drop the logits now, as training_step does
+            optimizer,
+            guard,
+            forward_context=lambda: autocast_for(precision, device, cache_enabled=not path.captured),
+            clip=gradient_clip_val,
+        )
+
+    runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer)) if path.captured else None
     non_blocking = device.type == "cuda"
     losses: list[torch.Tensor] = []
-    for step, (x, y) in enumerate(_cycle(batches)):
-        if step >= max_steps:
+    for i, (x, y) in enumerate(_cycle(batches)):
+        if i >= max_steps:
             break
         x = x.to(device, non_blocking=non_blocking)  # (B, T)
         y = y.to(device, non_blocking=non_blocking)  # (B, T)
-        loss = train_step(
-            lambda x=x, y=y: model(x, y)[1],  # drop the logits now, as training_step does
-            optimizer,
-            params,
-            forward_context=lambda: autocast_for(precision, device),
-            clip=gradient_clip_val,
-        )
+        if runner is None:
+            loss = step((x, y))
+        else:
+            refresh_lr(optimizer, lrs)
+            runner.load_batch((x, y))
+            loss = runner()
         scheduler.step()
         losses.append(loss.clone())  # clone: a CUDA-graph replay would overwrite it
         if on_step_end is not None:
-            on_step_end(step)
+            on_step_end(i)
     return losses
 
 

@@ -1,10 +1,12 @@
-"""One hand-written optimizer step, and the device defaults every gptmini training path shares.
+"""The hand-written optimizer steps, and the device defaults every gptmini training path shares.
 
-:func:`train_step` is the only place outside Lightning's loop where gptmini runs forward, backward,
-clipping and the optimizer step: :func:`gptmini.core.plainloop.train_plain` (the baseline
-``scripts/bench.py`` holds the Lightning path to) and
-:class:`gptmini.callbacks.first_batch.OverfitCheck` both call it, so the check trains exactly as that
-baseline does. :func:`compile_by_default` is the one home of "compile on CUDA, not on CPU"; the fused
+:func:`guarded_step` is the step gptmini captures in a CUDA graph (``gptmini.core.captured``): zero
+grads in place, forward, backward, one grad norm for the non-finite verdict and clipping
+(``gptmini.core.guard``), the optimizer step; no host read anywhere. ``GPTMiniModule.optimizer_step``
+runs it (captured on CUDA, see docs/performance.md), and so does
+:func:`gptmini.core.plainloop.train_plain` (the baseline ``scripts/bench.py`` holds the Lightning
+path to), so the comparison stays fair. :func:`train_step` is the variant with an fp16 grad scaler
+that :class:`gptmini.callbacks.first_batch.OverfitCheck` trains with. :func:`compile_by_default` is the one home of "compile on CUDA, not on CPU"; the fused
 AdamW rule lives with the optimizer (:func:`gptmini.core.optim.use_fused`). Lightning-free on purpose.
 """
 
@@ -16,6 +18,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from gptmini.core.guard import NonFiniteGuard
+
 # Lightning precision names the plain loop reproduces (fp16 would need a GradScaler: not a GPTMini recipe).
 PRECISIONS = ("32-true", "32", "bf16-mixed")
 
@@ -24,14 +28,17 @@ class NoGradientError(RuntimeError):
     """The loss does not depend on any trainable parameter, so a step cannot change the model."""
 
 
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context Lightning's precision plugin uses for ``precision`` on ``device``."""
+def autocast_for(
+    precision: str, device: torch.device, cache_enabled: bool = True
+) -> contextlib.AbstractContextManager:
+    """The autocast context Lightning's precision plugin uses for ``precision`` on ``device``
+    (``cache_enabled=False`` inside a CUDA graph: cached casts would outlive the capture)."""
     if str(precision) not in PRECISIONS:
         raise ValueError(
             f"precision {precision!r} is not supported by the plain loop; use one of {PRECISIONS}."
         )
     if str(precision) == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
@@ -73,4 +80,35 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
+    return loss.detach()
+
+
+def guarded_step(
+    loss_fn: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    guard: NonFiniteGuard,
+    *,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """One optimizer step with no host read, so that a CUDA graph can hold it whole.
+
+    Grads are zeroed in place (never set to None: a graph replays into the same tensors), the loss
+    is computed under ``forward_context()`` and back-propagated, ``guard`` measures the global grad
+    norm once and writes the non-finite verdict (fused AdamW then drops a bad update on the device),
+    the grads are clipped to ``clip`` with that norm (None or 0: no clipping) and the optimizer steps.
+    Returns the loss, detached, on the device. Raises :class:`NoGradientError` when the loss has no
+    gradient path to the parameters.
+    """
+    optimizer.zero_grad(set_to_none=False)
+    with forward_context():
+        loss = loss_fn()
+    if not loss.requires_grad:
+        raise NoGradientError("the loss does not depend on any trainable parameter")
+    loss.backward()
+    guard.measure(loss)
+    if clip:
+        guard.clip(float(clip))
+    optimizer.step()
+    guard.done()
     return loss.detach()

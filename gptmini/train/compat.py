@@ -78,6 +78,25 @@ def init_optimizers(module: pl.LightningModule) -> tuple[list[torch.optim.Optimi
     return _init_optimizers_and_lr_schedulers(module)
 
 
+def run_zero_grad_hooks(closure: Any) -> None:
+    """What Lightning's closure runs before backward, without it: ``on_before_zero_grad`` and
+    ``optimizer_zero_grad`` and their progress counters (saved in checkpoints), when this batch
+    zeroes. Private: ``Closure._zero_grad_fn``."""
+    zero_grad = getattr(closure, "_zero_grad_fn", None)
+    if zero_grad is not None:
+        zero_grad()
+
+
+def set_closure_result(closure: Any, loss: torch.Tensor) -> torch.Tensor:
+    """Give Lightning's closure the result its training_step would have produced, so the loop's
+    outputs (``on_train_batch_end``'s ``outputs["loss"]``) are this loss; returns Lightning's copy.
+    Private: ``Closure._result``, ``lightning.pytorch.loops.optimization.automatic.ClosureResult``."""
+    from lightning.pytorch.loops.optimization.automatic import ClosureResult
+
+    closure._result = ClosureResult(loss)
+    return closure._result.loss
+
+
 def signal_connector(trainer: pl.Trainer) -> Any:
     """The trainer's SIGTERM state: its ``received_sigterm`` flag is what Lightning reads after every
     batch (and broadcasts from rank 0 under DDP) to stop. Private: ``Trainer._signal_connector``."""

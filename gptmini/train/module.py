@@ -1,4 +1,12 @@
-"""The LightningModule: wires model, loss, two-group AdamW and the per-step LambdaLR."""
+"""The LightningModule: wires model, loss, two-group AdamW, the per-step LambdaLR and the training step.
+
+The step: where :func:`gptmini.core.captured.choose_step_path` allows (CUDA, one process, ...),
+``optimizer_step`` replays :func:`gptmini.core.step.guarded_step` from one CUDA graph instead of
+calling Lightning's closure; Lightning still counts ``global_step``, steps the scheduler, clips with
+``gradient_clip_val``, logs, checkpoints and resumes. Elsewhere Lightning's own closure runs
+``training_step``, backward, its hooks and ``configure_gradient_clipping``. Both share one gradient
+norm for clipping and the non-finite guard (:class:`gptmini.core.guard.NonFiniteGuard`).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,69 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, Metric
 
+from gptmini.core.captured import (
+    CapturedStep,
+    StepPath,
+    choose_step_path,
+    install_lr_tensors,
+    make_capturable,
+    refresh_lr,
+)
 from gptmini.core.evaluate import bits_per_byte
+from gptmini.core.guard import NonFiniteGuard
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
-from gptmini.core.step import compile_by_default
+from gptmini.core.step import autocast_for, compile_by_default, guarded_step
 from gptmini.train.before_fit import check_data_matches_model
 from gptmini.train.checkpoint_contents import CheckpointContents
-from gptmini.train.compat import attached_trainer, grad_scaler, is_compiled, uses_fsdp, writes_step_metrics
+from gptmini.train.compat import (
+    attached_trainer,
+    grad_scaler,
+    is_compiled,
+    run_zero_grad_hooks,
+    set_closure_result,
+    uses_fsdp,
+    writes_step_metrics,
+)
 
 
 def _as(cls: type, value: Any) -> Any:
     """Accept a dataclass or the plain dict a checkpoint's hparams hold."""
     return cls(**value) if isinstance(value, dict) else value
+
+
+# Lightning calls these between backward and the optimizer step (its closure and precision plugin):
+# a CUDA graph would run them once, at capture. Callbacks that know the captured step say so with
+# ``captured_step_aware = True`` (FaultGuard: the step itself does its non-finite check).
+CLOSURE_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# The module's hooks the captured step replaces (it calls batch_loss, clips by norm itself).
+MODULE_STEP_HOOKS = (*CLOSURE_HOOKS, "training_step", "backward", "configure_gradient_clipping", "optimizer_step")
+
+
+def closure_hook_owners(trainer: pl.Trainer, module: pl.LightningModule) -> list[str]:
+    """``Class.hook`` for each callback that overrides a closure hook, and for each step hook a
+    subclass of the module's recipe class overrides: what a captured step would skip."""
+    owners = []
+    for cb in trainer.callbacks:
+        if getattr(cb, "captured_step_aware", False):
+            continue
+        owners += [
+            f"{type(cb).__name__}.{h}" for h in CLOSURE_HOOKS if getattr(type(cb), h) is not getattr(Callback, h)
+        ]
+    if isinstance(module, GPTMiniModule):
+        owners += [
+            f"{type(module).__name__}.{h}"
+            for h in MODULE_STEP_HOOKS
+            if getattr(type(module), h) is not getattr(GPTMiniModule, h)
+        ]
+    return owners
+
 
 
 class BitsPerByte(Metric):
@@ -54,6 +110,7 @@ class GPTMiniModule(pl.LightningModule):
         schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
         compile: bool | None = None,
         compile_mode: str | None = None,
+        capture: bool | None = None,
     ) -> None:
         """GPTMini pretraining recipe.
 
@@ -69,6 +126,12 @@ class GPTMiniModule(pl.LightningModule):
                 is ``gptmini.core.step.compile_by_default``).
             compile_mode: ``torch.compile`` mode, e.g. ``max-autotune-no-cudagraphs`` or
                 ``reduce-overhead`` (CUDA graphs); null = torch's default.
+            capture: Replay the whole training step (forward, backward, clipping, the non-finite
+                guard, fused AdamW) from one CUDA graph: one launch instead of hundreds, the host
+                free to run ahead. null = wherever it applies (CUDA, one process, no gradient
+                accumulation, bf16-mixed or 32-bit, fused AdamW, no callback on Lightning's closure
+                hooks); false = never; true = capture or stop naming why not. Fit start prints one
+                ``training step:`` line with the path and why (docs/performance.md).
         """
         super().__init__()
         self.model_cfg: ModelConfig = _as(ModelConfig, arch)
@@ -82,10 +145,17 @@ class GPTMiniModule(pl.LightningModule):
                 "schedule": asdict(self.schedule_cfg),
                 "compile": compile,
                 "compile_mode": compile_mode,
+                "capture": capture,
             }
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
         self.compile_mode = compile_mode
+        self.capture_setting = capture
+        self.step_path: StepPath | None = None  # chosen at fit start
+        # One grad norm per step for clipping and FaultGuard; device state, built at fit start.
+        self.nonfinite_guard: NonFiniteGuard | None = None
+        self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
+        self._lrs: list[torch.Tensor] = []
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
@@ -118,9 +188,13 @@ class GPTMiniModule(pl.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def batch_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one batch: what ``training_step`` and the captured step compute."""
         x, y = batch  # (B, T), (B, T)
-        _, loss = self.model(x, y)
+        return self.model(x, y)[1]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.batch_loss(batch)
         # FaultGuard and LossProgressBar read the step's loss here, whether or not it is logged.
         self.last_loss = loss.detach()
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
@@ -142,6 +216,8 @@ class GPTMiniModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_values: dict[str, torch.Tensor] = {}
         self._writes_at_start = writes_step_metrics(self.trainer)
+        if self._runner is not None:
+            self._runner.load_batch(batch)  # into the graph's static buffers, on the device
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
@@ -176,6 +252,98 @@ class GPTMiniModule(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "lr"},
         }
 
+    # -- the training step -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        compiled = self._should_compile()
+        self.step_path = choose_step_path(
+            self.capture_setting,
+            device=self.device,
+            precision=str(trainer.precision),
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            grad_scaler=grad_scaler(trainer) is not None,
+            world_size=trainer.world_size,
+            single_device=isinstance(trainer.strategy, SingleDeviceStrategy),
+            fused=optimizer is not None and bool(optimizer.defaults.get("fused")),
+            clip_algorithm=trainer.gradient_clip_algorithm,
+            compile_mode=self.compile_mode if compiled else None,
+            closure_hooks=closure_hook_owners(trainer, self),
+        )
+        rank_zero_info(self.step_path.line())
+        self.nonfinite_guard = NonFiniteGuard(optimizer) if optimizer is not None else None
+        self._runner = None
+
+    def on_train_start(self) -> None:
+        # Here, after a checkpoint restore: the graph holds the restored weights, moments and lr.
+        if self.step_path is None or not self.step_path.captured:
+            return
+        optimizer = self.trainer.optimizers[0]
+        clip = self.trainer.gradient_clip_val
+        guard = self.nonfinite_guard
+        precision = str(self.trainer.precision)
+        on_cuda = self.device.type == "cuda"
+
+        def step(batch: Any) -> torch.Tensor:
+            return guarded_step(
+                lambda: self.batch_loss(batch),
+                optimizer,
+                guard,
+                forward_context=lambda: autocast_for(precision, self.device, cache_enabled=not on_cuda),
+                clip=clip,
+            )
+
+        # On a CPU (tests) the same object runs the step eagerly: the captured step's eager twin.
+        self._runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer), graphs=on_cuda)
+        self._lrs = []
+
+    def on_train_end(self) -> None:
+        self._runner = None  # frees the graph and its memory pool
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Any = None,
+    ) -> None:
+        """The seam: Lightning's closure path, or the captured step in its place (same counters)."""
+        if self._runner is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            if self.nonfinite_guard is not None:
+                self.nonfinite_guard.done()
+            return
+        # Lightning's zero-grad counters and on_before_zero_grad, as its closure would run them.
+        run_zero_grad_hooks(optimizer_closure)
+        if not self._lrs:  # at the first step, after the step-0 checks (they read float lrs)
+            self._lrs = install_lr_tensors(self.trainer.optimizers[0])
+        refresh_lr(self.trainer.optimizers[0], self._lrs)  # the lr LambdaLR set after the last step
+        loss = self._runner()
+        # What training_step would have returned (a copy: the next replay overwrites the graph's).
+        self.last_loss = set_closure_result(optimizer_closure, loss)
+        self._log_step("train/loss", self.last_loss)
+        self._log_step("train/grad_norm", self.nonfinite_guard.norm)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # The captured step zeroes its grads in place: set to None, the graph would write elsewhere.
+        if self._runner is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def on_validation_model_zero_grad(self) -> None:
+        if self._runner is None:  # same reason: never free the grads a graph writes
+            super().on_validation_model_zero_grad()
+
+    def runs_own_step(self) -> bool:
+        """Whether ``optimizer_step`` runs the captured step (or its eager twin) instead of the closure:
+        Lightning's closure hooks (on_before_optimizer_step, ...) are then not called."""
+        return self._runner is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (OverfitCheck's deepcopy) leave the graph, its buffers and the device guard behind.
+        state = super().__getstate__()
+        state.update(_runner=None, nonfinite_guard=None, _lrs=[])
+        return state
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -200,14 +368,26 @@ class GPTMiniModule(pl.LightningModule):
             # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
             norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
         else:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            # The norm FaultGuard's check already measured this step (or measures now): one per step.
+            guard = self.nonfinite_guard
+            if guard is None or guard.optimizer is not getattr(optimizer, "optimizer", optimizer):
+                guard = self.nonfinite_guard = NonFiniteGuard(getattr(optimizer, "optimizer", optimizer))
+            norm = guard.measure(self.last_loss)
             if gradient_clip_val:
-                norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                guard.clip(gradient_clip_val)
         self._log_step("train/grad_norm", norm)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # The one writer of the checkpoint's gptmini keys and the run record, in every run (CLI or a
         # plain Trainer): gptmini.train.checkpoint_contents.
         return [CheckpointContents()]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The captured step's lr tensors and capturable flag are its own business: checkpoints hold
+        # float lrs as always, so either path resumes either path's checkpoint.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                if isinstance(group.get("lr"), torch.Tensor):
+                    group["lr"] = float(group["lr"])  # one read per save
+                if group.get("capturable"):
+                    group["capturable"] = False

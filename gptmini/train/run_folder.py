@@ -17,6 +17,7 @@ from gptmini.core import atomic
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import CHECKPOINT_DIR, RUN_CONFIG_FILE
 from gptmini.train.compat import every_n_train_steps, logger_version_unset, set_logger_version
+from gptmini.train.ranks import own_log_dir
 
 
 def checkpoint_dir_globs(trainer: pl.Trainer) -> list[str]:
@@ -66,7 +67,7 @@ def claim_version(trainer: pl.Trainer) -> None:
 
 def check_log_dir_free(trainer: pl.Trainer) -> None:
     """Refuse to write into a folder that already holds a run (a fixed logger version)."""
-    log_dir = trainer.log_dir
+    log_dir = own_log_dir(trainer)  # rank 0 alone, before fit: not trainer.log_dir (gptmini.train.ranks)
     if log_dir is None:
         return
     old = [p for p in (Path(log_dir) / RUN_CONFIG_FILE, Path(log_dir) / CHECKPOINT_DIR) if p.exists()]
@@ -101,7 +102,7 @@ def warn_if_disk_too_small(trainer: pl.Trainer, n_params: int) -> int | None:
     """Warn before step 0 when the checkpoint folder's filesystem has less free space than the
     configured checkpoints need; returns the bytes needed (None when not checked)."""
     files = files_kept(trainer)
-    log_dir = trainer.log_dir or trainer.default_root_dir
+    log_dir = own_log_dir(trainer) or trainer.default_root_dir
     if not files or log_dir is None or "://" in str(log_dir):
         return None
     folder = Path(log_dir)

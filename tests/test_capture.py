@@ -1,0 +1,400 @@
+"""The captured training step (gptmini.core.captured, gptmini.core.step.guarded_step): its eager twin
+on a CPU matches today's step; where it applies and why not; on a GPU, the graph matches eager."""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from gptmini.callbacks.fault_guard import FaultGuard
+from gptmini.core import captured
+from gptmini.core.captured import (
+    CAPTURED,
+    EAGER,
+    CapturedStep,
+    StepPath,
+    choose_step_path,
+    install_lr_tensors,
+    make_capturable,
+    refresh_lr,
+)
+from gptmini.core.config import ConfigError
+from gptmini.core.guard import NonFiniteGuard
+from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.optim import OptimConfig, build_adamw
+from gptmini.core.schedule import ScheduleConfig, build_scheduler
+from gptmini.core.step import guarded_step
+from gptmini.train import module as module_mod
+from gptmini.train.module import GPTMiniModule
+
+CFG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+STEPS, NAN_AT, SAVE_AT, CLIP = 12, 5, 7, 0.05
+
+
+def batches(n: int, seed: int = 0, device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        t = torch.randint(0, CFG.vocab_size, (4, CFG.block_size + 1), generator=g)
+        out.append((t[:, :-1].to(device), t[:, 1:].to(device)))
+    return out
+
+
+def build(device: str = "cpu", state: dict | None = None, fused: bool = True):
+    torch.manual_seed(0)
+    model = GPTMini(CFG).to(device)
+    opt = build_adamw(model, OptimConfig(lr=3e-3, fused=fused), device)
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=3), STEPS)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    return model, opt, sched
+
+
+def round_trip(model, opt, sched) -> dict:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def today(data, clip=CLIP, fused=True):
+    """The step before this change, line for line: Lightning's zero_grad (to None), training_step,
+    backward, FaultGuard's own norm and a new found_inf (fused) or a host-read skip (unfused),
+    configure_gradient_clipping's rebuilt list and second norm, step; checkpoint round trip at SAVE_AT."""
+    model, opt, sched = build(fused=fused)
+    losses, norms = [], []
+    for i, (x, y) in enumerate(data):
+        if i == SAVE_AT:
+            model, opt, sched = build(state=round_trip(model, opt, sched), fused=fused)
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, y)[1] * (float("nan") if i == NAN_AT else 1.0)
+        loss.backward()
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads)) | ~torch.isfinite(loss.detach()).all()
+        if fused:
+            opt.found_inf = bad.float()
+        elif bool(bad):
+            opt.zero_grad(set_to_none=True)
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.tensor(float("nan")))
+        opt.step()
+        sched.step()
+        losses.append(loss.detach().clone())
+    return torch.stack(losses), torch.stack(norms), model, opt
+
+
+def twin(data, device="cpu", graphs=False, clip=CLIP):
+    """The captured step's path: lr tensors refreshed from LambdaLR, static batch, guarded_step; the
+    NaN comes from a device tensor (a graph cannot see a Python value change)."""
+    model, opt, sched = build(device)
+    poison = torch.ones((), device=device)
+    losses, norms = [], []
+
+    def start(model, opt):
+        guard = NonFiniteGuard(opt)
+        lrs = install_lr_tensors(opt)  # after the restore, as GPTMiniModule.on_train_start does
+
+        def step(batch):
+            return guarded_step(lambda: model(*batch)[1] * poison, opt, guard, clip=clip)
+
+        return guard, lrs, CapturedStep(step, before_capture=lambda: make_capturable(opt), graphs=graphs)
+
+    guard, lrs, runner = start(model, opt)
+    for i, batch in enumerate(data):
+        if i == SAVE_AT:
+            model, opt, sched = build(device, round_trip(model, opt, sched))
+            guard, lrs, runner = start(model, opt)
+        poison.fill_(float("nan") if i == NAN_AT else 1.0)
+        refresh_lr(opt, lrs)
+        runner.load_batch(batch)
+        losses.append(runner().clone())
+        norms.append(guard.norm.clone())
+        sched.step()
+    return torch.stack(losses), torch.stack(norms), model, opt, guard
+
+
+def test_eager_twin_matches_todays_step_across_lr_clipping_nan_skip_and_a_round_trip():
+    data = batches(STEPS)
+    ref_losses, ref_norms, ref_model, ref_opt = today(data)
+    losses, norms, model, opt, guard = twin(data)
+    assert torch.isnan(losses[NAN_AT]) and torch.isfinite(losses[NAN_AT + 1 :]).all()
+    finite = torch.isfinite(ref_norms)
+    assert (ref_norms[finite] > CLIP).all()  # clipping decided every update
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-6, atol=1e-6, equal_nan=True)
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert torch.isfinite(p).all(), name
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6, msg=name)
+    # The skipped step left AdamW's step count one behind, in both; the lr followed the schedule.
+    assert {int(s["step"]) for s in opt.state.values()} == {STEPS - 1}
+    assert {int(s["step"]) for s in ref_opt.state.values()} == {STEPS - 1}
+    assert [float(g["lr"]) for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+    assert guard.read() == (0, -1)  # a fresh guard after the restore: the skip was before it
+
+
+def test_eager_twin_matches_the_unfused_cpu_default_without_a_nan():
+    """The CPU default (foreach AdamW, no found_inf) and the fused kernel the step uses agree to 1e-6."""
+    global NAN_AT
+    data = batches(STEPS)
+    saved, NAN_AT = NAN_AT, -1
+    try:
+        ref_losses, _, ref_model, _ = today(data, fused=False)
+        losses, _, model, _, _ = twin(data)
+    finally:
+        NAN_AT = saved
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_guard_counts_bad_steps_and_names_the_first():
+    data = batches(STEPS)
+    *_, guard = twin(data[:SAVE_AT])
+    assert guard.read() == (1, NAN_AT)
+    assert guard.read() == (1, -1)  # the first bad step is reported once
+
+
+def test_no_host_read_inside_the_step(monkeypatch):
+    """A graph cannot hold a host read: none while the step runs (the spy of tests/test_progress.py)."""
+    model, opt, sched = build()
+    guard = NonFiniteGuard(opt)
+    lrs = install_lr_tensors(opt)
+    runner = CapturedStep(lambda b: guarded_step(lambda: model(*b)[1], opt, guard, clip=CLIP), graphs=False)
+    reads = []
+    inside = [False]
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        @functools.wraps(original)
+        def wrapper(self, *a, **k):
+            if inside[0]:
+                reads.append((name, sys._getframe(1).f_code.co_filename))
+            return original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy", "__index__"):
+        spy(name)
+    for batch in batches(4):
+        refresh_lr(opt, lrs)
+        runner.load_batch(batch)
+        inside[0] = True
+        runner()
+        inside[0] = False
+        sched.step()
+    assert runner.eager_steps == 4
+    assert reads == []
+    inside[0] = True
+    bool(guard.norm > 0)  # the spy works
+    assert reads
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def test_lr_tensors_follow_the_schedule_in_place():
+    model, opt, sched = build()
+    lrs = install_lr_tensors(opt)
+    for _ in range(5):
+        sched.step()
+        refresh_lr(opt, lrs)
+        assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))
+        assert [float(t) for t in lrs] == pytest.approx([float(v) for v in sched.get_last_lr()])
+    opt.param_groups[0]["lr"] = 0.5  # a float assigned over it (older torch, a callback): copied in
+    refresh_lr(opt, lrs)
+    assert opt.param_groups[0]["lr"] is lrs[0] and float(lrs[0]) == 0.5
+
+
+def test_static_batch_keeps_its_buffers_and_runs_other_shapes_eagerly():
+    seen = []
+    runner = CapturedStep(lambda b: seen.append(b) or torch.zeros(()), graphs=False)
+    a, b = batches(2)
+    runner.load_batch(a)
+    runner()
+    runner.load_batch(b)
+    runner()
+    assert seen[0] is seen[1] is runner.static_batch and torch.equal(seen[1][0], b[0])
+    short = (b[0][:2], b[1][:2])
+    runner.load_batch(short)
+    runner()
+    assert seen[2] is short
+
+
+def test_make_capturable_marks_every_group():
+    _, opt, _ = build()
+    make_capturable(opt)
+    assert all(g["capturable"] for g in opt.param_groups) and opt.defaults["capturable"]
+
+
+# -- where it applies -------------------------------------------------------------------------------
+
+APPLIES = dict(device="cuda", precision="bf16-mixed")
+
+
+def test_captured_where_it_applies():
+    path = choose_step_path(None, **APPLIES)
+    assert path.captured and path.line().startswith("training step: captured (model.capture=null")
+    assert choose_step_path(None, device="cuda", precision="32-true").captured
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(device="cpu"), "CUDA graphs need a CUDA device, this run is on cpu"),
+        (dict(accumulate_grad_batches=4), "trainer.accumulate_grad_batches=4"),
+        (dict(precision="16-mixed", grad_scaler=True), "fp16 with a grad scaler"),
+        (dict(precision="bf16-true"), "precision bf16-true"),
+        (dict(world_size=2), "several processes"),
+        (dict(single_device=False), "several processes or a distributed strategy"),
+        (dict(fused=False), "model.optim.fused=false"),
+        (dict(clip_algorithm="value"), "gradient_clip_algorithm=value"),
+        (dict(compile_mode="reduce-overhead"), "model.compile_mode=reduce-overhead"),
+        (dict(closure_hooks=["InjectFault.on_before_backward"]), "InjectFault.on_before_backward would run"),
+    ],
+)
+def test_each_fallback_names_its_reason(kwargs, reason):
+    path = choose_step_path(None, **{**APPLIES, **kwargs})
+    assert path.name == EAGER and reason in path.reason, path.reason
+    assert path.line() == f"training step: eager ({path.reason})"
+    with pytest.raises(ConfigError, match=r"model.capture=true cannot apply: .*Set model.capture: null"):
+        choose_step_path(True, **{**APPLIES, **kwargs})
+
+
+def test_capture_false_is_eager_everywhere():
+    assert choose_step_path(False, **APPLIES) == StepPath(EAGER, "model.capture=false")
+    assert choose_step_path(True, **APPLIES).reason == "model.capture=true"
+
+
+def test_captured_path_constants():
+    assert captured.WARMUP_STEPS >= 1 and CAPTURED != EAGER
+
+
+# -- on a GPU -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_graph_replay_matches_eager_in_bf16_over_50_steps():
+    """The same step, captured (after 3 warmup steps) vs eager, bf16 autocast, 50 steps with a NaN
+    skip and a restore: losses and weights within bf16 tolerance; the graph was really replayed."""
+    global STEPS, SAVE_AT, NAN_AT
+    saved = STEPS, SAVE_AT, NAN_AT
+    STEPS, SAVE_AT, NAN_AT = 50, 20, 30
+    try:
+        data = batches(STEPS, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            eager_losses, _, eager_model, _, _ = twin(data, device="cuda", graphs=False, clip=1.0)
+            losses, norms, model, _, guard = twin(data, device="cuda", graphs=True, clip=1.0)
+    finally:
+        STEPS, SAVE_AT, NAN_AT = saved
+    assert torch.isnan(losses[30]) and torch.isfinite(losses[31:]).all()
+    torch.testing.assert_close(losses, eager_losses, rtol=2e-2, atol=2e-2, equal_nan=True)
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-3)
+    assert guard.read() == (1, 30 - 20)  # counted from the restore at step 20
+
+
+# -- in Lightning: the seam is GPTMiniModule.optimizer_step ------------------------------------------
+
+LIGHTNING_NAN_AT = 3
+
+
+class Record(pl.Callback):
+    """Loss, pre-clip grad norm and lr of every step; a NaN poured into step LIGHTNING_NAN_AT's loss."""
+
+    captured_step_aware = True  # it touches nothing between backward and the optimizer step
+
+    def __init__(self) -> None:
+        self.losses, self.norms, self.lrs, self.paths = [], [], [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if hasattr(pl_module, "poison"):
+            pl_module.poison.fill_(float("nan") if trainer.global_step == LIGHTNING_NAN_AT else 1.0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].clone())
+        self.norms.append(trainer.callback_metrics["train/grad_norm"].clone())
+        self.lrs.append([float(g["lr"]) for g in trainer.optimizers[0].param_groups])
+        self.paths.append(pl_module.runs_own_step())
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """batch_loss times a device tensor the Record callback sets: how a NaN reaches a graph."""
+    original = GPTMiniModule.batch_loss
+
+    def batch_loss(self, batch):
+        if not hasattr(self, "poison"):
+            self.poison = torch.ones((), device=self.device)
+        return original(self, batch) * self.poison
+
+    monkeypatch.setattr(GPTMiniModule, "batch_loss", batch_loss)
+
+
+def force_twin(monkeypatch):
+    """The captured path on a CPU: CapturedStep runs guarded_step eagerly (its eager twin)."""
+    monkeypatch.setattr(module_mod, "choose_step_path", lambda *a, **k: StepPath(CAPTURED, "test: eager twin"))
+
+
+def lightning_fit(args, tmp_path, name, ckpt_path=None):
+    from gptmini.cli import make_cli
+
+    rec = Record()
+    ck = ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=6, save_top_k=-1)
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
+    cli.trainer.callbacks.extend([rec, ck])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    return cli, rec
+
+
+def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_path, monkeypatch, poisoned, caplog):
+    """Same CLI fit (fused AdamW, clipping, validation mid-run, a NaN skipped at step 3), today's
+    Lightning closure vs the captured path's eager twin: losses, grad norms, lrs, global_step,
+    scheduler and weights to 1e-6; a resume from the twin's step-6 checkpoint lands on the same
+    weights; either path resumes the other's checkpoint."""
+    args = cli_args(max_steps=12) + ["--model.optim.fused=true", "--fault_guard.max_skipped_steps=1"]
+    with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
+        today_cli, today_rec = lightning_fit(args, tmp_path, "today")
+    assert "training step: eager (CUDA graphs need a CUDA device, this run is on cpu)" in caplog.text
+    caplog.clear()
+    force_twin(monkeypatch)
+    with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
+        twin_cli, twin_rec = lightning_fit(args, tmp_path, "twin")
+    assert "training step: captured (test: eager twin)" in caplog.text
+    assert not any(today_rec.paths) and all(twin_rec.paths)
+
+    def close(a, b):
+        torch.testing.assert_close(torch.stack(a), torch.stack(b), rtol=1e-6, atol=1e-6, equal_nan=True)
+
+    assert torch.isnan(twin_rec.losses[LIGHTNING_NAN_AT]) and len(twin_rec.losses) == 12
+    close(twin_rec.losses, today_rec.losses)
+    close(twin_rec.norms, today_rec.norms)
+    assert sum(twin_rec.lrs, []) == pytest.approx(sum(today_rec.lrs, []), rel=1e-6)
+    assert len({tuple(lr) for lr in twin_rec.lrs}) > 6  # the lr changed along the way
+    assert twin_cli.trainer.global_step == today_cli.trainer.global_step == 12
+    assert twin_cli.trainer.lr_scheduler_configs[0].scheduler.last_epoch == 12
+    today_weights = today_cli.model.state_dict()
+    for k, v in twin_cli.model.state_dict().items():
+        torch.testing.assert_close(v, today_weights[k], rtol=1e-6, atol=1e-6, msg=k)
+
+    ckpt = tmp_path / "twin" / "epoch=0-step=6.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved["optimizer_states"][0]["param_groups"])
+    resumed_cli, resumed_rec = lightning_fit(args, tmp_path, "resumed", ckpt_path=ckpt)
+    assert all(resumed_rec.paths)
+    close(resumed_rec.losses, twin_rec.losses[6:])
+    for cli in (today_cli, twin_cli, resumed_cli):  # the skip counted once, and carried by the resume
+        (guard,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, FaultGuard)]
+        assert guard.state_dict() == {"skipped": 1}
+    for k, v in resumed_cli.model.state_dict().items():
+        torch.testing.assert_close(v, today_weights[k], rtol=1e-6, atol=1e-6, msg=k)
+    monkeypatch.undo()  # today's path resumes the twin's checkpoint too
+    cross_cli, cross_rec = lightning_fit(args, tmp_path, "cross", ckpt_path=ckpt)
+    assert not any(cross_rec.paths)
+    close(cross_rec.losses, today_rec.losses[6:])
