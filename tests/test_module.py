@@ -8,6 +8,7 @@ from conftest import fit_cli
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig
 from gptmini.core.schedule import ScheduleConfig, lr_multiplier
+from gptmini.train import compat
 from gptmini.train.module import GPTMiniModule
 
 
@@ -174,7 +175,7 @@ def test_compiled_module_checkpoint_has_no_orig_mod(cli_args, tmp_path, monkeypa
         torch.nn.Module, "compile", functools.partialmethod(torch.nn.Module.compile, backend="eager")
     )
     cli = fit_cli(cli_args(max_steps=8) + ["--model.compile=true", "--trainer.limit_val_batches=0"])
-    assert cli.model.model._compiled_call_impl is not None  # it really was compiled
+    assert compat.is_compiled(cli.model.model)  # it really was compiled
     path = tmp_path / "compiled.ckpt"
     cli.trainer.save_checkpoint(path)
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]

@@ -54,7 +54,7 @@ from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
 from gptmini.core.guard import NonFiniteGuard
-from gptmini.train.compat import grad_scaler, request_stop
+from gptmini.train.compat import grad_scaler, request_stop, set_validation_progress, validation_progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -287,8 +287,7 @@ class FaultGuard(Callback):
     # -- SIGTERM and Ctrl-C ------------------------------------------------------------------
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            val_loop = trainer.fit_loop.epoch_loop.val_loop
-            self._val_progress = copy.deepcopy(val_loop.batch_progress.state_dict())
+            self._val_progress = validation_progress(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_progress = None
@@ -305,7 +304,7 @@ class FaultGuard(Callback):
         for counts in (val["total"], val["current"]):
             counts["ready"] += 1
             counts["started"] += 1
-        checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] = val
+        set_validation_progress(checkpoint, val)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         install_stop_rules(trainer)
