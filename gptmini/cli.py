@@ -16,7 +16,7 @@ from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, resume, run_folder
+from gptmini.train import before_fit, compat, launcher, resume, run_folder
 from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
@@ -129,6 +129,7 @@ def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
     a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
+    launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
     if not run_tool(argv):
         make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
     return 0

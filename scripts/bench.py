@@ -195,6 +195,7 @@ class Bench:
         )
         self.compile = compile_by_default(module.compile_setting, self.device)  # as the module decides
         self.compile_mode = module.compile_mode
+        self.capture = module.capture_setting  # the plain loop captures where the module does
         self.clip = self.trainer.gradient_clip_val
         self.dm.prepare_data()
         self.dm.setup("fit")
@@ -269,6 +270,8 @@ class Bench:
                 precision=self.precision,
                 gradient_clip_val=self.clip,
                 device=self.device,
+                capture=self.capture,
+                compile_mode=self.compile_mode if self.compile else None,
                 on_step_end=clock.tick if on_step_end is None else lambda i: (clock.tick(), on_step_end(i)),
             )
         out = {

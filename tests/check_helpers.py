@@ -62,6 +62,17 @@ def all_checks(**overfit) -> list[pl.Callback]:
     ]
 
 
+class ShuffledTargets(GPTMiniModule):
+    """A loss that does not match its inputs: the targets permuted across the batch anew at every
+    step, so they follow no input. (A permutation fixed once is a labelling the model memorises as
+    fast as the real one: docs/training.md, "How long the overfit check trains".)"""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        perm = torch.randperm(y.numel(), device=y.device)
+        return super().training_step((x, y.flatten()[perm].view_as(y)), batch_idx)
+
+
 class Recorder(pl.Callback):
     """Listed last: sees the run right after the checks, at the first batch, and its first losses."""
 

@@ -166,3 +166,7 @@ def fit_cli(args: list[str], *callbacks):
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli
+
+
+# The multi-process tests' shared reference run, computed once per session (tests/shipped_runs.py).
+from shipped_runs import ddp_reference  # noqa: E402, F401

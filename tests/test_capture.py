@@ -19,10 +19,10 @@ from gptmini.core.captured import (
     EAGER,
     CapturedStep,
     StepPath,
+    capturable,
     choose_step_path,
-    install_lr_tensors,
-    make_capturable,
-    refresh_lr,
+    lr_tensors,
+    lrs_on_device,
 )
 from gptmini.core.config import ConfigError
 from gptmini.core.guard import NonFiniteGuard
@@ -99,13 +99,13 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
     losses, norms = [], []
 
     def start(model, opt):
-        guard = NonFiniteGuard(opt)
-        lrs = install_lr_tensors(opt)  # after the restore, as GPTMiniModule.on_train_start does
+        guard = NonFiniteGuard(opt)  # after the restore, as GPTMiniModule.on_train_start does
+        lrs = lr_tensors(opt)
 
         def step(batch):
             return guarded_step(lambda: model(*batch)[1] * poison, opt, guard, clip=clip)
 
-        return guard, lrs, CapturedStep(step, before_capture=lambda: make_capturable(opt), graphs=graphs)
+        return guard, lrs, CapturedStep(step, capture_context=lambda: capturable(opt), graphs=graphs)
 
     guard, lrs, runner = start(model, opt)
     for i, batch in enumerate(data):
@@ -113,9 +113,9 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
             model, opt, sched = build(device, round_trip(model, opt, sched))
             guard, lrs, runner = start(model, opt)
         poison.fill_(float("nan") if i == NAN_AT else 1.0)
-        refresh_lr(opt, lrs)
         runner.load_batch(batch)
-        losses.append(runner().clone())
+        with lrs_on_device(opt, lrs):
+            losses.append(runner().clone())
         norms.append(guard.norm.clone())
         sched.step()
     return torch.stack(losses), torch.stack(norms), model, opt, guard
@@ -136,7 +136,7 @@ def test_eager_twin_matches_todays_step_across_lr_clipping_nan_skip_and_a_round_
     # The skipped step left AdamW's step count one behind, in both; the lr followed the schedule.
     assert {int(s["step"]) for s in opt.state.values()} == {STEPS - 1}
     assert {int(s["step"]) for s in ref_opt.state.values()} == {STEPS - 1}
-    assert [float(g["lr"]) for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
     assert guard.read() == (0, -1)  # a fresh guard after the restore: the skip was before it
 
 
@@ -166,7 +166,7 @@ def test_no_host_read_inside_the_step(monkeypatch):
     """A graph cannot hold a host read: none while the step runs (the spy of tests/test_progress.py)."""
     model, opt, sched = build()
     guard = NonFiniteGuard(opt)
-    lrs = install_lr_tensors(opt)
+    lrs = lr_tensors(opt)
     runner = CapturedStep(lambda b: guarded_step(lambda: model(*b)[1], opt, guard, clip=CLIP), graphs=False)
     reads = []
     inside = [False]
@@ -185,10 +185,10 @@ def test_no_host_read_inside_the_step(monkeypatch):
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy", "__index__"):
         spy(name)
     for batch in batches(4):
-        refresh_lr(opt, lrs)
         runner.load_batch(batch)
         inside[0] = True
-        runner()
+        with lrs_on_device(opt, lrs):
+            runner()
         inside[0] = False
         sched.step()
     assert runner.eager_steps == 4
@@ -199,17 +199,17 @@ def test_no_host_read_inside_the_step(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
-def test_lr_tensors_follow_the_schedule_in_place():
+def test_lr_tensors_take_the_schedules_lr_for_the_step_only():
     model, opt, sched = build()
-    lrs = install_lr_tensors(opt)
+    lrs = lr_tensors(opt)
     for _ in range(5):
         sched.step()
-        refresh_lr(opt, lrs)
-        assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))
-        assert [float(t) for t in lrs] == pytest.approx([float(v) for v in sched.get_last_lr()])
-    opt.param_groups[0]["lr"] = 0.5  # a float assigned over it (older torch, a callback): copied in
-    refresh_lr(opt, lrs)
-    assert opt.param_groups[0]["lr"] is lrs[0] and float(lrs[0]) == 0.5
+        with lrs_on_device(opt, lrs):
+            assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))  # what fused AdamW reads
+        assert [float(t) for t in lrs] == pytest.approx(sched.get_last_lr())  # filled in place
+        # Outside the step: floats, for the scheduler, LearningRateMonitor and checkpoints.
+        assert [g["lr"] for g in opt.param_groups] == sched.get_last_lr()
+        assert all(isinstance(g["lr"], float) for g in opt.param_groups)
 
 
 def test_static_batch_keeps_its_buffers_and_runs_other_shapes_eagerly():
@@ -227,10 +227,11 @@ def test_static_batch_keeps_its_buffers_and_runs_other_shapes_eagerly():
     assert seen[2] is short
 
 
-def test_make_capturable_marks_every_group():
+def test_capturable_only_during_the_capture():
     _, opt, _ = build()
-    make_capturable(opt)
-    assert all(g["capturable"] for g in opt.param_groups) and opt.defaults["capturable"]
+    with capturable(opt):
+        assert all(g["capturable"] for g in opt.param_groups)
+    assert not any(g["capturable"] for g in opt.param_groups)  # no warning on eager steps, none saved
 
 
 # -- where it applies -------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ class Record(pl.Callback):
     captured_step_aware = True  # it touches nothing between backward and the optimizer step
 
     def __init__(self) -> None:
-        self.losses, self.norms, self.lrs, self.paths = [], [], [], []
+        self.losses, self.norms, self.lrs, self.paths, self.grads = [], [], [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if hasattr(pl_module, "poison"):
@@ -322,6 +323,7 @@ class Record(pl.Callback):
         self.norms.append(trainer.callback_metrics["train/grad_norm"].clone())
         self.lrs.append([float(g["lr"]) for g in trainer.optimizers[0].param_groups])
         self.paths.append(pl_module.runs_own_step())
+        self.grads.append(tuple(p.grad.data_ptr() for p in pl_module.parameters()))
 
 
 @pytest.fixture
@@ -368,6 +370,8 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
         twin_cli, twin_rec = lightning_fit(args, tmp_path, "twin")
     assert "training step: captured (test: eager twin)" in caplog.text
     assert not any(today_rec.paths) and all(twin_rec.paths)
+    # The grads a graph writes stay the same tensors, through the validation after step 6 too.
+    assert len(set(twin_rec.grads)) == 1
 
     def close(a, b):
         torch.testing.assert_close(torch.stack(a), torch.stack(b), rtol=1e-6, atol=1e-6, equal_nan=True)
@@ -385,6 +389,9 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
 
     ckpt = tmp_path / "twin" / "epoch=0-step=6.ckpt"
     saved = torch.load(ckpt, weights_only=True)
+    # Lightning's loop counters (optimizer steps, zero_grad calls, batches) as on today's path.
+    assert saved["loops"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["loops"]
+    assert saved["lr_schedulers"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["lr_schedulers"]
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved["optimizer_states"][0]["param_groups"])
     resumed_cli, resumed_rec = lightning_fit(args, tmp_path, "resumed", ckpt_path=ckpt)
     assert all(resumed_rec.paths)
@@ -398,3 +405,56 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     cross_cli, cross_rec = lightning_fit(args, tmp_path, "cross", ckpt_path=ckpt)
     assert not any(cross_rec.paths)
     close(cross_rec.losses, today_rec.losses[6:])
+
+
+def test_closure_hook_owners_name_who_would_be_skipped(tiny_model_cfg):
+    from fault_injection import InjectFault
+    from test_module import LoudModule
+
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False,
+        callbacks=[InjectFault(at_step=3), FaultGuard(), Record(), ModelCheckpoint()],
+    )
+    assert module_mod.closure_hook_owners(trainer, GPTMiniModule(tiny_model_cfg)) == [
+        "InjectFault.on_before_backward"  # FaultGuard and Record say they know the captured step
+    ]
+    assert "LoudModule.training_step" in module_mod.closure_hook_owners(trainer, LoudModule(tiny_model_cfg))
+
+
+def test_fit_start_asks_with_the_trainers_settings(tiny_model_cfg, tiny_data, monkeypatch, caplog):
+    from fault_injection import InjectFault
+
+    asked = {}
+
+    def choose(setting, **kwargs):
+        asked.update(kwargs, setting=setting)
+        return choose_step_path(setting, **kwargs)
+
+    monkeypatch.setattr(module_mod, "choose_step_path", choose)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, max_steps=1, accumulate_grad_batches=2,
+        gradient_clip_val=1.0, callbacks=[InjectFault(at_step=99), FaultGuard()],
+    )
+    module = GPTMiniModule(tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=0))
+    trainer.fit(module, datamodule=tiny_data)
+    assert asked == dict(
+        setting=None, device=torch.device("cpu"), precision="32-true", accumulate_grad_batches=2,
+        grad_scaler=False, world_size=1, single_device=True, fused=False, clip_algorithm=None,
+        compile_mode=None, closure_hooks=["InjectFault.on_before_backward"],
+    )
+    assert caplog.text.count("training step: ") == 1  # one line, at fit start
+    assert not module.runs_own_step()
+
+
+def test_capture_true_where_it_cannot_apply_is_one_error_line(cli_args, capsys):
+    from gptmini.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(max_steps=6) + ["--model.capture=true"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: model.capture=true cannot apply: CUDA graphs need a CUDA device, this run is on cpu. "
+        "Set model.capture: null (capture where it applies) or false."
+    )

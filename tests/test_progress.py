@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import fit_cli, scalars_by_step
+from conftest import scalars_by_step
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -83,10 +83,18 @@ def test_bar_counts_run_steps_and_tokens_and_flags_a_long_run(cli_args):
     assert torch.isfinite(cli.model.last_loss)
 
 
-def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
+@pytest.mark.parametrize("captured", [False, True], ids=["closure", "captured-twin"])
+def test_no_host_sync_between_logging_steps(cli_args, monkeypatch, captured):
     """Lightning, the module, the configs' callbacks and LossProgressBar read tensors only on log
-    steps (every 5 here), never on the steps between: on a GPU each read is a sync."""
+    steps (every 5 here), never on the steps between: on a GPU each read is a sync. Also on the
+    captured step's path (its eager twin on this CPU: the same calls a graph replays)."""
     args = [a for a in cli_args(max_steps=10) if "enable_progress_bar" not in a and "log_every" not in a]
+    if captured:
+        from gptmini.core.captured import CAPTURED, StepPath
+        from gptmini.train import module
+
+        monkeypatch.setattr(module, "choose_step_path", lambda *a, **k: StepPath(CAPTURED, "test"))
+        args.append("--model.optim.fused=true")
     args += [
         "--trainer.log_every_n_steps=5",
         "--trainer.limit_val_batches=0",
@@ -120,13 +128,22 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch):
 
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
         spy(name)
-    cli = fit_cli(args, Where())
+    cli = make_cli(args=[a for a in args if a != "fit"], run=False)
+    # First: the running step is labelled before any callback reads (LearningRateMonitor reads the
+    # lr, a device tensor on the captured path, at the start of its log steps).
+    cli.trainer.callbacks.insert(0, Where())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.model.step_path.captured is captured
     assert isinstance(cli.trainer.progress_bar_callback, LossProgressBar)
     # FaultGuard (issue 5) checks for a finite loss every fault_guard.check_every_n_steps, at a step's
     # start, and its final checkpoint at the end: a few steps, not every step.
-    guard_steps = {r[0] for r in state["reads"] if r[2].endswith("fault_guard.py")}
+    # The step-0 checks read on purpose, at the first batch's start, before the first update.
+    checks = ("first_batch.py", "checklist.py", "recipe_checks.py", "lr_curve.py", "checks_shared.py")
+    state["reads"] = [r for r in state["reads"] if not (r[0] == 1 and r[2].endswith(checks))]
+    guard = ("callbacks/fault_guard.py", "core/guard.py")  # FaultGuard, and the counters it reads
+    guard_steps = {r[0] for r in state["reads"] if r[2].endswith(guard)}
     assert len(guard_steps) <= 3, guard_steps
-    steps = {step for step, _, caller in state["reads"] if not caller.endswith("fault_guard.py")}
+    steps = {step for step, _, caller in state["reads"] if not caller.endswith(guard)}
     assert steps <= {5, 10}, [r for r in state["reads"] if r[0] not in (5, 10)]
     assert steps == {5, 10}  # the spy works: log steps do read the loss
 

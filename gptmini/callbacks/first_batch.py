@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from gptmini.callbacks.checks_shared import (
     CheckItem,
     SanityCheckError,
+    human_count,
     log_metrics,
     say,
     take_rows,
@@ -23,6 +24,7 @@ from gptmini.callbacks.checks_shared import (
     vocab_size_of,
 )
 from gptmini.core.config import NonNegativeInt, PositiveFloat, PositiveInt, check_args
+from gptmini.core.recipe import OVERFIT_REF_TOKENS, OVERFIT_THRESHOLD, overfit_budget
 from gptmini.core.schedule import lr_multiplier
 from gptmini.core.step import NoGradientError, train_step
 from gptmini.train.compat import grad_scaler, init_optimizers
@@ -149,8 +151,8 @@ class OverfitCheck(FirstBatchCheck):
 
     def __init__(
         self,
-        steps: PositiveInt = 100,
-        threshold: float = 0.5,
+        steps: PositiveInt | None = None,
+        threshold: float = OVERFIT_THRESHOLD,
         warmup_steps: NonNegativeInt = 10,
         rows: PositiveInt | None = None,
         log_every: PositiveInt = 20,
@@ -163,11 +165,14 @@ class OverfitCheck(FirstBatchCheck):
         each group's peak lr. The real model, optimizer and random generators are left untouched.
 
         Args:
-            steps: Most optimizer steps to train.
+            steps: Most optimizer steps to train. null = the rule
+                :func:`gptmini.core.recipe.overfit_budget` for the tokens it trains on and the
+                model's size, about 2.2-2.7x what a healthy run needs: 80 x (tokens / 512)**0.3 x
+                (10M / params)**0.2, neither factor below 1 (10m: 227 on 32 x 512; tiny: 126).
             threshold: The check passes when the loss ends below this.
             warmup_steps: Linear warmup to the peak lr over this many steps (0 = peak from step 0).
             rows: Use only the first ``rows`` samples of the batch (null = all): cheaper steps, for
-                a check that takes seconds on CPU.
+                a check that takes seconds on CPU (the step budget follows the tokens kept).
             log_every: Print the loss every this many steps.
             stop_early: Stop as soon as the loss is below ``threshold`` (the check has passed).
         """
@@ -176,6 +181,20 @@ class OverfitCheck(FirstBatchCheck):
         self.steps, self.threshold, self.warmup_steps = c["steps"], threshold, c["warmup_steps"]
         self.rows, self.log_every, self.stop_early = c["rows"], c["log_every"], stop_early
         self.losses: list[float] = []
+        self.budget: int | None = None
+        """The step budget of the last run (``steps``, or the rule's for its batch)."""
+
+    def budget_for(self, batch: Any, params: int) -> tuple[int, str]:
+        """The most steps to train on ``batch`` (already cut to ``rows``) a model of ``params``
+        trainable parameters, and how that number was chosen (for the checklist line)."""
+        if self.steps is not None:
+            return self.steps, "OverfitCheck.steps"
+        tokens = _tokens(batch)
+        if tokens is None:  # not a token tensor: the rule's smallest-batch figure
+            tokens, of = OVERFIT_REF_TOKENS, "a batch of unknown size"
+        else:
+            of = f"{tokens:,} tokens"
+        return overfit_budget(tokens, params), f"budget for {of}, {human_count(params)} params"
 
     def _fail(self, what: str, peak: float | None = None) -> CheckItem:
         lr = f" (peak lr {peak:.2e})" if peak is not None else ""
@@ -205,11 +224,14 @@ class OverfitCheck(FirstBatchCheck):
                 return self._fail(
                     "the optimizer holds no trainable parameter (frozen model)", max(peaks, default=None)
                 )
+            trainable = sum(p.numel() for p in {id(p): p for p in params if p.requires_grad}.values())
+            steps, why = self.budget_for(batch, trainable)
+            self.budget = steps
             scaler = torch.amp.GradScaler(pl_module.device.type) if grad_scaler(trainer) is not None else None
             clip = trainer.gradient_clip_val
-            for k in range(self.steps):
+            for k in range(steps):
                 # The schedule's own warmup formula, held at the peak after it (no decay).
-                ramp = lr_multiplier(k, self.warmup_steps, self.steps, min_lr_ratio=1.0)
+                ramp = lr_multiplier(k, self.warmup_steps, steps, min_lr_ratio=1.0)
                 for g, peak in zip(opt.param_groups, peaks):
                     g["lr"] = peak * ramp
                 try:  # the plain loop's step (gptmini.core.step): the check trains as the baseline does
@@ -227,10 +249,10 @@ class OverfitCheck(FirstBatchCheck):
                 self.losses.append(value)
                 log_metrics(trainer, {"checks/overfit_loss": value}, step=k)
                 done = self.stop_early and value < self.threshold
-                if k % self.log_every == 0 or k == self.steps - 1 or done:
+                if k % self.log_every == 0 or k == steps - 1 or done:
                     say(
                         trainer,
-                        f"[step-0 checks] overfit step {k:>4}/{self.steps}: loss {value:.4f} lr {peak * ramp:.2e}",
+                        f"[step-0 checks] overfit step {k:>4}/{steps}: loss {value:.4f} lr {peak * ramp:.2e}",
                     )
                 if not math.isfinite(value):
                     return self._fail(f"the loss became {value} at step {k}", max(peaks))
@@ -238,12 +260,21 @@ class OverfitCheck(FirstBatchCheck):
                     break
             del clone, opt, optimizers
         first, last = self.losses[0], self.losses[-1]
-        detail = f"{first:.3f} -> {last:.4f} in {len(self.losses)} steps on {self._shape(batch)} (threshold {self.threshold})"
+        detail = (
+            f"{first:.3f} -> {last:.4f} in {len(self.losses)} of {steps} steps ({why}) on "
+            f"{self._shape(batch)} (threshold {self.threshold})"
+        )
         if last < self.threshold:
             return CheckItem(self.key, self.title, "pass", detail)
         return self._fail(f"loss {detail}", max(peaks))
 
     @staticmethod
-    def _shape(batch: Any) -> str:
+    def _shape(batch: Any) -> str:  # "32x512 tokens"
         first = batch[0] if isinstance(batch, (list, tuple)) else batch
         return "x".join(map(str, first.shape)) + " tokens" if isinstance(first, torch.Tensor) else "one batch"
+
+
+def _tokens(batch: Any) -> int | None:
+    """Tokens in the batch's inputs (rows x context), None when they are not a tensor."""
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return first.numel() if isinstance(first, torch.Tensor) else None

@@ -10,14 +10,15 @@ gptmini captures only its own step function, so the eager twin of the graph is t
 
 What a graph freezes is kept out of it or in device tensors: the lr lives in one tensor per param
 group (fused AdamW reads it on the device), refreshed in place from the LambdaLR schedule before
-every step (:func:`install_lr_tensors`, :func:`refresh_lr`); the batch is copied into the same
+every step (:func:`lr_tensors`, :func:`lrs_on_device`); the batch is copied into the same
 buffers every step (:meth:`CapturedStep.load_batch`); grads are zeroed in place, never set to None.
 :func:`choose_step_path` is the one home of "where the captured step applies". Lightning-free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,37 +101,41 @@ def choose_step_path(
     return StepPath(CAPTURED, why)
 
 
-def install_lr_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Put each param group's lr in a device tensor (once, before warmup): fused AdamW reads it there,
-    so a graph replays with the lr of the step, not the one at capture."""
-    lrs = []
-    for group in optimizer.param_groups:
-        device = group["params"][0].device
-        lr = group["lr"]
-        if not (isinstance(lr, torch.Tensor) and lr.device == device):
-            lr = torch.tensor(float(lr), dtype=torch.float32, device=device)  # one read, before training
-            group["lr"] = lr
-        lrs.append(lr)
-    return lrs
+def lr_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """One device tensor per param group for its lr (fused AdamW reads a tensor lr on the device, so
+    a graph replays with the lr of the step, not the one at capture). Filled by :func:`lrs_on_device`."""
+    return [torch.zeros((), dtype=torch.float32, device=g["params"][0].device) for g in optimizer.param_groups]
 
 
-def refresh_lr(optimizer: torch.optim.Optimizer, lrs: list[torch.Tensor]) -> None:
-    """Keep each group's lr in its tensor, in place. torch's schedulers fill a tensor lr in place
-    already; one that assigns a float (older torch, a callback) is copied in and the tensor put back."""
-    for group, lr in zip(optimizer.param_groups, lrs):
-        value = group["lr"]
-        if value is not lr:
-            lr.copy_(value) if isinstance(value, torch.Tensor) else lr.fill_(value)
-            group["lr"] = lr
+@contextlib.contextmanager
+def lrs_on_device(optimizer: torch.optim.Optimizer, lrs: list[torch.Tensor]) -> Iterator[None]:
+    """For one step: each group's lr (the float LambdaLR set) copied into its tensor, in place, and
+    the tensor in the group while the step (or its capture) runs; the float back afterwards, so the
+    scheduler, LearningRateMonitor and checkpoints see plain floats as on every other path."""
+    values = [g["lr"] for g in optimizer.param_groups]
+    for group, lr, value in zip(optimizer.param_groups, lrs, values):
+        lr.copy_(value) if isinstance(value, torch.Tensor) else lr.fill_(value)  # no host read
+        group["lr"] = lr
+    try:
+        yield
+    finally:
+        for group, value in zip(optimizer.param_groups, values):
+            group["lr"] = value
 
 
-def make_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """Mark the param groups capturable, right before capture: torch refuses to capture ``step()``
-    otherwise. Fused AdamW keeps its step counts on the device either way, so the warmup steps
-    before were the same computation (and do not warn that capturable runs uncaptured)."""
+@contextlib.contextmanager
+def capturable(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Mark the param groups capturable during the capture only: torch refuses to capture ``step()``
+    otherwise, and warns when a capturable optimizer steps uncaptured. Fused AdamW keeps its step
+    counts on the device either way, so the eager steps are the same computation."""
+    before = [g.get("capturable", False) for g in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["capturable"] = True
-    optimizer.defaults["capturable"] = True
+    try:
+        yield
+    finally:
+        for group, flag in zip(optimizer.param_groups, before):
+            group["capturable"] = flag
 
 
 def _tensors(batch: object) -> list[torch.Tensor]:
@@ -172,20 +177,20 @@ class CapturedStep:
         self,
         step: Callable[[object], torch.Tensor],
         warmup_steps: int = WARMUP_STEPS,
-        before_capture: Callable[[], None] | None = None,
+        capture_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         graphs: bool = True,
     ) -> None:
         """Args:
         step: The step function, called with the (static) batch.
         warmup_steps: Eager steps before capture.
-        before_capture: Called once right before capture (e.g. :func:`make_capturable`).
+        capture_context: Entered around the capture only (e.g. :func:`capturable`).
         graphs: False: never capture, run ``step`` eagerly every time on the current stream (the
             eager twin on a CPU, same buffers and calls).
         """
         self.graphs = graphs
         self.step = step
         self.warmup_steps = warmup_steps
-        self.before_capture = before_capture
+        self.capture_context = capture_context
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: object = None
         self._static: list[torch.Tensor] = []
@@ -236,12 +241,10 @@ class CapturedStep:
         return out
 
     def _capture(self) -> torch.Tensor:
-        if self.before_capture is not None:
-            self.before_capture()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         # thread_local: the DataLoader's pin-memory thread may run CUDA calls during the capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with self.capture_context(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._loss = self.step(self.static_batch)
         self.graph = graph
         graph.replay()  # capture records, it does not run: this step's work happens here

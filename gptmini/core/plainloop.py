@@ -17,13 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from gptmini.core.captured import (
-    CapturedStep,
-    choose_step_path,
-    install_lr_tensors,
-    make_capturable,
-    refresh_lr,
-)
+from gptmini.core.captured import CapturedStep, capturable, choose_step_path, lr_tensors, lrs_on_device
 from gptmini.core.guard import NonFiniteGuard
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
@@ -72,7 +66,7 @@ def train_plain(
     fused = bool(optimizer.defaults.get("fused"))
     path = choose_step_path(capture, device=device, precision=precision, fused=fused, compile_mode=compile_mode)
     guard = NonFiniteGuard(optimizer)
-    lrs = install_lr_tensors(optimizer) if path.captured else None
+    lrs = lr_tensors(optimizer)
 
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch  # (B, T), (B, T)
@@ -84,7 +78,7 @@ def train_plain(
             clip=gradient_clip_val,
         )
 
-    runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer)) if path.captured else None
+    runner = CapturedStep(step, capture_context=lambda: capturable(optimizer)) if path.captured else None
     non_blocking = device.type == "cuda"
     losses: list[torch.Tensor] = []
     for i, (x, y) in enumerate(_cycle(batches)):
@@ -95,9 +89,9 @@ def train_plain(
         if runner is None:
             loss = step((x, y))
         else:
-            refresh_lr(optimizer, lrs)
             runner.load_batch((x, y))
-            loss = runner()
+            with lrs_on_device(optimizer, lrs):
+                loss = runner()
         scheduler.step()
         losses.append(loss.clone())  # clone: a CUDA-graph replay would overwrite it
         if on_step_end is not None:

@@ -23,10 +23,10 @@ from torchmetrics import MeanMetric, Metric
 from gptmini.core.captured import (
     CapturedStep,
     StepPath,
+    capturable,
     choose_step_path,
-    install_lr_tensors,
-    make_capturable,
-    refresh_lr,
+    lr_tensors,
+    lrs_on_device,
 )
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.guard import NonFiniteGuard
@@ -159,7 +159,7 @@ class GPTMiniModule(pl.LightningModule):
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
-        self._step_values: dict[str, torch.Tensor] = {}
+        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
         self._writes_at_start = True
         # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
         # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
@@ -199,22 +199,25 @@ class GPTMiniModule(pl.LightningModule):
         self.last_loss = loss.detach()
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
         # sync per step; gptmini.callbacks.progress.LossProgressBar shows it at its refresh rate instead.
-        self._log_step("train/loss", self.last_loss)
+        # Each rank's loss is of its own shard: the curve is their mean (an all-reduce on the
+        # written steps only, which every rank reaches together: gptmini.train.ranks).
+        self._log_step("train/loss", self.last_loss, sync_dist=True)
         return loss
 
-    def _log_step(self, name: str, value: torch.Tensor) -> None:
+    def _log_step(self, name: str, value: torch.Tensor, sync_dist: bool = False) -> None:
         """``self.log`` on the steps whose metrics Lightning writes, and only then.
 
         Lightning writes step metrics every ``log_every_n_steps``, but each ``self.log`` costs host
         time on every step (about 0.1 ms: it re-wraps and moves the value); the written curves and
-        the ``callback_metrics`` of those steps are the same either way.
+        the ``callback_metrics`` of those steps are the same either way. ``sync_dist``: the mean over
+        ranks, so its collective also runs on the written steps only.
         """
-        self._step_values[name] = value
+        self._step_values[name] = (value, sync_dist)
         if self._writes_at_start:
-            self.log(name, value)
+            self.log(name, value, sync_dist=sync_dist)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_values: dict[str, torch.Tensor] = {}
+        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
         self._writes_at_start = writes_step_metrics(self.trainer)
         if self._runner is not None:
             self._runner.load_batch(batch)  # into the graph's static buffers, on the device
@@ -223,8 +226,8 @@ class GPTMiniModule(pl.LightningModule):
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
         if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
-            for name, value in self._step_values.items():
-                self.log(name, value)
+            for name, (value, sync_dist) in self._step_values.items():
+                self.log(name, value, sync_dist=sync_dist)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -294,8 +297,8 @@ class GPTMiniModule(pl.LightningModule):
             )
 
         # On a CPU (tests) the same object runs the step eagerly: the captured step's eager twin.
-        self._runner = CapturedStep(step, before_capture=lambda: make_capturable(optimizer), graphs=on_cuda)
-        self._lrs = []
+        self._runner = CapturedStep(step, capture_context=lambda: capturable(optimizer), graphs=on_cuda)
+        self._lrs = lr_tensors(optimizer)
 
     def on_train_end(self) -> None:
         self._runner = None  # frees the graph and its memory pool
@@ -315,10 +318,8 @@ class GPTMiniModule(pl.LightningModule):
             return
         # Lightning's zero-grad counters and on_before_zero_grad, as its closure would run them.
         run_zero_grad_hooks(optimizer_closure)
-        if not self._lrs:  # at the first step, after the step-0 checks (they read float lrs)
-            self._lrs = install_lr_tensors(self.trainer.optimizers[0])
-        refresh_lr(self.trainer.optimizers[0], self._lrs)  # the lr LambdaLR set after the last step
-        loss = self._runner()
+        with lrs_on_device(self.trainer.optimizers[0], self._lrs):  # the lr LambdaLR set for this step
+            loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
         self.last_loss = set_closure_result(optimizer_closure, loss)
         self._log_step("train/loss", self.last_loss)
@@ -381,13 +382,3 @@ class GPTMiniModule(pl.LightningModule):
         # The one writer of the checkpoint's gptmini keys and the run record, in every run (CLI or a
         # plain Trainer): gptmini.train.checkpoint_contents.
         return [CheckpointContents()]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The captured step's lr tensors and capturable flag are its own business: checkpoints hold
-        # float lrs as always, so either path resumes either path's checkpoint.
-        for state in checkpoint.get("optimizer_states", []):
-            for group in state.get("param_groups", []):
-                if isinstance(group.get("lr"), torch.Tensor):
-                    group["lr"] = float(group["lr"])  # one read per save
-                if group.get("capturable"):
-                    group["capturable"] = False
