@@ -141,11 +141,15 @@ def test_checkpoint_io_plugin(tmp_path):
 
 
 def test_fsdp_questions(tmp_path):
-    """is_fsdp: the run shards (any FSDPStrategy); names_fsdp: a setting Lightning refuses on CPU."""
+    """is_fsdp: the run shards (any FSDPStrategy); exact=True: a setting Lightning refuses on CPU."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    assert compat.is_fsdp("fsdp") and compat.names_fsdp("fsdp") and not compat.names_fsdp("ddp")
-    assert compat.is_fsdp(FSDPStrategy()) and compat.names_fsdp(FSDPStrategy())
+    class Mine(FSDPStrategy):
+        pass
+
+    assert compat.is_fsdp("fsdp") and compat.is_fsdp("fsdp", exact=True) and not compat.is_fsdp("ddp", exact=True)
+    assert compat.is_fsdp(FSDPStrategy()) and compat.is_fsdp(FSDPStrategy(), exact=True)
+    assert compat.is_fsdp(Mine()) and not compat.is_fsdp(Mine(), exact=True)
     assert not compat.uses_fsdp(trainer(tmp_path))
 
 

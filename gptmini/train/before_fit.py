@@ -60,7 +60,7 @@ def check_strategy(strategy: object, accelerator: object) -> None:
     from lightning.pytorch.accelerators import CUDAAccelerator
 
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
-    if compat.names_fsdp(strategy) and on_cpu:
+    if compat.is_fsdp(strategy, exact=True) and on_cpu:
         name = strategy if isinstance(strategy, str) else type(strategy).__name__
         raise ConfigError(
             f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP does not run on CPU, "

@@ -38,30 +38,20 @@ def grad_scaler(trainer: pl.Trainer | None) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
-def is_fsdp(strategy: object) -> bool:
+def is_fsdp(strategy: object, exact: bool = False) -> bool:
     """Whether ``strategy`` (an instance, or a name as ``trainer.strategy`` takes it: "fsdp",
-    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass."""
+    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass; with ``exact``, a name or
+    exactly FSDPStrategy: what Lightning refuses without a GPU (``_check_strategy_and_fallback``)."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     if isinstance(strategy, str):
         return strategy.lower() in FSDPStrategy.get_registered_strategies()
-    return isinstance(strategy, FSDPStrategy)
+    return type(strategy) is FSDPStrategy if exact else isinstance(strategy, FSDPStrategy)
 
 
 def uses_fsdp(trainer: pl.Trainer | None) -> bool:
     """Whether the run shards its weights with FSDP."""
     return trainer is not None and is_fsdp(trainer.strategy)
-
-
-def names_fsdp(strategy: object) -> bool:
-    """Whether a ``trainer.strategy`` setting (a name or an instance, before the Trainer exists) is
-    one Lightning refuses without a GPU (``_check_strategy_and_fallback``: the registered FSDP
-    names, or exactly FSDPStrategy)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(strategy, str):
-        return strategy.lower() in FSDPStrategy.get_registered_strategies()
-    return type(strategy) is FSDPStrategy
 
 
 # -- Lightning, private ----------------------------------------------------------------------------
