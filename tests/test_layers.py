@@ -114,3 +114,48 @@ def test_architecture_doc_has_one_row_per_module():
     )
     assert not gone, f"docs/architecture.md names modules that do not exist: remove their rows: {gone}"
     assert not twice, f"docs/architecture.md has more than one row for {twice}"
+
+
+def test_no_import_cycle_even_for_annotations():
+    """No two gptmini modules import each other, through any chain, counting imports made only for
+    annotations (``if TYPE_CHECKING:``) and inside functions: each module can be read on its own."""
+    package = CORE.parent
+    modules = {
+        ".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    edges = {
+        name: {
+            m for m in imported_names_anywhere(path) if m in modules and m != name and not name.startswith(m + ".")
+        }
+        for name, path in modules.items()
+    }
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        for nxt in edges[node]:
+            if nxt in stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, stack + [nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for name in sorted(modules):
+        if name not in done:
+            visit(name, [name])
+    assert len(modules) >= 40
+    assert cycles == [], cycles
+
+
+def imported_names_anywhere(path: Path) -> set[str]:
+    """Every gptmini module ``path`` imports, at any depth (``from gptmini.x import y`` names x.y when
+    that is a module, else x)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.startswith("gptmini")}

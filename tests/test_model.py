@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.sampling import SampleConfig, generate_ids
 
 
 def reference_logits(model: GPTMini, idx: torch.Tensor) -> torch.Tensor:
@@ -102,5 +103,6 @@ def test_config_errors_name_the_setting():
 def test_generate_respects_length_and_context():
     torch.manual_seed(0)
     model = GPTMini(ModelConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
-    out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=12, top_k=5)
+    cfg = SampleConfig(max_new_tokens=12, top_k=5, stop_at_eot=False)
+    out = generate_ids(model, torch.zeros(2, 3, dtype=torch.long), cfg)
     assert out.shape == (2, 15)

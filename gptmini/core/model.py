@@ -29,7 +29,6 @@ from gptmini.core.config import (
     VocabSize,
     check_fields,
 )
-from gptmini.core.sampling import SampleConfig, generate_ids
 
 
 @dataclass
@@ -260,21 +259,3 @@ class GPTMini(nn.Module):
             # Under autocast cross_entropy runs in fp32 by itself; no explicit upcast copy needed.
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-        kv_cache: bool = True,
-    ) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T); see :func:`gptmini.core.sampling.generate_ids`."""
-        cfg = SampleConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            stop_at_eot=False, kv_cache=kv_cache,
-        )
-        return generate_ids(self, idx, cfg, generator)

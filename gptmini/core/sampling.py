@@ -10,16 +10,13 @@ tokens fit in ``block_size``; beyond it they crop differently, so the text diffe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from gptmini.core.config import ConfigError
+from gptmini.core.model import GPTMini
 from gptmini.core.tokens import EOT
-
-if TYPE_CHECKING:  # annotations only: gptmini.core.model imports this module (GPTMini.generate)
-    from gptmini.core.model import GPTMini
 
 
 @dataclass
