@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from jsonargparse import set_loader, set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
@@ -43,7 +44,17 @@ class GPTMiniParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        super().error(message + did_you_mean(message, _keys(self)), ex)
+        hint = did_you_mean(message, _keys(self)).strip()
+        message = f"{hint} {message}" if hint else message  # the fix first, then what was wrong
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raises: nothing printed
+        # jsonargparse prints the whole usage first (86 lines for fit), burying the one line that
+        # matters: the error, then where the options are listed.
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = "gptmini " + parser.prog.split()[-1] if " " in parser.prog else "gptmini"
+        print(f"error: {message}", file=sys.stderr)
+        print(f"tip: `{prog} --help` lists every option.", file=sys.stderr, flush=True)
+        self.exit(2)
 
 
 def _keys(parser: Any) -> list[str]:
@@ -67,7 +78,10 @@ class GPTMiniCLI(LightningCLI):
     def before_fit(self) -> None:
         """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
         before_fit.check_writable(self.trainer, self.datamodule)
-        resume.start_run(self, self._args, self.trainer.max_steps)
+        ckpt_path = resume.start_run(self, self._args, self.trainer.max_steps)
+        if rank_zero_only.rank == 0 and ckpt_path and ckpt_path.endswith(".ckpt"):
+            # Before any folder is claimed: a second resume of a live run stops here (one line).
+            run_folder.lock_run(run_folder.run_folder_of(ckpt_path), f"fit --ckpt_path {ckpt_path}")
         before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
         before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
@@ -77,13 +91,21 @@ class GPTMiniCLI(LightningCLI):
 
     def before_validate(self) -> None:
         before_fit.check_writable(self.trainer, self.datamodule)
-        resume.start_run(self, self._args, max_steps=None, need_weights=True)
-        self._claim_log_dir()
+        ckpt_path = resume.start_run(self, self._args, max_steps=None, need_weights=True)
+        # Logs go beside the run the checkpoint belongs to (run/validate/), not into a new run folder.
+        why = run_folder.log_validation_beside(self.trainer, ckpt_path or self.config[self.subcommand].get("init_from"))
+        if why and rank_zero_only.rank == 0:
+            run_folder.claim_version(self.trainer)
+            log_dir = getattr(self.trainer.logger, "log_dir", None)
+            rank_zero_info(f"validate: logging to a new run folder, {log_dir}: {why}.")
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
             run_folder.claim_version(self.trainer)
             run_folder.check_log_dir_free(self.trainer)
+            log_dir = self.trainer.log_dir
+            if log_dir and "://" not in log_dir:  # a live fit's folder: not for another run to resume from
+                run_folder.lock_run(log_dir, f"fit writing {log_dir}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -137,7 +159,7 @@ def main(args: list[str] | None = None) -> int:
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
-    with user_errors():
+    with user_errors(), run_folder.owned_folders():
         return GPTMiniCLI(
             GPTMiniModule,
             GPTMiniData,

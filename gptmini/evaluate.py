@@ -18,16 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from gptmini.core.atomic import write_text
+from gptmini.core.atomic import unwritable, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
 from gptmini.core.evaluate import score_tokens
 from gptmini.core.formats import CACHE_TOKENIZER, TOKEN_DTYPE, TOKEN_FILE_SUFFIX
 from gptmini.core.prepare import has_val_split
-from gptmini.core.sources import VAL_SPLIT, ReadOptions, resolve_sources, stream
+from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources, stream
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths
 from gptmini.core.tokens import TextSeen, encode_to_file, pieces, record_separator
 from gptmini.generate import resolve_device
+
+# The corpus readers' messages name these flags, not fit's data.* settings.
+EVAL_NAMES = SettingNames(data="--data", text_field="--text_field", skip_bad_records="--skip_bad_records", split="--split")
 
 
 def _token_file(path: Path, tok) -> np.ndarray:
@@ -48,17 +51,31 @@ def _token_file(path: Path, tok) -> np.ndarray:
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
 
 
-def _encode_corpus(data, tok, opts: ReadOptions, split: str | None, out: Path, show: bool) -> np.ndarray:
-    """The corpus, tokenized as preparation does (each record ends with the end-of-text token)."""
+def _check_json_path(path: Path) -> None:
+    """--json can be written: refused before the evaluation, not after it."""
+    if path.is_dir():
+        raise ConfigError(f"--json {path} is a folder; give a file name, e.g. {path / 'eval.json'}.")
+    problem = unwritable(path.parent, create=False)
+    if problem:
+        raise ConfigError(
+            f"--json {path} cannot be written ({problem}); give a path in an existing folder this user can write to."
+        )
+
+
+def _encode_corpus(
+    data, tok, opts: ReadOptions, split: str | None, out: Path, show: bool, limit: int | None = None
+) -> np.ndarray:
+    """The corpus, tokenized as preparation does (each record ends with the end-of-text token);
+    with ``limit``, reading stops once that many tokens are encoded."""
     from tqdm.auto import tqdm
 
-    sources = resolve_sources(data)
+    sources = resolve_sources(data, EVAL_NAMES)
     if split is None:  # a dataset's validation split when it has one, else its train split
         split = VAL_SPLIT if has_val_split(sources, opts) else opts.hf_split
     seen = TextSeen()
     with tqdm(desc="gptmini eval: encoding", unit="B", unit_scale=True, file=sys.stderr, disable=not show) as bar:
         texts = itertools.chain.from_iterable(stream(s, opts, split, bar.update) for s in sources)
-        n = encode_to_file(tok, pieces(seen.watch(texts), record_separator(tok)), out)
+        n = encode_to_file(tok, pieces(seen.watch(texts), record_separator(tok)), out, limit)
     if not seen.any or n < 2:
         names = ", ".join(map(str, sources))
         raise ConfigError(f"--data {names} holds no text to score (under --text_field={opts.text_field!r}?).")
@@ -96,28 +113,41 @@ def evaluate(
             windows, as fit's validation).
         batch_size: Windows per forward pass.
         max_tokens: Score only the first max_tokens tokens (null = all). fit's validation with
-            limit_val_batches=L scores L x batch_size x block_size.
+            limit_val_batches=L scores L x batch_size x block_size. Reading the corpus stops once
+            enough tokens are encoded.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
-        json: Also write the figures to this JSON file.
+        json: Also write the figures to this JSON file (its folder must exist and be writable: checked
+            before any work).
         progress: Progress bars on stderr.
         skip_bad_records: Skip records whose text is null, not a string or missing (else an error
             naming the first).
     """
+    # Every setting is checked before the model is loaded or the corpus is read.
     if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ConfigError(f"--batch_size must be >= 1, got {batch_size}.")
     if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens must be >= 1 or null, got {max_tokens}.")
+        raise ConfigError(f"--max_tokens must be >= 1 (or null: every token), got {max_tokens}.")
+    if stride is not None and stride < 1:
+        raise ConfigError(f"--stride must be >= 1 (at most the model's block_size; null = block_size), got {stride}.")
+    if json:
+        _check_json_path(Path(json).expanduser())
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
     block = model.cfg.block_size
+    if stride is not None and stride > block:
+        raise ConfigError(
+            f"--stride must be between 1 and the model's block_size {block} (null = {block}), got {stride}."
+        )
     opts = ReadOptions(
-        text_field=text_field, hf_config=hf_config, hf_split=split or "train", skip_bad_records=skip_bad_records
+        text_field=text_field, hf_config=hf_config, hf_split=split or "train", skip_bad_records=skip_bad_records,
+        names=EVAL_NAMES,
     )
     with tempfile.TemporaryDirectory(prefix="gptmini-eval-") as tmp:
         if isinstance(data, str) and data.endswith(TOKEN_FILE_SUFFIX) and Path(data).expanduser().is_file():
             tokens = _token_file(Path(data).expanduser(), tok)
         else:
-            tokens = _encode_corpus(data, tok, opts, split, Path(tmp) / "tokens.bin", progress)
+            limit = None if max_tokens is None else max_tokens + 1  # + 1: the last target
+            tokens = _encode_corpus(data, tok, opts, split, Path(tmp) / "tokens.bin", progress, limit)
         if max_tokens is not None:
             tokens = tokens[: max_tokens + 1]
         from tqdm.auto import tqdm

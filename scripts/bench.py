@@ -193,6 +193,7 @@ class Bench:
             module.optim_cfg,
             module.schedule_cfg,
         )
+        self.kernel_cfg = module.kernel_cfg  # model.kernels: attention backend, chunked loss head
         self.compile = compile_by_default(module.compile_setting, self.device)  # as the module decides
         self.compile_mode = module.compile_mode
         self.capture = module.capture_setting  # the plain loop captures where the module does
@@ -246,6 +247,9 @@ class Bench:
         after each plain-loop step (scripts/profile_step.py starts its sampler there)."""
         clock = Clock(self.device, self.args.warmup, self.args.window)
         if self.device.type == "cuda":
+            # Initialise CUDA first: in a process that has not touched it yet (profile_step.py)
+            # reset_peak_memory_stats raises "Invalid device argument".
+            torch.cuda.init()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         if path == "lightning":
@@ -258,7 +262,7 @@ class Bench:
             losses = cb.losses
         else:
             seed_everything(self.seed, verbose=False)
-            model = GPTMini(self.model_cfg)
+            model = GPTMini(self.model_cfg, self.kernel_cfg)
             if self.compile:
                 model.compile(mode=self.compile_mode)
             losses = train_plain(

@@ -1,7 +1,12 @@
-"""Generation speed with and without the KV cache (gptmini.core.sampling), random weights.
+"""Generation speed with and without the KV cache (gptmini.core.sampling), random weights or a checkpoint.
 
     python scripts/bench_generate.py                       # tiny and 10m shapes, 256 and 512 new tokens
     python scripts/bench_generate.py --shapes tiny --new-tokens 64 --repeats 1 --json /tmp/gen.json
+    python scripts/bench_generate.py --device cuda --checkpoint runs/10m/version_0/checkpoints/last.ckpt
+
+The cached path is the device's default decode path (CUDA: the decode step replayed from a CUDA
+graph; CPU: the dynamic forward); ``--decode`` adds others to the same alternation (CUDA:
+``dynamic``, the eager cached forward, shows what the graph gives).
 
 Shapes come from the shipped presets (configs/<shape>.yaml: model.arch and data.vocab_size /
 block_size). One sample (batch 1) continues a --prompt-tokens random prompt by exactly N tokens
@@ -28,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gptmini.core.model import GPTMini, ModelConfig  # noqa: E402
-from gptmini.core.sampling import SampleConfig, generate_ids  # noqa: E402
+from gptmini.core.sampling import DECODE_PATHS, SampleConfig, default_decode, generate_ids  # noqa: E402
 
 
 def shape_config(name: str) -> ModelConfig:
@@ -38,14 +43,15 @@ def shape_config(name: str) -> ModelConfig:
     return ModelConfig(vocab_size=cfg["data"]["vocab_size"], block_size=cfg["data"]["block_size"], **arch)
 
 
-def time_one(model: GPTMini, prompt: torch.Tensor, n: int, kv_cache: bool) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) to generate n tokens."""
+def time_one(model: GPTMini, prompt: torch.Tensor, n: int, path: str) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) to generate n tokens along ``path`` (uncached or a decode path)."""
+    kv_cache = path != "uncached"
     cfg = SampleConfig(max_new_tokens=n, stop_at_eot=False, kv_cache=kv_cache, seed=0)
     gen = torch.Generator(device=prompt.device).manual_seed(0)
     if prompt.is_cuda:
         torch.cuda.synchronize()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    out = generate_ids(model, prompt, cfg, gen)
+    out = generate_ids(model, prompt, cfg, gen, decode=path if kv_cache else None)
     if prompt.is_cuda:
         torch.cuda.synchronize()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -61,27 +67,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3, help="rounds; each times both paths once")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared box)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint", help="time this model (a .ckpt or export folder) instead of --shapes")
+    p.add_argument("--decode", nargs="*", default=[], choices=DECODE_PATHS, help="more cached paths to time")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
-    for shape in a.shapes:
+    cached = default_decode(a.device)
+    paths = [cached, *(d for d in a.decode if d != cached), "uncached"]
+    for shape in [a.checkpoint] if a.checkpoint else a.shapes:
         torch.manual_seed(0)
-        cfg = shape_config(shape)
-        model = GPTMini(cfg).to(a.device).eval()
+        if a.checkpoint:
+            from gptmini.core.checkpoint import load_model
+
+            model = load_model(a.checkpoint, map_location=a.device)
+            cfg, shape = model.cfg, "checkpoint"
+        else:
+            cfg = shape_config(shape)
+            model = GPTMini(cfg).to(a.device).eval()
         prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt_tokens), device=a.device)
-        time_one(model, prompt, 8, True)  # warm-up: allocator, kernels
-        time_one(model, prompt, 8, False)
+        for path in paths:  # warm-up: allocator, kernels, the graph's first capture
+            time_one(model, prompt, 8, path)
         for n in a.new_tokens:
-            times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            times: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
             for r in range(a.repeats):
-                for kv in (True, False) if r % 2 == 0 else (False, True):
-                    times[kv].append(time_one(model, prompt, n, kv))
+                for path in paths if r % 2 == 0 else paths[::-1]:
+                    times[path].append(time_one(model, prompt, n, path))
             row = {"shape": shape, "block_size": cfg.block_size, "new_tokens": n, "threads": a.threads,
-                   "device": a.device, "repeats": a.repeats}
-            for kv, name in ((True, "cached"), (False, "uncached")):
-                row[f"{name}_tok_s_cpu"] = n / statistics.median(c for c, _ in times[kv])
-                row[f"{name}_tok_s_wall"] = n / statistics.median(w for _, w in times[kv])
+                   "device": a.device, "repeats": a.repeats, "cached_path": cached}
+            for path in paths:
+                name = {cached: "cached", "uncached": "uncached"}.get(path, path)
+                row[f"{name}_tok_s_cpu"] = n / statistics.median(c for c, _ in times[path])
+                row[f"{name}_tok_s_wall"] = n / statistics.median(w for _, w in times[path])
             row["speedup_cpu"] = row["cached_tok_s_cpu"] / row["uncached_tok_s_cpu"]
             row["speedup_wall"] = row["cached_tok_s_wall"] / row["uncached_tok_s_wall"]
             rows.append(row)

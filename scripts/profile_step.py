@@ -4,8 +4,10 @@
     python scripts/profile_step.py --steps 400 --json /tmp/profile.json -- --set trainer.log_every_n_steps=50
 
 Both paths are built as ``scripts/bench.py`` builds them (its arguments go after ``--``; default:
-``--preset micro``) and sampled with pyinstrument (``pip install pyinstrument``) over the steps
-after the warm-up, in alternating rounds. Why not cProfile: its per-call cost inflates Python-heavy
+``--preset micro``) and sampled with pyinstrument (``pip install pyinstrument``; without it, a
+stdlib sampler thread reading the main thread's stack, coarser: ``--sampler``) over the steps
+after the warm-up, in alternating rounds. On CUDA it times the host: ms per step are where the
+host's time goes, while kernels run behind it (``scripts/bench.py`` gives the step time). Why not cProfile: its per-call cost inflates Python-heavy
 Lightning code far more than the C++ kernels, so its split would mislead. Each sample's stack is
 walked from the outside in and charged to the innermost frame a rule below names: the model,
 backward, AdamW, clipping, scheduler and data loading are the work both paths share; the rest is
@@ -20,6 +22,8 @@ import argparse
 import json
 import statistics
 import sys
+import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -98,6 +102,60 @@ class _Sampler(Callback):
         self.tick()
 
 
+class StackSampler:
+    """A stdlib stand-in for pyinstrument's Profiler: a thread records the main thread's stack every
+    ``interval`` seconds, each sample weighted by the time since the last. ``stop()`` returns an
+    object whose ``frame_records`` are pyinstrument's (frame ids outermost first, seconds), so the
+    rules above read both. Coarser: the sampler needs the GIL, which Python code holds for up to
+    ``sys.getswitchinterval()`` (lowered to ``interval`` while sampling)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.frame_records: list[tuple[list[str], float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._target = threading.main_thread().ident
+
+    def start(self) -> None:
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(max(self.interval, 1e-5))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            frame = sys._current_frames().get(self._target)
+            now = time.perf_counter()
+            stack = []
+            while frame is not None:
+                code = frame.f_code
+                stack.append(f"{code.co_name}\x00{code.co_filename}\x00{frame.f_lineno}")
+                frame = frame.f_back
+            self.frame_records.append((stack[::-1], now - last))
+            last = now
+
+    def stop(self) -> StackSampler:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            sys.setswitchinterval(self._switch)
+        return self
+
+
+def make_profiler(interval: float, kind: str):
+    """pyinstrument's Profiler when ``kind`` is pyinstrument, or auto and it is installed; else ours."""
+    if kind != "stdlib":
+        try:
+            from pyinstrument import Profiler
+
+            return Profiler(interval=interval)
+        except ImportError:
+            if kind == "pyinstrument":
+                raise SystemExit("profile_step: --sampler pyinstrument needs `pip install pyinstrument`.") from None
+    return StackSampler(interval)
+
+
 def _where(frame: str) -> tuple[str, str]:
     func, _, rest = frame.split("\x01", 1)[0].partition("\x00")
     return func, rest.partition("\x00")[0].replace("\\", "/")
@@ -106,11 +164,9 @@ def _where(frame: str) -> tuple[str, str]:
 INCLUSIVE: dict[str, float] = defaultdict(float)  # --top: Lightning/gptmini function -> ms, all runs
 
 
-def profile_run(b: bench.Bench, path: str, interval: float) -> dict[str, float]:
+def profile_run(b: bench.Bench, path: str, interval: float, sampler: str = "auto") -> dict[str, float]:
     """ms per timed step by component, for one run of ``path``."""
-    from pyinstrument import Profiler
-
-    profiler = Profiler(interval=interval)
+    profiler = make_profiler(interval, sampler)
     sampler = _Sampler(profiler, b.args.warmup)
     b.run(path, extra_callback=sampler, on_step_end=sampler.tick)
     session = profiler.stop()
@@ -140,15 +196,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--interval", type=float, default=1e-4, help="pyinstrument sampling interval (s)")
     p.add_argument("--json", help="write the per-component table here")
     p.add_argument(
+        "--sampler",
+        choices=("auto", "pyinstrument", "stdlib"),
+        default="auto",
+        help="auto: pyinstrument when installed, else the stdlib sampler thread",
+    )
+    p.add_argument(
         "--top",
         type=int,
         default=0,
         help="also list the N Lightning/gptmini functions with the most inclusive time",
     )
+    p.add_argument(
+        "--config-shape",
+        action="store_true",
+        help="profile the config's own shape (e.g. 10m on CUDA: where a host-bound step's time goes) "
+        "instead of the micro preset",
+    )
     args = p.parse_args(own)
     bargs = bench.parse_args(
         [
-            "--preset=micro",
+            *([] if args.config_shape else ["--preset=micro"]),
             "--no-mem",
             f"--warmup={args.warmup}",
             f"--steps={args.steps}",
@@ -162,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
     for r in range(args.rounds):
         for path in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
-            runs[path].append(profile_run(b, path, args.interval))
+            runs[path].append(profile_run(b, path, args.interval, args.sampler))
     names = sorted({c for rs in runs.values() for run in rs for c in run})
     table = {
         c: {path: statistics.median(run.get(c, 0.0) for run in rs) for path, rs in runs.items()}
@@ -185,7 +253,16 @@ def main(argv: list[str] | None = None) -> dict:
         for key, ms in sorted(INCLUSIVE.items(), key=lambda kv: -kv[1])[: args.top]:
             print(f"  {ms / args.rounds:8.3f}  {key}")
     print("\n".join(rows))
-    out = {"components": table, "total": total, "own": own_ms, "bench_args": bench_argv}
+    sampler = "stdlib" if isinstance(make_profiler(args.interval, args.sampler), StackSampler) else "pyinstrument"
+    print(f"(sampler: {sampler}; device: {b.device})")
+    out = {
+        "components": table,
+        "total": total,
+        "own": own_ms,
+        "bench_args": bench_argv,
+        "sampler": sampler,
+        "device": str(b.device),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,33 @@ def test_stale_temps_only_those_of_no_live_writer(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_the_temp_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    # Without the file's fsync, a power loss after the rename can leave the new name pointing at
+    # empty or partial data (the rename reaches the disk before the data does).
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+    def named(path):
+        with atomic.atomic_path(path) as tmp:
+            tmp.write_bytes(b"z")
+
+    for write in (lambda p: atomic.write_bytes(p, b"x"), lambda p: atomic.write_text(p, "y"), named):
+        events.clear()
+        write(tmp_path / "out.bin")
+        (moved,) = [where for what, where in events if what == "replace"]
+        assert atomic.is_temp(moved) and Path(moved).parent == tmp_path
+        order = [e for e in events if e[1] in (moved, str(tmp_path))]
+        assert order == [("fsync", moved), ("replace", moved), ("fsync", str(tmp_path))], events

@@ -144,7 +144,7 @@ CASES = {
     "ckpt_path pointing at nothing": (lambda t, c, d: [f"--ckpt_path={t / 'nope.ckpt'}"], "--ckpt_path"),
     "ckpt_path last without a checkpoint": (
         lambda t, c, d: ["--ckpt_path=last", "--trainer.logger.init_args.name=other"],
-        "--ckpt_path last: no last.ckpt found",
+        "--ckpt_path last: no checkpoint found",
     ),
     "corrupt checkpoint": (lambda t, c, d: ["--ckpt_path=last"], "last.ckpt cannot be read"),
 }
@@ -189,14 +189,22 @@ def test_bad_input_fails_fast_and_keeps_files(case, tmp_path, corpus_file, data_
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    # Parse errors: jsonargparse's usage, then "error: ..."; later checks: one "error: ..." line.
-    message = " ".join(err[err.rindex("error: ") :].split())
+    # Parse errors: "error: ..." (the did-you-mean first; jsonargparse's details indented below it)
+    # and one tip, no usage; later checks: one "error: ..." line.
+    lines = err[err.index("error: ") :].splitlines()
+    message = " ".join(err[err.index("error: ") :].split("\ntip: ")[0].split())
     assert expected in message, message
-    if case not in PARSE_ERRORS:
+    if case in PARSE_ERRORS:
+        assert lines[-1] == "tip: `gptmini fit --help` lists every option.", err
+        assert "usage:" not in err and err.count("error: ") == 1, err
+        if "Did you mean" in expected:
+            assert lines[0].startswith(f"error: {expected}") and len(lines) == 2, err
+    else:
         assert [line for line in err.splitlines() if "error" in line.lower()] == [message], err
     print(f"\n{case}: {message}")
 
     assert snapshot(old, data_cache) == before
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["version_0"]  # none claimed, or removed
     assert [p for p in tmp_path.rglob("*.ckpt") if p != old / "checkpoints" / "last.ckpt"] == []
 
 
@@ -214,6 +222,19 @@ def test_user_error_is_one_line_and_exit_2_in_a_real_process(tmp_path, corpus_fi
         "the divisors of n_embd."
     ], proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_misspelled_key_in_a_config_is_two_lines_in_a_real_process(tmp_path, corpus_file, data_cache):
+    args = tiny_cli_args(tmp_path, corpus_file, data_cache) + ["--config", write(tmp_path / "typo.yaml", TYPO)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: Did you mean trainer.max_steps? Subcommand 'fit' does not accept option 'trainer.max_step'",
+        "tip: `gptmini fit --help` lists every option.",
+    ], proc.stderr
 
 
 def test_traceback_switch_shows_the_exception(tmp_path, corpus_file, data_cache, monkeypatch):

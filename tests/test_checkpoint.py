@@ -81,7 +81,9 @@ def test_export_folder_round_trip(tmp_path, tiny_model_cfg, tiny_data):
     ckpt = tmp_path / "m.ckpt"
     ref = _fake_ckpt(ckpt, tiny_model_cfg, compiled=True)  # _orig_mod. keys must not reach the export
     out = export_model(ckpt, tmp_path / "export", tokenizer=tiny_data.tokenizer_path)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "modeling_gptmini.py", "tokenizer.json"
+    ]
     with safe_open(out / "model.safetensors", "pt") as f:
         keys = set(f.keys())
     tied = {"tok_emb.weight", "lm_head.weight"}

@@ -116,3 +116,56 @@ def test_print_config_shows_linked_values(capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     assert "vocab_size: 2048" in out and "warmup_steps:" in out
+
+
+def test_a_second_resume_of_a_live_run_is_refused_and_a_dead_ones_lock_is_not(
+    fitted_run, tmp_path, corpus_file, data_cache
+):
+    """Two `fit --ckpt_path last` of one run: while the first lives (paused after a step), the second
+    is refused in one line; once the first is SIGKILLed, its stale run.lock does not block a third,
+    which resumes where the run stopped and shows gptmini's bar (total and ETA), not `Training: 7/?`."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import cli_env, tiny_cli_args
+    from test_resume import REPO, run_subprocess, wait_for
+
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "version_0").symlink_to(fitted_run, target_is_directory=True)
+    lock = fitted_run / "run.lock"
+    marker = tmp_path / "paused"
+    pause = {"class_path": "fault_injection.InjectFault", "init_args": {"at_step": 6, "kind": "pause", "marker": str(marker)}}
+    resume = tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps=8) + ["--ckpt_path=last"]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "gptmini.cli", *resume, f"--trainer.callbacks=[{json.dumps(pause)}]"],
+            cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for(marker.exists, first, log)
+        assert json.loads(lock.read_text())["pid"] == first.pid
+        second = run_subprocess(resume)
+        assert second.returncode == 2, second.stderr[-3000:]
+        (line,) = [x for x in second.stderr.splitlines() if "error" in x.lower()]
+        assert line.startswith(f"error: {tmp_path / 'runs' / 'tiny' / 'version_0'} is in use by a running process "
+                               f"(pid {first.pid} on ")
+        assert "Traceback" not in second.stderr and sorted(os.listdir(tmp_path / "runs" / "tiny"))[1:] == ["version_1"]
+        os.killpg(first.pid, signal.SIGKILL)
+        assert first.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert json.loads(lock.read_text())["pid"] == first.pid  # left behind by the kill
+
+    third = run_subprocess(resume + ["--trainer.callbacks=[]", "--trainer.enable_progress_bar=true"])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"--ckpt_path last: {tmp_path / 'runs' / 'tiny' / 'version_0' / 'checkpoints' / 'last.ckpt'} (step 6)" in third.stderr
+    bar = third.stdout.replace("\r", "\n")  # Lightning's bars write to stdout
+    # From step 6 of 8, with a rate and ETA; Lightning's own bar would count `Training: 7/?`.
+    assert "train:  75%" in bar and "6/8 [" in bar and "8/8 [" in bar and "<00:00" in bar, bar[-2000:]
+    assert all(" 0/" in x for x in bar.splitlines() if "Training" in x), bar[-2000:]  # only as created
+    assert not lock.exists()  # the third run's lock (it took over the stale one), released at its end

@@ -209,6 +209,32 @@ def test_cache_key_follows_a_file_rewritten_to_the_same_size(tmp_path):
     assert make(str(path), tmp_path).cache_key() != key
 
 
+def test_a_source_rewritten_to_the_same_size_during_preparation_is_caught(tmp_path, monkeypatch):
+    # The check after preparation compares the content key (size and mtime), not the size alone.
+    import os
+
+    import gptmini.train.datamodule as dm_mod
+    from gptmini.core.config import ConfigError
+
+    path = tmp_path / "x.txt"
+    path.write_text("the cat sat\n" * 400)
+    real = dm_mod.prepare_tokens
+
+    def prepare_while_rewriting(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        before = path.stat()
+        path.write_text("the dog ran\n" * 400)  # another process rewrites it: same size
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # coarse clocks: 1 s later
+        assert path.stat().st_size == before.st_size
+        return meta
+
+    monkeypatch.setattr(dm_mod, "prepare_tokens", prepare_while_rewriting)
+    with pytest.raises(ConfigError, match=f"changed while it was being prepared: {re.escape(str(path))} "
+                       r"\(modified, same size\)"):
+        make(str(path), tmp_path).prepare_data()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing kept
+
+
 def test_cache_key_follows_content_and_settings(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", RECORDS)
     key = make(str(path), tmp_path).cache_key()
@@ -345,3 +371,72 @@ def test_cli_fit_on_a_saved_dataset(tmp_path, corpus_file, capfd, no_attribute_d
     (meta,) = cache.glob("*/meta.json")
     assert json.loads(meta.read_text())["val_from"] == "validation split"
     assert list((tmp_path / "runs").glob("tiny/version_0/checkpoints/last.ckpt"))
+
+
+# -- a damaged compressed corpus: one rule for every format and command ---------------------------
+def damaged(path: Path, damage: str) -> Path:
+    """``path`` (a .txt.gz, .jsonl.gz or .parquet) holding RECORDS, damaged as a failed download or
+    a bad disk does."""
+    if path.suffix == ".parquet":
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": RECORDS}), path, row_group_size=60)
+        data = bytearray(path.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 3 : len(data) // 3 + 200] = bytes(200)
+        path.write_bytes(bytes(data))
+        return path
+    body = "".join(json.dumps({"text": r}) + "\n" for r in RECORDS) if ".jsonl" in path.name else "".join(RECORDS)
+    data = bytearray(gzip.compress(body.encode()))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "not gzip":
+        data = bytearray(body.encode())
+    else:  # corrupt: the deflate stream's first bytes flipped
+        data[12] ^= 0xFF
+        data[13] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+WHY = {"truncated": "is truncated (the compressed data ends", "not gzip": "is not a valid gzip file", "corrupt": "is corrupt ("}
+DAMAGED = [(n, d) for n in ("x.jsonl.gz", "x.txt.gz") for d in WHY] + [("x.parquet", "truncated"), ("x.parquet", "corrupt")]
+
+
+@pytest.mark.parametrize("name, damage", DAMAGED)
+def test_damaged_compressed_corpus_is_one_error_naming_the_file_and_how_far(tmp_path, name, damage):
+    from gptmini.core.config import ConfigError
+
+    path = damaged(tmp_path / name, damage)
+    with pytest.raises(ConfigError) as info:
+        make(str(path), tmp_path).prepare_data()
+    msg = str(info.value)
+    if name.endswith(".parquet"):  # pyarrow names no truncation: the footer or a page is unreadable
+        assert msg.startswith(f"corpus file {path} is corrupt ("), msg
+        assert "its footer (the table of contents) cannot be read" in msg or re.search(r"after [\d,]+ of its 240 rows", msg)
+    else:
+        assert msg.startswith(f"corpus file {path} {WHY[damage]}"), msg
+        far = int(re.search(r"reading stopped after ([\d,]+) bytes of text", msg).group(1).replace(",", ""))
+        assert (far > 0) == (damage == "truncated"), msg  # a truncated file gave part of its text
+    assert msg.endswith("or drop it from data.data.")
+    assert list((tmp_path / "cache").iterdir()) == []  # no cache entry, no temp folder
+
+
+def test_fit_on_a_truncated_jsonl_gz_is_one_line_exit_2(tmp_path, corpus_file, capsys, no_attribute_docstrings):
+    from conftest import tiny_cli_args
+
+    from gptmini.cli import main
+
+    path = damaged(tmp_path / "x.jsonl.gz", "truncated")
+    cache = tmp_path / "cache"
+    args = [a for a in tiny_cli_args(tmp_path, corpus_file, cache) if not a.startswith("--data.data=")]
+    with pytest.raises(SystemExit) as info:
+        main([*args, f"--data.data={path}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "error" in x.lower()]
+    assert line.startswith(f"error: corpus file {path} is truncated") and line.endswith("data.data."), err
+    assert not cache.exists() or list(cache.iterdir()) == []

@@ -113,3 +113,85 @@ def test_eval_reads_a_saved_datasets_validation_split(fitted_run, tmp_path):
     assert by_default["bytes"] < sum(len(t) for t in val)  # the validation split, not train's ~4 KB
     on_train = evaluate(ckpt, data=str(tmp_path / "ds"), split="train", device="cpu", progress=False)
     assert on_train["bytes"] > sum(len(t) for t in val)
+
+
+# -- refusals: one line, exit 2, before any work; eval's own flag names ---------------------------
+def test_eval_refuses_bad_settings_before_any_work(fitted_run, tmp_path, capsys, monkeypatch):
+    import gptmini.evaluate as eval_mod
+    from gptmini.commands import main
+
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    corpus = tmp_path / "x.jsonl"
+    corpus.write_text(json.dumps({"text": "ROMEO: hello."}) + "\n")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "x.json").mkdir()  # a folder where the file should go
+    real_load = eval_mod.load_model_and_tokenizer
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    def no_read(*a, **k):
+        raise AssertionError("the corpus was read before the settings were checked")
+
+    cases = [
+        (["--stride=0"], no_load, "error: --stride must be >= 1"),
+        (["--stride=-3"], no_load, "error: --stride must be >= 1"),
+        (["--max_tokens=0"], no_load, "error: --max_tokens must be >= 1"),
+        ([f"--json={tmp_path / 'missing' / 'x.json'}"], no_load, f"error: --json {tmp_path / 'missing' / 'x.json'} cannot be written"),
+        ([f"--json={tmp_path / 'ro' / 'x.json'}"], no_load, f"error: --json {tmp_path / 'ro' / 'x.json'} is a folder"),
+        ([f"--stride={TINY_BLOCK + 1}"], real_load, f"error: --stride must be between 1 and the model's block_size {TINY_BLOCK}"),
+    ]
+    monkeypatch.setattr(eval_mod, "_encode_corpus", no_read)
+    for extra, load, expected in cases:
+        monkeypatch.setattr(eval_mod, "load_model_and_tokenizer", load)
+        with pytest.raises(SystemExit) as e:
+            main(["eval", ckpt, f"--data={corpus}", "--progress=false", *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, (extra, err)
+
+
+def test_eval_messages_name_its_own_flags(fitted_run, tmp_path):
+    from gptmini.core.config import ConfigError
+
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    corpus = tmp_path / "x.jsonl"
+    corpus.write_text(json.dumps({"body": "ROMEO: hello."}) + "\n")
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text(json.dumps({"text": "ROMEO: hello."}) + "\n" + json.dumps({"text": None}) + "\n")
+    for kwargs, expected in [
+        ({"data": str(tmp_path / "missing.txt")}, "--data path"),
+        ({"data": str(corpus)}, "--text_field='text' (found: ['body']); set --text_field"),
+        ({"data": str(nulls)}, "--text_field='text' holds null, not a string of text; fix or drop that record, or set --skip_bad_records=true"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            evaluate(ckpt, device="cpu", progress=False, **kwargs)
+        assert expected in str(info.value) and "data." not in str(info.value).replace(str(tmp_path), ""), str(info.value)
+
+
+def test_eval_max_tokens_stops_reading_once_it_has_enough(fitted_run, tmp_path, monkeypatch):
+    import gptmini.core.tokens as tokens_mod
+
+    monkeypatch.setattr(tokens_mod, "PIECES_PER_BATCH", 1)  # ~16 KB read per batch
+    lines = [json.dumps({"text": f"ROMEO: speak again, bright angel, line {i}."}) + "\n" for i in range(4000)]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(lines))  # ~220 KB
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(lines[:2000]) + "this line is not JSON\n" + "".join(lines[2000:]))
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="broken.jsonl:2001 is not valid JSON"):
+        evaluate(ckpt, data=str(broken), device="cpu", progress=False)  # all of it: the bad line is read
+    a = evaluate(ckpt, data=str(broken), max_tokens=300, device="cpu", progress=False)  # stops before it
+    b = evaluate(ckpt, data=str(clean), max_tokens=300, device="cpu", progress=False)
+    assert a["tokens"] == b["tokens"] == 300 and a["loss"] == b["loss"]
+
+
+def test_eval_on_a_damaged_gz_is_one_line_naming_its_flag(fitted_run, tmp_path):
+    from test_corpora import damaged
+
+    path = damaged(tmp_path / "talk.jsonl.gz", "truncated")
+    exe = Path(sys.executable).with_name("gptmini")
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    res = subprocess.run([str(exe), "eval", ckpt, f"--data={path}"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if "error" in x.lower()]
+    assert line.startswith(f"error: corpus file {path} is truncated") and line.endswith("or drop it from --data."), line

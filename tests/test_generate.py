@@ -105,6 +105,34 @@ def test_kv_cache_gives_the_uncached_tokens(model_and_tok, settings):
     assert runs[0][0].tolist() != runs[0][1].tolist() or settings["temperature"] == 0
 
 
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, {"temperature": 1.0, "top_k": 20}])
+def test_static_decode_step_gives_the_dynamic_and_uncached_tokens(model_and_tok, settings):
+    """The step that CUDA captures in a graph (GPTMini.decode_step), run eagerly: the same tokens as
+    the dynamic cache and no cache within the context, and as the dynamic cache past it (both
+    restart the cache from the latest half context)."""
+    model, tok = model_and_tok
+    ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
+    prompt = torch.tensor([ids] * 2)
+
+    def run(n: int, kv: bool, decode: str | None) -> torch.Tensor:
+        cfg = sampling.SampleConfig(n, kv_cache=kv, seed=4, stop_at_eot=False, **settings)
+        return sampling.generate_ids(model, prompt, cfg, torch.Generator().manual_seed(4), decode=decode)
+
+    n_fit = model.cfg.block_size - len(ids)
+    static = run(n_fit, True, "static")
+    assert torch.equal(static, run(n_fit, True, "dynamic"))
+    assert torch.equal(static, run(n_fit, False, None))
+    n_past = 2 * model.cfg.block_size  # two cache restarts
+    assert torch.equal(run(n_past, True, "static"), run(n_past, True, "dynamic"))
+
+
+def test_the_captured_decode_path_is_chosen_on_cuda_only():
+    assert sampling.default_decode("cpu") == "dynamic"
+    assert sampling.default_decode(torch.device("cuda", 0)) == "cuda-graph"
+    with pytest.raises(ValueError, match="decode path"):
+        sampling.Decoder(None, None, "graph")
+
+
 def test_kv_cache_continues_rope_positions(model_and_tok):
     model, _ = model_and_tok
     idx = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.block_size))

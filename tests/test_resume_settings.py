@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import attribute_docstrings_off, tiny_cli_args
+from test_resume import run_subprocess
 
 from gptmini.cli import main
 from gptmini.core.checkpoint import model_state_dict, read_checkpoint
@@ -108,13 +109,33 @@ def test_resume_refuses_every_differing_value_the_user_gave(base, corpus_file, d
     # A max_steps the checkpoint has already reached leaves nothing to train.
     line = fail(args(base["root"], corpus_file, data_cache) + [f"--ckpt_path={ckpt}"], capsys)
     assert f"is at step {BASE_STEPS}, and trainer.max_steps is {BASE_STEPS}: nothing left" in line
-    # `validate` with the checkpoint: the same rule.
-    line = fail(
-        ["validate", *args(base["root"], corpus_file, data_cache)[1:], f"--ckpt_path={ckpt}", given[0]],
-        capsys,
-    )
-    assert "1 differ: model.optim.lr: checkpoint 0.002, given 1e-05" in line
     assert sorted(p.name for p in (base["root"] / "runs" / "tiny").iterdir()) == versions
+
+
+def test_validate_compares_only_what_changes_its_result(base, corpus_file, data_cache, capsys):
+    """validate takes the checkpoint's settings; only a given model shape or data setting that
+    differs is refused (in validate's words); its logs go beside the run, not into a new run folder."""
+    runs = base["root"] / "runs" / "tiny"
+    versions = sorted(p.name for p in runs.iterdir())
+    argv = ["validate", *args(base["root"], corpus_file, data_cache)[1:], "--ckpt_path=last"]
+    # The schedule and the optimizer cannot change a validation (warmup 3 and lr 2e-3 trained);
+    # mlp_ratio, not given, is the checkpoint's 2 (the default 4 would not load).
+    proc = run_subprocess(argv + ["--model.schedule.warmup_steps=2", "--model.optim.lr=1e-5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/loss" in proc.stdout
+    main(argv)  # validating again: the same folder
+    assert sorted(p.name for p in runs.iterdir()) == versions
+    logged = base["run"] / "validate"
+    assert len(list(logged.glob("events.out.tfevents.*"))) == 2
+    assert yaml.safe_load((logged / "config.yaml").read_text())["model"]["schedule"]["warmup_steps"] == 3
+    assert not (base["run"] / "run.lock").exists()
+
+    line = fail(argv + ["--model.arch.n_embd=64", "--data.val_fraction=0.2", "--model.optim.lr=1"], capsys)
+    assert line.startswith(f"error: validate --ckpt_path {base['ckpt']} scores the checkpoint on the model "
+                           "and data it was trained with, but 2 given setting(s) differ: ")
+    assert "model.arch.n_embd: checkpoint 32, given 64; data.val_fraction: checkpoint 0.1, given 0.2." in line
+    assert f"gptmini eval {base['ckpt']} --data FILE" in line and "resumes" not in line
+    assert sorted(p.name for p in runs.iterdir()) == versions
 
 
 @pytest.mark.parametrize("ckpt_path", ["file", "last"])

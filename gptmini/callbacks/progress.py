@@ -81,6 +81,11 @@ class LossProgressBar(TQDMProgressBar):
         total = trainer.estimated_stepping_batches
         return int(total) if total != float("inf") else None
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # A run resumed mid-epoch gets no on_train_epoch_start from Lightning: set the bar up here.
+        self.on_train_epoch_start(trainer)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
         if self._total is not None or self.is_disabled:  # set once: the bar spans the run, not an epoch
             return

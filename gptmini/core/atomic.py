@@ -81,6 +81,24 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def unwritable(folder: str | Path, create: bool = True) -> str | None:
+    """Why no file can be created in ``folder`` (created first when ``create``), or None. Root
+    ignores permission bits, so the probe really creates (and removes) a file."""
+    folder = Path(folder)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            return f"no folder {folder}"
+        probe = temp_path(folder / "write-probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as e:  # the folder, not the probe's own name, is what the user knows
+        where = folder if e.filename is None or Path(e.filename).name.startswith(".write-probe") else e.filename
+        return f"{e.strerror or type(e).__name__}: {where}"
+    return None
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -194,8 +212,9 @@ def _alive(pid: int) -> bool:
 
 
 def stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
-    """Temp files in ``folder`` no live writer owns: this host's with a dead pid, or untouched for
-    :data:`STALE_AFTER_S` (another host's on shared storage, or a reused pid)."""
+    """Temp files (and temp folders: an export is written as one) in ``folder`` no live writer owns:
+    this host's with a dead pid, or untouched for :data:`STALE_AFTER_S` (another host's on shared
+    storage, or a reused pid)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -203,7 +222,7 @@ def stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
     host, out = _host(), []
     for p in folder.iterdir():
         m = _TEMP.fullmatch(p.name)
-        if m is None or not p.is_file():
+        if m is None or not (p.is_file() or p.is_dir()) or p.is_symlink():
             continue
         pid = int(m.group("pid"))
         try:
@@ -221,15 +240,46 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     removed = []
     for p in stale_temps(folder):
         try:
-            p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed.append(p)
         except FileNotFoundError:
             pass
     return removed
 
 
+def write_errno(e: BaseException) -> int | None:
+    """The errno of a failed write: an ``OSError``'s, or the ``(os error N)`` that Rust writers
+    (safetensors, tokenizers) put in their messages; None when there is none."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def swap_in_folder(tmp: str | Path, final: str | Path) -> None:
+    """Put the finished folder ``tmp`` (beside ``final``) at ``final``: a rename when ``final`` is
+    missing or empty; else the old folder is renamed away first and deleted after."""
+    tmp, final = Path(tmp), Path(final)
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        old = temp_path(final)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
 
 
 class DiskFullError(OSError):
@@ -246,6 +296,7 @@ class DiskFullError(OSError):
         self.path, self.needed, self.free = Path(path), needed, free
         self.last_intact: str | None = None
         self.resume: str | None = None
+        self.elsewhere = "set trainer.logger.init_args.save_dir elsewhere"  # the other way out
 
     def __str__(self) -> str:
         where = self.path.parent
@@ -263,4 +314,4 @@ class DiskFullError(OSError):
         else:
             then = "run again."
         # No full stop after the command: it is copied as is.
-        return f"{text}. Free space there (or set trainer.logger.init_args.save_dir elsewhere), then {then}"
+        return f"{text}. Free space there (or {self.elsewhere}), then {then}"

@@ -137,28 +137,33 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(version, int) or version > CKPT_FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {version!r}, newer than this gptmini reads "
-            f"({CKPT_FORMAT_VERSION}); upgrade gptmini (pip install -U gptmini) to load it."
+            f"({CKPT_FORMAT_VERSION}); upgrade gptmini to load it (`git pull` in its clone, then `pip install ./gptmini`)."
         )
     return ckpt
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a readable gptmini checkpoint (a short reason), or None when it is.
+    """Why ``path`` is not a readable gptmini checkpoint (a short reason), or None when it is."""
+    return peek_checkpoint(path)[1]
 
-    Memory-mapped: reads the archive's index and the pickled structure, not the tensor data, so
-    probing many files (``--ckpt_path last`` falling back past a damaged one) stays cheap.
+
+def peek_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(checkpoint, None)`` when ``path`` is a readable gptmini checkpoint, else ``(None, why)``.
+
+    Memory-mapped: reads the archive's index and the pickled structure (``global_step`` and the
+    like), not the tensor data, so probing many files (``--ckpt_path last``) stays cheap.
     """
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     if not zipfile.is_zipfile(path):  # torch.save's format: a zip whose index is at the end
-        return f"{size} bytes, truncated or corrupt: not a complete torch.save archive"
+        return None, f"{size} bytes, truncated or corrupt: not a complete torch.save archive"
     try:
         ckpt = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch.load raises many types on bad bytes
         text = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
-        return f"{size} bytes, truncated or corrupt: {text}"
+        return None, f"{size} bytes, truncated or corrupt: {text}"
     if not isinstance(ckpt, dict) or CKPT_STATE_DICT not in ckpt:
-        return f"no {CKPT_STATE_DICT}, not a gptmini checkpoint"
-    return None
+        return None, f"no {CKPT_STATE_DICT}, not a gptmini checkpoint"
+    return ckpt, None
 
 
 def clean_key(key: str) -> str:

@@ -102,4 +102,5 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "README.md"  # the model card (gptmini.core.model_card)
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, CARD_FILE)
+MODEL_CODE_FILE = "modeling_gptmini.py"  # the model's own code (gptmini.core.model_code)
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, CARD_FILE, MODEL_CODE_FILE)

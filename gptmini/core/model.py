@@ -20,15 +20,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptmini.core.config import (
     ConfigError,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     VocabSize,
     check_fields,
 )
+from gptmini.core.losshead import linear_cross_entropy
 
 
 @dataclass
@@ -72,6 +75,40 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
+# model.kernels.attention names -> torch's SDPA backends (torch.nn.attention.sdpa_kernel).
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
+@dataclass
+class KernelConfig:
+    """How the model's math runs on the device: the same function, other kernels (scripts/bench.py
+    measures each; docs/performance.md has the figures). Not part of the architecture: checkpoints
+    and exports load without it."""
+
+    attention: str | None = None
+    """SDPA backend for training's causal attention: flash, efficient, cudnn or math (CUDA; math also
+    on CPU); null lets torch choose (flash for bf16 on recent GPUs)."""
+    loss_chunk_tokens: NonNegativeInt = 0
+    """0: the plain head (the (B, T, V) logits are kept for backward); N > 0: a chunked linear +
+    cross-entropy over N tokens at a time that keeps no logits (gptmini.core.losshead). Training
+    only: with no autograd (validation, sampling) the plain head runs."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.kernels")
+        if self.attention is not None and self.attention not in SDPA_BACKENDS:
+            raise ConfigError(
+                f"model.kernels.attention is {self.attention!r}; use one of {sorted(SDPA_BACKENDS)} or null."
+            )
+
+    def sdpa_backends(self) -> list[SDPBackend] | None:
+        return None if self.attention is None else [SDPA_BACKENDS[self.attention]]
+
+
 def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape (length, head_dim // 2) for rotary embeddings."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -110,11 +147,22 @@ class KVCache:
         end = self.pos + T
         assert end <= self.block_size, "the caller must reset a full cache"
         if self.k[layer] is None:
-            self.k[layer] = k.new_empty(B, H, self.block_size, hd)
-            self.v[layer] = v.new_empty(B, H, self.block_size, hd)
+            # Zeros, not empty: the static decode step (GPTMini.decode_step) reads the whole buffer
+            # and masks what is not filled yet; a masked NaN would still poison the sum.
+            self.k[layer] = k.new_zeros(B, H, self.block_size, hd)
+            self.v[layer] = v.new_zeros(B, H, self.block_size, hd)
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, end, hd)
+
+    def write_at(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's k, v (B, H, 1, hd) at ``pos`` (a (1,) device tensor, no host read);
+        the whole buffers (B, H, block_size, hd). The buffers exist already (the prompt filled them)."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
@@ -124,6 +172,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.proj.is_residual_proj = True  # scaled init, see GPTMini._init_weights
+        self.sdpa_backends: list[SDPBackend] | None = None  # KernelConfig.attention; None: torch's choice
 
     def forward(
         self,
@@ -132,6 +181,7 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -139,8 +189,15 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:  # training and uncached sampling
+        if cache is None and self.sdpa_backends is None:  # training and uncached sampling
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        elif cache is None:  # a chosen backend (dynamo traces sdpa_kernel since torch 2.5)
+            with sdpa_kernel(self.sdpa_backends):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif at is not None:  # GPTMini.decode_step: one token at a device-side position
+            pos, visible = at
+            k, v = cache.write_at(layer, k, v, pos)  # (B, H, block_size, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)  # positions <= pos only
         else:
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, H, start + T, hd)
@@ -182,8 +239,9 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cos, sin, cache, layer)  # (B, T, C)
+        x = x + self.attn(self.norm_attn(x), cos, sin, cache, layer, at)  # (B, T, C)
         x = x + self.mlp(self.norm_mlp(x))  # (B, T, C)
         return x
 
@@ -194,7 +252,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 class GPTMini(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -207,6 +265,13 @@ class GPTMini(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        self.set_kernels(kernels or KernelConfig())
+
+    def set_kernels(self, kernels: KernelConfig) -> None:
+        """Choose the attention backend and the loss head (same results, other kernels)."""
+        self.kernels = kernels
+        for block in self.blocks:
+            block.attn.sdpa_backends = kernels.sdpa_backends()
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.cfg.init_std
@@ -231,8 +296,11 @@ class GPTMini(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean CE loss.
+
+        With ``kernels.loss_chunk_tokens`` and autograd on, the loss comes from the chunked head
+        and the logits are None: training never materialises them (callers with targets drop them).
 
         With a ``cache``, idx holds only the positions after the ``cache.pos`` already cached (RoPE
         continues from there), the cache is extended by T, and logits are for the last position
@@ -253,9 +321,29 @@ class GPTMini(nn.Module):
             cache.pos += T
             x = x[:, -1:]  # (B, 1, C)
         x = self.norm_out(x)  # (B, T, C)
+        chunk = self.kernels.loss_chunk_tokens
+        if targets is not None and chunk and torch.is_grad_enabled():
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             # Under autocast cross_entropy runs in fp32 by itself; no explicit upcast copy needed.
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def decode_step(self, tok: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Last-position logits (B, V) for one new token per row, tok (B, 1), at position ``pos`` (a
+        (1,) long tensor on the model's device); its keys/values go into ``cache`` (positions before
+        ``pos`` filled by a cached ``forward`` first). ``cache.pos`` is the caller's to advance.
+
+        The same numbers as ``forward(tok, cache=cache)`` up to float rounding, but with static shapes
+        and no host reads: attention runs over the whole cache buffer with the positions after
+        ``pos`` masked, so one CUDA graph captured once replays every step (gptmini.core.sampling).
+        """
+        x = self.tok_emb(tok)  # (B, 1, C)
+        cos, sin = self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos)  # (1, hd/2)
+        visible = torch.arange(self.cfg.block_size, device=pos.device) <= pos  # (block_size,)
+        at = (pos, visible[None, None, None, :])  # mask (1, 1, 1, block_size)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, layer, at)  # (B, 1, C)
+        return self.lm_head(self.norm_out(x))[:, -1]  # (B, V)

@@ -13,10 +13,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gptmini.core.formats import CKPT_RUN_CONFIG, CKPT_RUN_STATE, CKPT_STEP
+from gptmini.core.formats import CKPT_RUN_CONFIG, CKPT_RUN_STATE, CKPT_STEP, MODEL_CODE_FILE
 from gptmini.core.sources import default_corpus
 
 NOT_RECORDED = "not recorded"
+# gptmini is installed from its source: "gptmini" on the public package index is not this project.
+INSTALL = (
+    "installed from its source, not from PyPI, whose `gptmini` is another project: clone gptmini's git "
+    "repository, then `pip install ./gptmini`"
+)
 
 
 def _corpus_notice() -> str:
@@ -116,7 +121,7 @@ def model_card(
         "",
         "## Load it",
         "",
-        "With gptmini (`pip install gptmini`, or its source):",
+        f"With gptmini ({INSTALL}):",
         "",
         "```bash",
         f'gptmini generate {name} --prompt "ROMEO:"',
@@ -129,17 +134,20 @@ def model_card(
         f'model, tok = load_model_and_tokenizer("{name}")',
         "```",
         "",
-        "With only safetensors, tokenizers and the model code (`gptmini/core/model.py`, which",
-        "needs `gptmini/core/config.py`): no Lightning, no gptmini loader.",
+        f"With torch, safetensors and tokenizers alone (`pip install torch safetensors tokenizers`): the folder "
+        f"carries the model's code, `{MODEL_CODE_FILE}` (generated from gptmini/core/model.py; no "
+        f"gptmini, no Lightning). From the folder's parent:",
         "",
         "```python",
         "import json",
+        "import sys",
         "",
         "import torch",
         "from safetensors.torch import load_model",
         "from tokenizers import Tokenizer",
         "",
-        "from gptmini.core.model import GPTMini, ModelConfig",
+        f'sys.path.insert(0, "{name}")  # the folder: its {MODEL_CODE_FILE}',
+        f"from {Path(MODEL_CODE_FILE).stem} import GPTMini, ModelConfig",
         "",
         f'model = GPTMini(ModelConfig(**json.load(open("{name}/config.json"))))',
         f'load_model(model, "{name}/model.safetensors")  # restores the shared embedding/head matrix',

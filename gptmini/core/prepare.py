@@ -104,7 +104,7 @@ def prepare_tokens(
     seen = TextSeen()
 
     text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
-    bad = BadRecords(opts.skip_bad_records)
+    bad = BadRecords(opts.skip_bad_records, opts.names)
 
     def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
         with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
@@ -123,13 +123,14 @@ def prepare_tokens(
         n_val = int(n * val_fraction)
         n_train = n - n_val
     if not seen.any:
+        names = opts.names
         field = (
-            f" under data.text_field={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
+            f" under {names.text_field}={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
         )
-        skipped = f" ({bad.count} record(s) skipped by data.skip_bad_records)" if bad.count else ""
+        skipped = f" ({bad.count} record(s) skipped by {names.skip_bad_records})" if bad.count else ""
         raise ConfigError(
-            f"corpus is empty: data.data ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
-            f"point data.data at files with text (or null for the embedded corpus)."
+            f"corpus is empty: {names.data} ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
+            f"point {names.data} at files with text (or null for the embedded corpus)."
         )
     need = block_size + 1
     if n_train < need or n_val < need:

@@ -5,18 +5,29 @@ Past ``block_size`` tokens the context is cropped, never an error: the uncached 
 from the last ``block_size // 2`` tokens (one re-read of half a context per half a context generated,
 instead of a full context per token). The two paths give the same tokens as long as prompt + new
 tokens fit in ``block_size``; beyond it they crop differently, so the text differs from there on.
+
+Each cached new token is one of three decode paths, the same numbers up to float rounding
+(:data:`DECODE_PATHS`; :func:`default_decode` picks): ``dynamic`` (``GPTMini.forward`` with the cache:
+attention over the filled positions only; CPU), ``static`` (``GPTMini.decode_step``: static shapes,
+the position a device tensor) and ``cuda-graph`` (that step captured once per call in a CUDA graph and
+replayed per token; CUDA). At batch 1 a token is ~100 tiny kernels: eagerly the host's launches are
+the step time, replayed they are one launch. Why not ``torch.compile(mode="reduce-overhead")``: it
+would recompile per shape and take tens of seconds before the first token of a ``gptmini generate``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from gptmini.core.config import ConfigError
-from gptmini.core.model import GPTMini
+from gptmini.core.model import GPTMini, KVCache
 from gptmini.core.tokens import EOT
+
+DECODE_PATHS = ("dynamic", "static", "cuda-graph")
 
 
 @dataclass
@@ -87,6 +98,59 @@ def next_token(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generat
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
+def default_decode(device: torch.device | str) -> str:
+    """The decode path for a device: the CUDA graph on CUDA, the dynamic forward elsewhere."""
+    return "cuda-graph" if torch.device(device).type == "cuda" else "dynamic"
+
+
+class Decoder:
+    """One cached new token per call: logits (B, V) for tok (B, 1) at ``cache.pos``, which it advances."""
+
+    def __init__(self, model: GPTMini, cache: KVCache, path: str) -> None:
+        if path not in DECODE_PATHS:
+            raise ValueError(f"decode path {path!r}: use one of {DECODE_PATHS}.")
+        self.model, self.cache, self.path = model, cache, path
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.tok = self.pos = self.out = None  # the static step's inputs and output
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        if self.path == "dynamic":
+            return self.model(tok, cache=self.cache)[0][:, -1]  # forward advances cache.pos
+        if self.tok is None:
+            self.tok = tok.clone()
+            self.pos = torch.full((1,), self.cache.pos, dtype=torch.long, device=tok.device)
+            if self.path == "cuda-graph":
+                self._capture()
+        self.tok.copy_(tok)
+        self.pos.fill_(self.cache.pos)  # a fill kernel with the value as its argument: no sync
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.out = self.model.decode_step(self.tok, self.pos, self.cache)
+        self.cache.pos += 1
+        return self.out
+
+    def _capture(self) -> None:
+        """Capture decode_step at the current position; on failure warn and stay static (eager)."""
+        try:
+            # Warm-up on a side stream (CUDA's rule before a capture); it writes this very step's
+            # keys/values, which the replay writes again: idempotent.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.model.decode_step(self.tok, self.pos, self.cache)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: a DataLoader's pin-memory thread may be running (TextSamples mid-fit).
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.out = self.model.decode_step(self.tok, self.pos, self.cache)
+            self.graph = graph
+        except RuntimeError as e:  # pragma: no cover - CUDA only
+            warnings.warn(f"KV-cache decode: CUDA graph capture failed ({e}); decoding eagerly.", stacklevel=2)
+            self.graph, self.path = None, "static"
+
+
 @torch.no_grad()
 def generate_ids(
     model: GPTMini,
@@ -94,17 +158,20 @@ def generate_ids(
     cfg: SampleConfig,
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
+    decode: str | None = None,
 ) -> torch.Tensor:
     """idx (B, T) followed by up to ``cfg.max_new_tokens`` sampled tokens, (B, T + n).
 
     With ``cfg.stop_at_eot`` and an ``eot_id``, each row stops at its own end-of-text token: it is
     padded with ``eot_id`` after that, and generation ends early once every row has stopped.
+    ``decode`` picks the cached path (module docstring); None: :func:`default_decode`.
     """
     block = model.cfg.block_size
     stop = cfg.stop_at_eot and eot_id is not None
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
     cache = model.new_cache() if cfg.kv_cache else None
     logits = model(idx[:, -block:], cache=cache)[0][:, -1]  # (B, V)
+    step_fn = None if cache is None else Decoder(model, cache, decode or default_decode(idx.device))
     for step in range(cfg.max_new_tokens):
         nxt = next_token(logits, cfg, generator)  # (B, 1)
         if stop:
@@ -116,7 +183,7 @@ def generate_ids(
         if cache is None:
             logits = model(idx[:, -block:])[0][:, -1]
         elif cache.pos < block:
-            logits = model(nxt, cache=cache)[0][:, -1]
+            logits = step_fn(nxt)
         else:  # full: restart from the latest half context (see the module docstring)
             cache.reset()
             logits = model(idx[:, -max(1, block // 2) :], cache=cache)[0][:, -1]

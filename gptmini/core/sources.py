@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,20 @@ Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
+class SettingNames:
+    """How the command that reads the corpus spells its settings, for its error messages
+    (``fit``: ``data.text_field``; ``gptmini eval``: ``--text_field``)."""
+
+    data: str = "data.data"
+    text_field: str = "data.text_field"
+    skip_bad_records: str = "data.skip_bad_records"
+    split: str = "data.hf_split"
+
+
+FIT_NAMES = SettingNames()
+
+
+@dataclass(frozen=True)
 class ReadOptions:
     """The settings that decide which text a source yields (all part of the cache key)."""
 
@@ -46,28 +61,31 @@ class ReadOptions:
     # Out of the repr, which is the cache key's: keys of caches prepared without it stay the same
     # (GPTMiniData.cache_key adds it when on).
     skip_bad_records: bool = field(default=False, repr=False)
+    names: SettingNames = field(default=FIT_NAMES, repr=False, compare=False)  # messages only
 
 
 class BadRecords:
     """Records whose text is null, not a string, or missing: an error naming the record, the field
     and what was found; with ``data.skip_bad_records`` skipped and counted instead."""
 
-    def __init__(self, skip: bool) -> None:
+    def __init__(self, skip: bool, names: SettingNames = FIT_NAMES) -> None:
         self.skip = skip
+        self.names = names
         self.count = 0
         self.first: str | None = None  # the first one skipped, for the report
 
     def found(self, where: str, field: str, value: Any, missing: bool = False) -> None:
         what = "no such field" if missing else _describe(value)
         if not self.skip:
+            names = self.names
             fix = (
-                "set data.text_field to the name of the text field/column, or "
+                f"set {names.text_field} to the name of the text field/column, or "
                 if missing
                 else "fix or drop that record, or "
             )
             raise ConfigError(
-                f"{where}: data.text_field={field!r} holds {what}, not a string of text; "
-                f"{fix}set data.skip_bad_records=true to skip such records (they are counted)."
+                f"{where}: {names.text_field}={field!r} holds {what}, not a string of text; "
+                f"{fix}set {names.skip_bad_records}=true to skip such records (they are counted)."
             )
         self.count += 1
         if self.first is None:
@@ -79,7 +97,7 @@ class BadRecords:
             return ""
         return (
             f"gptmini: skipped {self.count} record(s) whose text was null, not a string or missing "
-            f"(data.skip_bad_records=true); the first: {self.first}."
+            f"({self.names.skip_bad_records}=true); the first: {self.first}."
         )
 
 
@@ -138,7 +156,7 @@ def _kind_of(path: Path) -> str:
     return "text"  # an explicitly named file of any other name is read as text, as before
 
 
-def resolve_sources(data: str | list[str] | None) -> list[Source]:
+def resolve_sources(data: str | list[str] | None, names: SettingNames = FIT_NAMES) -> list[Source]:
     """Sources to read: the embedded corpus, files, folders (their .txt/.jsonl/.parquet files,
     recursively, or a saved Hugging Face dataset) and ``hf:NAME`` hub datasets."""
     if data is None:
@@ -146,7 +164,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
     entries = [data] if isinstance(data, str) else list(data)
     if not entries:
         raise ConfigError(
-            "data.data is an empty list; give files or folders, or null for the embedded corpus."
+            f"{names.data} is an empty list; give files or folders, or null for the embedded corpus."
         )
     out: list[Source] = []
     for entry in entries:
@@ -154,7 +172,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
             name = entry[len(HF_PREFIX) :].strip()
             if not name:
                 raise ConfigError(
-                    f"data.data entry {entry!r} names no dataset; write e.g. hf:roneneldan/TinyStories."
+                    f"{names.data} entry {entry!r} names no dataset; write e.g. hf:roneneldan/TinyStories."
                 )
             out.append(Source("hf", name))
             continue
@@ -165,7 +183,7 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
             found = sorted(p for p in path.rglob("*") if p.name.endswith(SUFFIXES))
             if not found:
                 raise ConfigError(
-                    f"data.data folder {path} holds no {', '.join(SUFFIXES)} files (nor a dataset saved "
+                    f"{names.data} folder {path} holds no {', '.join(SUFFIXES)} files (nor a dataset saved "
                     f"with datasets' save_to_disk)."
                 )
             out.extend(Source(_kind_of(p), str(p)) for p in found)
@@ -173,52 +191,96 @@ def resolve_sources(data: str | list[str] | None) -> list[Source]:
             out.append(Source(_kind_of(path), str(path)))
         else:
             raise ConfigError(
-                f"data.data path {path} does not exist; give existing files or folders, hf:NAME for a "
+                f"{names.data} path {path} does not exist; give existing files or folders, hf:NAME for a "
                 f"Hugging Face dataset, or null for the embedded corpus."
             )
     return out
 
 
 # -- reading ---------------------------------------------------------------------------------------
+# What reading a file can raise once it is open: a truncated .gz (EOFError), a damaged or non-gzip
+# one (gzip.BadGzipFile is an OSError; zlib.error), an I/O error of the disk.
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 def _open_binary(path: Path):
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the returned pair
     return raw, (gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw)
 
 
-def _text_stream(path: Path, progress: Progress) -> Stream:
+def _unreadable(path: Path, e: BaseException, read: str, names: SettingNames) -> ConfigError:
+    """The one error line of a corpus file that breaks while it is read (every format, every
+    command): the file, why, and how far reading got (``read``)."""
+    gz = path.name.endswith(".gz")
+    if isinstance(e, EOFError):
+        why = "truncated (the compressed data ends before its end-of-stream marker)"
+    elif isinstance(e, gzip.BadGzipFile):
+        why = f"not a valid gzip file ({e})"
+    elif isinstance(e, zlib.error) or not isinstance(e, OSError) or e.errno is None:
+        why = f"corrupt ({str(e).strip().rstrip('.') or type(e).__name__})"  # zlib's, pyarrow's errors
+    else:
+        why = f"unreadable ({e.strerror or e})"
+    check = f" (`gzip -t {path.name}` tests it)" if gz else ""
+    return ConfigError(
+        f"corpus file {path} is {why}: {read}. Nothing was kept from it; replace the file{check} "
+        f"or drop it from {names.data}."
+    )
+
+
+def _how_far(path: Path, raw, binary) -> str:
+    """How far a text or JSONL file was read: bytes of text (decompressed), and of the file."""
+    try:
+        read = f"reading stopped after {binary.tell():,} bytes of text"  # a GzipFile's: decompressed
+        if binary is not raw:
+            read += f" ({raw.tell():,} of the file's {path.stat().st_size:,} bytes read)"
+        return read
+    except (OSError, ValueError):
+        return "reading stopped partway"
+
+
+def _text_stream(path: Path, progress: Progress, names: SettingNames = FIT_NAMES) -> Stream:
     # Blocks of READ_CHARS, not lines: a file that is one 100 MB line costs no more memory than
     # any other. Strict decoding: non-UTF-8 bytes are an error, not silent mojibake.
     raw, binary = _open_binary(path)
     done = 0
     try:
         with raw, io.TextIOWrapper(binary, encoding="utf-8", errors="strict", newline="") as f:
-            while chunk := f.read(READ_CHARS):
-                yield chunk
-                now = raw.tell()
-                progress(now - done)
-                done = now
+            try:
+                while chunk := f.read(READ_CHARS):
+                    yield chunk
+                    now = raw.tell()
+                    progress(now - done)
+                    done = now
+            except READ_ERRORS as e:
+                raise _unreadable(path, e, _how_far(path, raw, binary), names) from None
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"corpus file {path} is not valid UTF-8 (byte offset ~{e.start} of a chunk: {e.reason}). "
-            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`, or drop it from data.data."
+            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`, or drop it from {names.data}."
         ) from None
-    except (OSError, EOFError) as e:
-        raise ConfigError(f"corpus file {path} cannot be read: {e}") from None
     yield None
 
 
-def _field_error(where: str, field: str, found: Any) -> ConfigError:
+def _field_error(where: str, field: str, found: Any, names: SettingNames) -> ConfigError:
     return ConfigError(
-        f"{where} has no text under data.text_field={field!r} (found: {found}); set data.text_field "
-        f"to the name of the text column."
+        f"{where} has no text under {names.text_field}={field!r} (found: {found}); set "
+        f"{names.text_field} to the name of the text column."
     )
+
+
+def _lines(path: Path, raw, binary, names: SettingNames) -> Iterator[bytes]:
+    try:
+        yield from binary
+    except READ_ERRORS as e:
+        raise _unreadable(path, e, _how_far(path, raw, binary), names) from None
 
 
 def _jsonl_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
     raw, binary = _open_binary(path)
     done = 0
     with raw, binary:
-        for lineno, line in enumerate(binary, 1):  # one record per line: memory = the longest record
+        lines = _lines(path, raw, binary, bad.names)
+        for lineno, line in enumerate(lines, 1):  # one record per line: memory = the longest record
             if not line.strip():
                 continue
             try:
@@ -233,7 +295,7 @@ def _jsonl_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -
             text = record.get(field)
             if not isinstance(text, str):
                 if field not in record and not bad.skip:
-                    raise _field_error(f"{path}:{lineno}", field, sorted(record))
+                    raise _field_error(f"{path}:{lineno}", field, sorted(record), bad.names)
                 bad.found(f"{path}:{lineno}", field, text, missing=field not in record)
                 continue
             yield text
@@ -254,12 +316,26 @@ def _pyarrow_parquet():
 
 
 def _parquet_stream(path: Path, field: str, progress: Progress, bad: BadRecords) -> Stream:
-    pf = _pyarrow_parquet().ParquetFile(path)
-    if field not in pf.schema_arrow.names:
-        raise _field_error(str(path), field, pf.schema_arrow.names)
-    rows, size, done = max(pf.metadata.num_rows, 1), path.stat().st_size, 0
+    pq = _pyarrow_parquet()
+    from pyarrow import ArrowException  # pyarrow's own errors (ArrowInvalid) on damaged files
+
     seen = 0
-    for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]):
+    try:
+        pf = pq.ParquetFile(path)
+        batches = pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]) if field in pf.schema_arrow.names else None
+    except (*READ_ERRORS, ArrowException) as e:
+        raise _unreadable(path, e, "its footer (the table of contents) cannot be read", bad.names) from None
+    if batches is None:
+        raise _field_error(str(path), field, pf.schema_arrow.names, bad.names)
+    rows, size, done = max(pf.metadata.num_rows, 1), path.stat().st_size, 0
+
+    def batches_or_error():
+        try:
+            yield from batches
+        except (*READ_ERRORS, ArrowException) as e:
+            raise _unreadable(path, e, f"reading stopped after {seen:,} of its {rows:,} rows", bad.names) from None
+
+    for batch in batches_or_error():
         for text in batch.column(0).to_pylist():
             seen += 1
             if not isinstance(text, str):
@@ -296,7 +372,7 @@ def hf_split(source: Source, opts: ReadOptions, split: str) -> Any:
     splits = hf_splits(source, opts)
     if split not in splits:
         raise ConfigError(
-            f"{source} has no split {split!r} (it has {', '.join(splits)}); set data.hf_split to one of them."
+            f"{source} has no split {split!r} (it has {', '.join(splits)}); set {opts.names.split} to one of them."
         )
     return splits[split]
 
@@ -304,14 +380,14 @@ def hf_split(source: Source, opts: ReadOptions, split: str) -> Any:
 def _dataset_stream(ds: Any, where: str, field: str, progress: Progress, bad: BadRecords) -> Stream:
     names = getattr(ds, "column_names", None)
     if names is not None and field not in names:
-        raise _field_error(where, field, names)
+        raise _field_error(where, field, names, bad.names)
     if names is not None and len(names) > 1 and hasattr(ds, "select_columns"):
         ds = ds.select_columns([field])  # read only the text column
     seen = 0
     for batch in ds.iter(batch_size=ROWS_PER_BATCH):
         texts = batch.get(field)
         if texts is None:
-            raise _field_error(where, field, sorted(batch))
+            raise _field_error(where, field, sorted(batch), bad.names)
         chars = 0
         for text in texts:
             seen += 1
@@ -334,9 +410,9 @@ def stream(
     """The text of one source (of its ``split`` for a dataset; default ``opts.hf_split``).
     ``bad`` counts the records skipped under ``opts.skip_bad_records`` (pass one to read the count)."""
     progress = progress or (lambda n: None)
-    bad = bad or BadRecords(opts.skip_bad_records)
+    bad = bad or BadRecords(opts.skip_bad_records, opts.names)
     if source.kind == "text":
-        return _text_stream(source.path, progress)
+        return _text_stream(source.path, progress, opts.names)
     if source.kind == "jsonl":
         return _jsonl_stream(source.path, opts.text_field, progress, bad)
     if source.kind == "parquet":

@@ -141,11 +141,13 @@ def _write_ids(f, encodings) -> int:
     return count
 
 
-def encode_to_file(tok, texts: Iterable[str], out: Path) -> int:
+def encode_to_file(tok, texts: Iterable[str], out: Path, limit: int | None = None) -> int:
     """Encode pieces into uint16 ids written to ``out``; returns the token count.
 
     One batch is encoded (tokenizers releases the GIL and uses every core) while this thread reads
     the next one and writes the previous one: reading and writing cost almost no encoding time.
+    With ``limit``, reading stops once at least ``limit`` ids are written (one batch more is read
+    at most); the file then holds the same first ids as without it.
     """
     encode = _encode_batch(tok)
     n = 0
@@ -158,6 +160,12 @@ def encode_to_file(tok, texts: Iterable[str], out: Path) -> int:
             if running is not None:
                 n += _write_ids(f, running.result())
             if nxt is None:
+                return n
+            if limit is not None and n >= limit:
+                nxt.cancel()
+                close = getattr(it, "close", None)
+                if close is not None:  # a generator: its files are closed now, not at collection
+                    close()
                 return n
             running = nxt
 

@@ -10,7 +10,6 @@ Each raises a ``ConfigError`` (a ``ValueError``) that names the setting and the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,16 +84,8 @@ def check_data_matches_model(datamodule: object, model_cfg: object) -> None:
 
 
 def _probe_writable(folder: Path) -> str | None:
-    """Why no file can be created in ``folder`` (created if missing), or None. Root ignores
-    permission bits, so the probe really creates (and removes) a file."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = atomic.temp_path(folder / "write-probe")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        probe.unlink()
-    except OSError as e:
-        return f"{e.strerror or type(e).__name__}: {e.filename or folder}"
-    return None
+    """Why no file can be created in ``folder`` (created if missing), or None (gptmini.core.atomic)."""
+    return atomic.unwritable(folder)
 
 
 def check_writable(trainer: pl.Trainer, datamodule: object | None = None) -> None:

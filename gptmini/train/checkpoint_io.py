@@ -14,7 +14,6 @@ name is intact. Remote paths (``s3://...``) keep Lightning's own save.
 
 from __future__ import annotations
 
-import errno
 import io
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from gptmini.core import atomic
 from gptmini.train.compat import configured_checkpoint_io, wraps_checkpoint_io
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE = atomic.NO_SPACE
 
 
 def _local(path: Any) -> Path | None:

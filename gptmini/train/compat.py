@@ -206,7 +206,7 @@ def logger_version_unset(logger: Any) -> bool:
     return getattr(logger, "_version", "fixed") is None
 
 
-def set_logger_version(logger: Any, version: int) -> None:
+def set_logger_version(logger: Any, version: int | str) -> None:
     """Fix the version the logger writes under (the folder claimed for it). Private: ``_version``."""
     logger._version = version
 

@@ -30,7 +30,7 @@ from gptmini.core.captured import (
 )
 from gptmini.core.evaluate import bits_per_byte
 from gptmini.core.guard import NonFiniteGuard
-from gptmini.core.model import GPTMini, ModelConfig
+from gptmini.core.model import GPTMini, KernelConfig, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, compile_by_default, guarded_step
@@ -111,6 +111,7 @@ class GPTMiniModule(pl.LightningModule):
         compile: bool | None = None,
         compile_mode: str | None = None,
         capture: bool | None = None,
+        kernels: KernelConfig = KernelConfig(),  # noqa: B008
     ) -> None:
         """GPTMini pretraining recipe.
 
@@ -132,11 +133,14 @@ class GPTMiniModule(pl.LightningModule):
                 accumulation, bf16-mixed or 32-bit, fused AdamW, no callback on Lightning's closure
                 hooks); false = never; true = capture or stop naming why not. Fit start prints one
                 ``training step:`` line with the path and why (docs/performance.md).
+            kernels: Attention backend and loss head (chunked linear + cross-entropy): the same
+                math, other kernels (docs/performance.md).
         """
         super().__init__()
         self.model_cfg: ModelConfig = _as(ModelConfig, arch)
         self.optim_cfg: OptimConfig = _as(OptimConfig, optim)
         self.schedule_cfg: ScheduleConfig = _as(ScheduleConfig, schedule)
+        self.kernel_cfg: KernelConfig = _as(KernelConfig, kernels)
         # Plain dicts: checkpoints stay loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -146,6 +150,7 @@ class GPTMiniModule(pl.LightningModule):
                 "compile": compile,
                 "compile_mode": compile_mode,
                 "capture": capture,
+                "kernels": asdict(self.kernel_cfg),
             }
         )
         self.compile_setting = compile  # not `self.compile`: that is nn.Module.compile
@@ -157,7 +162,7 @@ class GPTMiniModule(pl.LightningModule):
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
         self._lrs: list[torch.Tensor] = []
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
-        self.model = GPTMini(self.model_cfg)
+        self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
         self._writes_at_start = True

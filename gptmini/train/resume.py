@@ -17,6 +17,7 @@ model weights only (nanoGPT's ``init_from``): :func:`load_weights`.
 from __future__ import annotations
 
 import fnmatch
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,22 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from gptmini.core.checkpoint import (
-    checkpoint_problem,
     flatten,
     model_config,
     model_state_dict,
+    peek_checkpoint,
     read_checkpoint,
     upgrade_hparams,
 )
 from gptmini.core.config import ConfigError
-from gptmini.core.formats import CKPT_HPARAMS, CKPT_RUN_CONFIG, CKPT_STEP, LAST_CKPT_GLOB, RUN_CONFIG_FILE
+from gptmini.core.formats import (
+    CKPT_HPARAMS,
+    CKPT_RUN_CONFIG,
+    CKPT_STEP,
+    CKPT_TOKENIZER,
+    LAST_CKPT_GLOB,
+    RUN_CONFIG_FILE,
+)
 from gptmini.train.checkpoint_io import hand_over
 from gptmini.train.compat import parse_given
 from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
@@ -44,6 +52,11 @@ from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
 RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
 # Under `model.`: set by the CLI from the data settings, never given directly.
 LINKED = {"arch.vocab_size": "data.vocab_size", "arch.block_size": "data.block_size"}
+# Under `data.`: what makes the validation tokens (validate compares these with the checkpoint's run).
+VALIDATE_DATA_KEYS = (
+    "data", "tokenizer", "vocab_size", "block_size", "val_fraction", "text_field", "bpe_sample_chars",
+    "hf_config", "hf_split", "skip_bad_records",
+)
 
 
 def start_run(cli: Any, args: Any, max_steps: int | None, need_weights: bool = False) -> str | None:
@@ -83,11 +96,16 @@ def start_run(cli: Any, args: Any, max_steps: int | None, need_weights: bool = F
 
 
 def _resume(cli: Any, args: Any, path: str, max_steps: int | None, init_from: str | None) -> None:
-    """Exact resume: the checkpoint's model settings, an error for any the user gave that differ."""
+    """Exact resume: the checkpoint's model settings, an error for any the user gave that differ.
+    validate: :func:`_validate_as_trained`."""
     sub = cli.subcommand
     ckpt = read_resume_checkpoint(path, max_steps)
     hand_over(cli.trainer.strategy, path, ckpt)  # Lightning's restore takes it: the file is read once
     hparams = ckpt[CKPT_HPARAMS]
+    if sub != "fit":
+        _validate_as_trained(cli, args, path, ckpt)
+        check_init_from(path, ckpt, init_from)
+        return
     parsed = flatten(cli.config[sub]["model"])
     # Only a parsed value that differs from the checkpoint's can be a given one that differs: in the
     # usual resume (the run's own config) the arguments are not read a second time.
@@ -103,6 +121,62 @@ def _resume(cli: Any, args: Any, path: str, max_steps: int | None, init_from: st
         updated = cli.parser.parse_object({sub: {"model": settings}}, cli.config)
         cli.config[sub]["model"] = updated[sub]["model"]
         cli.model = cli.config_init[sub]["model"] = type(cli.model)(**settings)
+
+
+def _validate_as_trained(cli: Any, args: Any, path: str, ckpt: dict[str, Any]) -> None:
+    """validate with ``--ckpt_path``: the checkpoint's settings, except what cannot change the result.
+
+    Only the settings that decide the number are compared: the model's shape (``model.arch``) and
+    the data that becomes the validation tokens (:data:`VALIDATE_DATA_KEYS`, the tokenizer among
+    them, from the run's config stored in the checkpoint). A given value that differs is an error
+    (another corpus is ``gptmini eval``'s job); everything not given is the checkpoint's. Optimizer
+    and schedule settings cannot change a validation: the checkpoint's, whatever was given.
+    """
+    sub = cli.subcommand
+    hparams = ckpt[CKPT_HPARAMS]
+    saved_data = (yaml.safe_load(ckpt.get(CKPT_RUN_CONFIG) or "{}") or {}).get("data") or {}
+    saved = {f"model.{k}": v for k, v in flatten(hparams.get("arch", {}), "arch.").items() if k not in LINKED}
+    saved |= {f"data.{k}": saved_data[k] for k in VALIDATE_DATA_KEYS if k in saved_data}
+    parsed = {"model." + k: v for k, v in flatten(cli.config[sub]["model"]).items()}
+    parsed |= {"data." + k: v for k, v in flatten(cli.config[sub]["data"]).items()}
+    differ = [k for k, v in saved.items() if k in parsed and not _same(parsed[k], v)]
+    if differ:  # a given value, or a default the checkpoint's replaces? Only then read the arguments again
+        given = flatten(given_values(cli.parser, args).get(sub) or {})
+        diffs = [f"{k}: checkpoint {_show(saved[k])}, given {_show(given[k])}" for k in differ if k in given]
+        if diffs:
+            config = Path(path).parent.parent / RUN_CONFIG_FILE
+            own = f"--config {config}" if config.is_file() else "the run's own config"
+            raise ConfigError(
+                f"{sub} --ckpt_path {path} scores the checkpoint on the model and data it was trained "
+                f"with, but {len(diffs)} given setting(s) differ: {'; '.join(diffs)}. Drop them "
+                f"({sub} with {own}), or score other text with: gptmini eval {path} --data FILE."
+            )
+    runtime = {k: v for k, v in flatten(cli.config[sub]["model"]).items() if k in RUNTIME_KEYS}
+    model = resume_settings(path, hparams, {}, runtime)
+    parsed_data = cli.config[sub]["data"].as_dict()
+    data = {**parsed_data, **{k: saved_data[k] for k in VALIDATE_DATA_KEYS if k in saved_data}}
+    updated = cli.parser.parse_object({sub: {"model": model, "data": data}}, cli.config)
+    cli.config[sub]["model"], cli.config[sub]["data"] = updated[sub]["model"], updated[sub]["data"]
+    if flatten(model) != flatten(dict(cli.model.hparams)):
+        cli.model = cli.config_init[sub]["model"] = type(cli.model)(**model)
+    if not all(_same(data[k], parsed_data.get(k)) for k in data):
+        cli.datamodule = cli.config_init[sub]["data"] = type(cli.datamodule)(**data)
+    _check_tokenizer(path, ckpt, cli.datamodule)
+
+
+def _check_tokenizer(path: str, ckpt: dict[str, Any], datamodule: Any) -> None:
+    """The tokenizer validate would use, when it exists already (data.tokenizer, or a prepared
+    cache), is the one stored in the checkpoint: other ids would make the loss meaningless."""
+    stored = ckpt.get(CKPT_TOKENIZER)
+    file = getattr(datamodule, "tokenizer_file", None) or getattr(datamodule, "tokenizer_path", None)
+    if stored is None or file is None or not Path(file).is_file():
+        return
+    if json.loads(Path(file).read_text(encoding="utf-8")) != json.loads(stored):
+        raise ConfigError(
+            f"--ckpt_path {path} was trained with another tokenizer than {file} (its token ids "
+            f"would mean other tokens); validate with the run's data settings (its config.yaml), or "
+            f"give its tokenizer as data.tokenizer."
+        )
 
 
 def given_values(parser: ArgumentParser, args: Any) -> Namespace:
@@ -209,48 +283,70 @@ def load_weights(model: torch.nn.Module, path: str) -> int:
 # -- the checkpoint to start from ------------------------------------------------------------------
 
 
-def _newest_first(paths: list[Path]) -> list[Path]:
-    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
-    """``last`` -> the newest ``last*.ckpt`` of this run name (if it cannot be read, the newest
-    readable checkpoint of the run, with a warning naming both); a path must exist. Else unchanged."""
+    """``last`` -> the newest readable checkpoint of this run name, by step; a path must exist. Else unchanged.
+
+    The run: of the folders the run's checkpoints live in (one per ``version_N``), the one written
+    last (a resumed run writes on in a new folder; a new run of the same name starts again at step
+    0, so steps alone cannot compare folders). In it, the highest ``global_step`` wins, read from
+    each file memory-mapped (no tensor data); at equal steps ``last*.ckpt``, then the newest file.
+    A ``last.ckpt`` is not always the newest: a kill while it is overwritten leaves the older one
+    beside an intact ``epoch=0-step=N.ckpt`` saved just before it. Unreadable files are skipped,
+    with a warning naming them when they are newer than the one taken.
+    """
     if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or ckpt_path.startswith("registry:"):
         return ckpt_path
-    if ckpt_path == "last":
-        dirs = checkpoint_dirs(trainer)
-        # Hidden temp files of interrupted saves (".last.ckpt.tmp-...") never match "*.ckpt".
-        every = _newest_first([p for d in dirs for p in d.glob("*.ckpt") if p.is_file()])
-        lasts = [p for p in every if fnmatch.fnmatch(p.name, LAST_CKPT_GLOB)]
-        if not lasts:
-            looked = ", ".join(str(Path(g) / LAST_CKPT_GLOB) for g in checkpoint_dir_globs(trainer))
+    if ckpt_path != "last":  # a file
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
             raise ConfigError(
-                f"--ckpt_path last: no last.ckpt found (looked for {looked}); drop "
-                f"--ckpt_path to start a new run, or give the checkpoint file."
+                f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
             )
-        problem = checkpoint_problem(lasts[0])
-        if problem is None:
-            return str(lasts[0])
-        problems = {lasts[0]: problem}
-        for p in every:
-            if p not in problems and (problems.setdefault(p, checkpoint_problem(p))) is None:
-                rank_zero_warn(
-                    f"--ckpt_path last: {lasts[0]} cannot be read ({problem}); using {p}, "
-                    f"the newest readable checkpoint of this run."
-                )
-                return str(p)
-        found = "; ".join(f"{p} cannot be read ({why})" for p, why in problems.items())
+        return str(path)
+
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile (a live run's save_top_k rotation)
+            return 0.0
+
+    def last_then_newest(paths: Any) -> list[Path]:
+        return sorted(paths, key=lambda p: (fnmatch.fnmatch(p.name, LAST_CKPT_GLOB), mtime(p)), reverse=True)
+
+    # Hidden temp files of interrupted saves (".last.ckpt.tmp-...") never match "*.ckpt".
+    folders = [[p for p in d.glob("*.ckpt") if p.is_file()] for d in checkpoint_dirs(trainer)]
+    folders = sorted((f for f in folders if f), key=lambda f: max(map(mtime, f)), reverse=True)
+    if not folders:
+        looked = ", ".join(str(Path(g) / "*.ckpt") for g in checkpoint_dir_globs(trainer))
         raise ConfigError(
-            f"--ckpt_path last: no readable checkpoint of this run: {found}. Give another "
-            f"checkpoint file, or drop --ckpt_path to start a new run."
+            f"--ckpt_path last: no checkpoint found (looked for {looked}); drop --ckpt_path to start "
+            f"a new run, or give the checkpoint file."
         )
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"--ckpt_path {ckpt_path} does not exist; give an existing .ckpt file, `last`, or drop it."
-        )
-    return str(path)
+    problems: dict[Path, str] = {}
+    for files in folders:
+        steps = {}
+        for p in files:
+            ckpt, problem = peek_checkpoint(p)
+            if problem is None:
+                steps[p] = int(ckpt.get(CKPT_STEP, 0))
+            else:
+                problems[p] = problem
+        if not steps:
+            continue
+        best = max(steps, key=lambda p: (steps[p], fnmatch.fnmatch(p.name, LAST_CKPT_GLOB), mtime(p)))
+        newer = [p for p in last_then_newest(problems) if mtime(p) > mtime(best)]
+        if newer:
+            rank_zero_warn(
+                f"--ckpt_path last: {newer[0]} cannot be read ({problems[newer[0]]}); using {best}, "
+                f"the newest readable checkpoint of this run."
+            )
+        rank_zero_info(f"--ckpt_path last: {best} (step {steps[best]})")
+        return str(best)
+    found = "; ".join(f"{p} cannot be read ({problems[p]})" for p in last_then_newest(problems))
+    raise ConfigError(
+        f"--ckpt_path last: no readable checkpoint of this run: {found}. Give another "
+        f"checkpoint file, or drop --ckpt_path to start a new run."
+    )
 
 
 def check_checkpoint(path: str, model_cfg: object, flag: str = "--ckpt_path") -> str:

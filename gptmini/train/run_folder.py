@@ -4,9 +4,15 @@ and the disk space they need. Called by the CLI before any work (rank 0).
 
 from __future__ import annotations
 
+import atexit
 import glob
+import json
 import os
 import re
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -59,6 +65,7 @@ def claim_version(trainer: pl.Trainer) -> None:
         while True:
             try:
                 os.mkdir(os.path.join(root, f"version_{n}"))
+                _claimed.append(Path(root) / f"version_{n}")
                 break
             except FileExistsError:
                 n += 1
@@ -130,3 +137,160 @@ def remove_stale_temps(trainer: pl.Trainer) -> list[Path]:
             + (" ..." if len(removed) > 3 else "")
         )
     return removed
+
+
+# -- who is running a run folder ----------------------------------------------------------------------
+
+LOCK_FILE = "run.lock"  # in a run folder while a live fit trains in it or resumes from it
+# Folders this process claimed (claim_version) and lock files it holds (lock_run): see owned_folders.
+_claimed: list[Path] = []
+_locks: list[Path] = []
+
+
+def run_folder_of(ckpt_path: str | Path) -> Path:
+    """The run folder a checkpoint belongs to: ``version_N`` above its ``checkpoints/`` folder."""
+    folder = Path(ckpt_path).expanduser().parent
+    return folder.parent if folder.name == CHECKPOINT_DIR else folder
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _holder(lock: Path) -> dict | None:
+    """The live process named in ``lock`` (pid, host, start), or None when the lock is stale or gone."""
+    try:
+        holder = json.loads(lock.read_text())
+        pid = int(holder["pid"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"pid": "?", "host": "?"}  # unreadable: kept, the message says how to remove it
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and holder.get("job") == job and pid != os.getpid():
+        return None  # this job's earlier incarnation: a requeued job keeps its id, maybe not its node
+    if holder.get("host") != socket.gethostname():
+        return holder  # cannot be checked from here: assumed alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    start = holder.get("start")
+    return holder if start is None or start == _start_time(pid) else None
+
+
+def lock_run(folder: str | Path, why: str) -> None:
+    """Hold ``folder/run.lock`` (pid, host, process start) for this process's life; refuse, with one
+    :class:`ConfigError`, when a live process holds it. A dead process's lock (killed, a lost node on
+    this host) is taken over. Call on rank 0 only: one lock per run, whatever the process count.
+    The lock file is created with its content in one step (a link), so a reader never sees it empty."""
+    folder = Path(folder)
+    lock = folder / LOCK_FILE
+    if lock in _locks:
+        return
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _start_time(os.getpid()),
+        "job": os.environ.get("SLURM_JOB_ID"),
+        "what": why,
+    }
+    temp = atomic.temp_path(lock)
+    temp.write_text(json.dumps(me))
+    try:
+        for _ in range(3):
+            try:
+                os.link(temp, lock)
+                _locks.append(lock)
+                return
+            except FileExistsError:
+                holder = _holder(lock)
+                if holder is not None:
+                    raise ConfigError(
+                        f"{folder} is in use by a running process (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}: {holder.get('what', 'a fit')}); two runs from the same "
+                        f"checkpoints would train twice and race for its files. Wait for it or stop it; "
+                        f"if no such process runs, delete {lock}."
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+    finally:
+        temp.unlink(missing_ok=True)
+    raise ConfigError(f"{lock} keeps reappearing; another process is starting on {folder}. Try again.")
+
+
+def release_locks() -> None:
+    """Remove the lock files this process holds (only where they still name this process)."""
+    while _locks:
+        lock = _locks.pop()
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _nothing_recorded(folder: Path) -> bool:
+    """The folder holds only what any start writes: the run's config, hparams, and TensorBoard event
+    files with no event beyond the file header (one TFRecord: u64 length, u32 crc, data, u32 crc)."""
+    for p in folder.iterdir():
+        if p.name in (RUN_CONFIG_FILE, "hparams.yaml"):
+            continue
+        if not (p.is_file() and p.name.startswith("events.out.tfevents.")):
+            return False
+        data = p.read_bytes()
+        length = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+        if len(data) > 16 + length:  # a second record: something was logged
+            return False
+    return True
+
+
+@contextmanager
+def owned_folders() -> Iterator[None]:
+    """Around one command: the locks it takes are released when it ends (a SIGKILLed process's
+    stay, and are recognised as stale), and a ``version_N`` folder it claimed is removed when the
+    command fails before anything was recorded there (a fit that stops on bad data leaves no trace)."""
+    claimed = len(_claimed)
+    try:
+        yield
+    except BaseException:
+        release_locks()  # its own folder's lock first: the folder is then empty if nothing was written
+        for folder in _claimed[claimed:]:
+            with suppress(OSError):
+                if _nothing_recorded(folder):
+                    for p in folder.iterdir():
+                        p.unlink()
+                    folder.rmdir()
+        raise
+    finally:
+        del _claimed[claimed:]
+        release_locks()
+
+
+atexit.register(release_locks)  # a command that ends another way than through owned_folders (an exit)
+
+
+VALIDATE_DIR = "validate"  # under a run folder: its validations' logs (TensorBoard shows it beside the run)
+
+
+def log_validation_beside(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
+    """Point each logger without a fixed version at ``<run folder of ckpt_path>/validate``: a
+    validation is part of the run it scores, not a new run, and repeating it makes no new folder.
+    The run's own files (config.yaml, hparams.yaml, events) are not touched. Returns why not (the
+    checkpoint is not in a run folder of the logger's), or None. On every rank: no collective."""
+    why = None
+    for logger in trainer.loggers:
+        root = getattr(logger, "root_dir", None)
+        if not logger_version_unset(logger) or not root or "://" in str(root):
+            continue
+        run = run_folder_of(ckpt_path) if ckpt_path else None
+        if run is not None and run.parent.resolve() == Path(root).resolve():
+            set_logger_version(logger, f"{run.name}/{VALIDATE_DIR}")
+        else:
+            why = f"{ckpt_path} is not in a run folder of {root}" if ckpt_path else "no --ckpt_path"
+    return why
