@@ -5,7 +5,7 @@ Hugging Face model folders with custom code carry the model's source beside the 
 of gptmini/core/model.py itself, not a copy kept by hand: its ``from gptmini...`` imports are
 replaced by stand-ins (the range-checked config types become plain ``int``/``float``, ``ConfigError``
 a ``ValueError``; the ranges were checked when gptmini wrote config.json), and the methods that need
-the rest of gptmini (``GPTMini.generate``: gptmini.core.sampling) are left out. A change to the
+the rest of gptmini (``LEFT_OUT``) are left out. A change to the
 model reaches the next export by itself; a new gptmini import without a stand-in stops the export
 with its name, and tests/test_export.py checks that the file's model gives gptmini's logits.
 """
@@ -21,8 +21,9 @@ from gptmini.core import config as config_module
 from gptmini.core import model as model_module
 
 PACKAGE = "gptmini"
-# Left out of the model file: sampling needs gptmini.core.sampling (``gptmini generate`` samples).
-LEFT_OUT = {"GPTMini.generate"}
+# Methods left out of the model file because they need the rest of gptmini: none today (sampling is
+# gptmini.core.sampling's, not a GPTMini method).
+LEFT_OUT: set[str] = set()
 
 
 def _stand_in(name: str, obj: Any) -> str | None:
