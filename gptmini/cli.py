@@ -17,10 +17,11 @@ from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
 from gptmini.core.tokenizer import vocab_of
 from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, launcher, resume, run_folder
+from gptmini.train import compat, launcher, resume, run_folder, setting_checks
 from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
+from gptmini.train.logs import quiet_adverts
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
 
@@ -76,21 +77,21 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
-        before_fit.check_writable(self.trainer, self.datamodule)
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.setting_checks)."""
+        setting_checks.check_writable(self.trainer, self.datamodule)
         ckpt_path = resume.start_run(self, self._args, self.trainer.max_steps)
         if rank_zero_only.rank == 0 and ckpt_path and ckpt_path.endswith(".ckpt"):
             # Before any folder is claimed: a second resume of a live run stops here (one line).
             run_folder.lock_run(run_folder.run_folder_of(ckpt_path), f"fit --ckpt_path {ckpt_path}")
-        before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
-        before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
+        setting_checks.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
+        setting_checks.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
         if rank_zero_only.rank == 0:
             run_folder.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
             run_folder.warn_if_disk_too_small(self.trainer, count_params(self.model))
 
     def before_validate(self) -> None:
-        before_fit.check_writable(self.trainer, self.datamodule)
+        setting_checks.check_writable(self.trainer, self.datamodule)
         ckpt_path = resume.start_run(self, self._args, max_steps=None, need_weights=True)
         # Logs go beside the run the checkpoint belongs to (run/validate/), not into a new run folder.
         why = run_folder.log_validation_beside(self.trainer, ckpt_path or self.config[self.subcommand].get("init_from"))
@@ -132,7 +133,7 @@ class GPTMiniCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
-        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
+        setting_checks.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.
@@ -159,6 +160,7 @@ def main(args: list[str] | None = None) -> int:
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
+    quiet_adverts()
     with user_errors(), run_folder.owned_folders():
         return GPTMiniCLI(
             GPTMiniModule,

@@ -14,9 +14,9 @@ from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import ConfigError
 
 TOOLS = {
-    "generate": "gptmini.generate",
-    "export": "gptmini.export",
-    "eval": "gptmini.evaluate",
+    "generate": "gptmini.commands.generate",
+    "export": "gptmini.commands.export",
+    "eval": "gptmini.commands.eval",
     "exercises": "gptmini.tools.exercises",
 }
 

@@ -374,7 +374,7 @@ class Check:
         if ckpt is None or not val:
             return self.skip("eval", "no checkpoint from the fit" if ckpt is None else "no val.bin in data_cache")
         code = (
-            "import json, sys, time, torch; from gptmini.evaluate import evaluate; "
+            "import json, sys, time, torch; from gptmini.commands.eval import evaluate; "
             "ckpt, data, out, n = sys.argv[1:5]; "
             "evaluate(ckpt, data=data, max_tokens=1024, progress=False); "
             "torch.cuda.synchronize() if torch.cuda.is_available() else None; "

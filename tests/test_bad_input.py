@@ -20,7 +20,7 @@ from conftest import tiny_cli_args
 from gptmini.cli import main
 from gptmini.commands import TRACEBACK_ENV
 from gptmini.core.config import ConfigError
-from gptmini.train import before_fit
+from gptmini.train import setting_checks
 
 pytestmark = pytest.mark.usefixtures("no_attribute_docstrings")
 
@@ -179,7 +179,7 @@ def test_bad_input_fails_fast_and_keeps_files(case, tmp_path, corpus_file, data_
     (old / "config.yaml").write_text("earlier run\n")
     (old / "checkpoints" / "last.ckpt").write_bytes(b"an earlier, now corrupt checkpoint")
     before = snapshot(old, data_cache)
-    monkeypatch.setattr(before_fit, "bf16_supported", lambda device: False)  # no device here has none
+    monkeypatch.setattr(setting_checks, "bf16_supported", lambda device: False)  # no device here has none
 
     args = tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps=20) + build(
         tmp_path, corpus_file, data_cache

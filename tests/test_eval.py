@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_BLOCK, TINY_VOCAB
 
+from gptmini.commands.eval import evaluate
 from gptmini.core.evaluate import score_tokens, window_plan
 from gptmini.core.model import GPTMini
-from gptmini.evaluate import evaluate
 from gptmini.train.datamodule import GPTMiniData
 
 VAL_BATCHES = 4  # tiny_cli_args' limit_val_batches
@@ -117,7 +117,7 @@ def test_eval_reads_a_saved_datasets_validation_split(fitted_run, tmp_path):
 
 # -- refusals: one line, exit 2, before any work; eval's own flag names ---------------------------
 def test_eval_refuses_bad_settings_before_any_work(fitted_run, tmp_path, capsys, monkeypatch):
-    import gptmini.evaluate as eval_mod
+    import gptmini.commands.eval as eval_mod
     from gptmini.commands import main
 
     ckpt = str(fitted_run / "checkpoints" / "last.ckpt")

@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import TINY_BLOCK, TINY_VOCAB
 
+from gptmini.commands.eval import evaluate
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.export_folder import EXPORT_FILES, export_model
 from gptmini.core.model_card import model_card
 from gptmini.core.model_code import model_code
 from gptmini.core.sources import default_corpus
-from gptmini.evaluate import evaluate
 from gptmini.train.datamodule import GPTMiniData
 
 

@@ -34,7 +34,6 @@ from gptmini.core.model import GPTMini, KernelConfig, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, compile_by_default, guarded_step
-from gptmini.train.before_fit import check_data_matches_model
 from gptmini.train.checkpoint_contents import CheckpointContents
 from gptmini.train.compat import (
     attached_trainer,
@@ -45,6 +44,7 @@ from gptmini.train.compat import (
     uses_fsdp,
     writes_step_metrics,
 )
+from gptmini.train.setting_checks import check_data_matches_model
 
 
 def _as(cls: type, value: Any) -> Any:

@@ -53,7 +53,7 @@ MOVED = {
     "gptmini.samples.": "gptmini.callbacks.samples.",
     "gptmini.progress.": "gptmini.callbacks.progress.",
     "gptmini.module.": "gptmini.train.module.",
-    "gptmini.preflight.": "gptmini.train.before_fit.",  # its checks; the checkpoint/folder parts moved on (train.resume, train.run_folder)
+    "gptmini.preflight.": "gptmini.train.setting_checks.",  # its checks; the checkpoint/folder parts moved on (train.resume, train.run_folder)
     "gptmini.model.": "gptmini.core.model.",
     "gptmini.optim.": "gptmini.core.optim.",
     "gptmini.schedule.": "gptmini.core.schedule.",

@@ -4,7 +4,7 @@ Which checkpoint: ``checkpoints/best-step=N.ckpt`` (the lowest val/loss of the r
 of fit; ``gptmini.callbacks.best.BestCheckpoint``); ``last.ckpt`` is the latest step, the one to
 resume training from (it may have begun to overfit).
 
-Also ``python -m gptmini.generate``. CHECKPOINT is a ``.ckpt`` or a folder written by ``gptmini export``;
+Also ``python -m gptmini.commands.generate``. CHECKPOINT is a ``.ckpt`` or a folder written by ``gptmini export``;
 either is all that is needed: ``GPTMiniModule`` stores the model config and the tokenizer JSON in
 every checkpoint it writes (``--tokenizer`` overrides the stored one, e.g. for checkpoints written
 before it did). ``--help`` lists every option.

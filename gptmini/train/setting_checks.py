@@ -1,4 +1,4 @@
-"""Setting errors the CLI raises in LightningCLI's ``before_fit`` hook (and ``check_strategy`` before
+"""Setting errors the CLI raises before any work, for fit and validate (LightningCLI's ``before_fit``/``before_validate`` hooks; ``check_strategy`` before
 the Trainer is built): after trainer, model and data are built, before data preparation (tokenizer
 training) or any step. The step-0 checks (callbacks in ``gptmini.callbacks``) run later, on the real
 optimizer, schedule and first batch. The checkpoint to start from is gptmini.train.resume's; the

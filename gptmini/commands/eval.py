@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptmini.commands.generate import resolve_device
 from gptmini.core.atomic import unwritable, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
@@ -27,7 +28,6 @@ from gptmini.core.prepare import has_val_split
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources, stream
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths
 from gptmini.core.tokens import TextSeen, encode_to_file, pieces, record_separator
-from gptmini.generate import resolve_device
 
 # The corpus readers' messages name these flags, not fit's data.* settings.
 EVAL_NAMES = SettingNames(data="--data", text_field="--text_field", skip_bad_records="--skip_bad_records", split="--split")
