@@ -13,10 +13,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
+from gptmini.commands.shared import COMMANDS, run_command, user_errors
 from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
 from gptmini.core.tokenizer import vocab_of
-from gptmini.entry import TOOLS, run_tool, user_errors
 from gptmini.train import compat, launcher, resume, run_folder, setting_checks
 from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
@@ -150,10 +150,10 @@ class GPTMiniCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
-    a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
+    a plain command (``generate ...``, gptmini.commands.shared.COMMANDS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
     launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
-    if not run_tool(argv):
+    if not run_command(argv):
         make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
     return 0
 
@@ -171,9 +171,9 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
             seed_everything_default=1337,
             parser_class=GPTMiniParser,
             save_config_callback=RunConfigSource,
-            # `gptmini --help` names the tools dispatched before this parser (see TOOLS).
+            # `gptmini --help` names the plain commands dispatched before this parser (see COMMANDS).
             parser_kwargs={"description": "Pretrain GPTMini models (fit, validate). Also: "
-                           + ", ".join(f"gptmini {t}" for t in TOOLS) + " (each with --help)."},
+                           + ", ".join(f"gptmini {t}" for t in COMMANDS) + " (each with --help)."},
             args=args,
             run=run,
         )

@@ -13,7 +13,7 @@ rule that matches its first words:
   is a file of this repository, checked like a script block (below).
 - A word that is only a shell variable (``$RESUME``, ``"${EXTRA}"``) is left out of the parse: it
   holds options only the shell knows.
-- ``gptmini generate|export|exercises|...`` (any tool of ``gptmini.commands.TOOLS``),
+- ``gptmini generate|export|exercises|...`` (any plain command of ``gptmini.commands.COMMANDS``),
   ``python -m gptmini.X ...``, ``python scripts/X.py ...``: the tool's or script's own code runs in
   this process and is stopped right after its argument parser accepted the arguments.
 - ``pip install ...``: every extra it names (``"gptmini[hf]"``, ``".[dev,hf]"``) is in pyproject.toml.
@@ -280,12 +280,12 @@ def check(cmd: Command, parser) -> str | None:
         with stop_after_parsing(str(script), rest[1:]):
             return refusal(lambda: runpy.run_path(str(script), run_name="__main__"))
     if head == "gptmini":
-        if rest[:1] and rest[0] in commands.TOOLS:
-            module = commands.TOOLS[rest[0]]
+        if rest[:1] and rest[0] in commands.COMMANDS:
+            module = commands.COMMANDS[rest[0]]
             with stop_after_parsing(module, rest[1:]):
                 return refusal(lambda: commands.main(rest))
         if not rest or rest[0] not in CLI_SUBCOMMANDS:
-            return f"gptmini {rest[:1]}: neither {CLI_SUBCOMMANDS} nor a tool of gptmini.commands.TOOLS"
+            return f"gptmini {rest[:1]}: neither {CLI_SUBCOMMANDS} nor a plain command of gptmini.commands.COMMANDS"
         return refusal(lambda: parsed(parser.parse_args(saved_config_as_preset(rest))))
     if head == "pip" and rest[:1] == ["install"]:
         extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])

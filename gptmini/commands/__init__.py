@@ -1,7 +1,7 @@
 """The ``gptmini`` console script: ``gptmini fit|validate ...`` (the LightningCLI in gptmini.cli) and
-the tools ``gptmini generate|export|eval|exercises ...``.
+the plain commands ``gptmini generate|export|eval|exercises ...`` (gptmini.commands.shared.COMMANDS).
 
-The tools are dispatched here, before anything imports Lightning, so sampling and exporting start
+The plain commands are dispatched here, before anything imports Lightning, so sampling and exporting start
 in about a second instead of paying Lightning's import (~3 s). Exit status: 0 done, 2 a bad
 argument or setting (one ``error:`` line), 74 the disk filled while saving a checkpoint (one
 ``error:`` line; the earlier checkpoints are intact), 1 any other error, 143 stopped by SIGTERM,
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import sys
 
-# TOOLS, TRACEBACK_ENV and user_errors are named here too: the script's documented surface.
-from gptmini.entry import TOOLS, TRACEBACK_ENV, run_tool, user_errors  # noqa: F401
+# COMMANDS, TRACEBACK_ENV and user_errors are named here too: the script's documented surface.
+from gptmini.commands.shared import COMMANDS, TRACEBACK_ENV, run_command, user_errors  # noqa: F401
 
 
 def main(args: list[str] | None = None) -> int:
     """Run one command; returns 0 when it finished (other statuses leave through SystemExit)."""
     argv = sys.argv[1:] if args is None else list(args)
-    if run_tool(argv):  # before anything imports Lightning
+    if run_command(argv):  # before anything imports Lightning
         return 0
     from gptmini.cli import main as cli_main  # Lightning is imported only for fit/validate
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gptmini.commands.generate import resolve_device
+from gptmini.commands.shared import command_main
 from gptmini.core.atomic import unwritable, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
+from gptmini.core.device import resolve_device
 from gptmini.core.evaluate import score_tokens
 from gptmini.core.formats import CACHE_TOKENIZER, TOKEN_DTYPE, TOKEN_FILE_SUFFIX
 from gptmini.core.prepare import has_val_split
@@ -184,12 +185,7 @@ def evaluate(
 
 
 def main(args: list[str] | None = None) -> dict:
-    from jsonargparse import CLI
-
-    from gptmini.entry import user_errors
-
-    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
-        return CLI(evaluate, args=args, prog="gptmini eval")
+    return command_main(evaluate, args, "gptmini eval")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptmini.commands.shared import command_main
 from gptmini.core.export_folder import export_model
 
 
@@ -28,12 +29,7 @@ def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrit
 
 
 def main(args: list[str] | None = None) -> Path:
-    from jsonargparse import CLI
-
-    from gptmini.entry import user_errors
-
-    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
-        return CLI(export, args=args, prog="gptmini export")
+    return command_main(export, args, "gptmini export")
 
 
 if __name__ == "__main__":

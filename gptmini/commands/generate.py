@@ -12,19 +12,11 @@ before it did). ``--help`` lists every option.
 
 from __future__ import annotations
 
-import torch
-
+from gptmini.commands.shared import command_main
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
+from gptmini.core.device import resolve_device
 from gptmini.core.sampling import SampleConfig, sample
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
-    return device
 
 
 def generate(
@@ -77,12 +69,7 @@ def generate(
 
 
 def main(args: list[str] | None = None) -> list[str]:
-    from jsonargparse import CLI
-
-    from gptmini.entry import user_errors
-
-    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
-        return CLI(generate, args=args, prog="gptmini generate")
+    return command_main(generate, args, "gptmini generate")
 
 
 if __name__ == "__main__":
