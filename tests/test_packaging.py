@@ -70,3 +70,13 @@ def test_installed_copy_finds_its_configs_and_corpus(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.splitlines()[0]) == site  # the unpacked copy, not the checkout
     assert "python -m gptmini.tools.exercises" in proc.stdout  # argparse's --help, then exit 0
+
+
+def test_the_package_version_has_one_value():
+    import tomllib
+
+    import gptmini
+    import gptmini.core
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert gptmini.__version__ == gptmini.core.__version__ == project["version"]

@@ -42,7 +42,7 @@ def _stand_in(name: str, obj: Any) -> str | None:
 
 def model_code(source: str | None = None) -> str:
     """The text of ``modeling_gptmini.py``, from ``source`` (default: gptmini/core/model.py's)."""
-    from gptmini import __version__
+    from gptmini.core import __version__
 
     if source is None:
         source = Path(model_module.__file__).read_text(encoding="utf-8")
