@@ -1,7 +1,7 @@
 """The files gptmini writes and reads back: every key and file name in one place. No Lightning.
 
 Writer and reader import the names from here, so they cannot drift apart;
-``tests/test_formats.py`` checks that the keys a checkpoint holds are the keys the loaders read.
+``tests/core/test_formats.py`` checks that the keys a checkpoint holds are the keys the loaders read.
 
 Checkpoint (``.ckpt``, written by Lightning for :class:`gptmini.train.module.GPTMiniModule`):
 Lightning's own keys (``state_dict``, ``hyper_parameters``, ``global_step``, ...) plus the

@@ -7,7 +7,7 @@ replaced by stand-ins (the range-checked config types become plain ``int``/``flo
 a ``ValueError``; the ranges were checked when gptmini wrote config.json), and the methods that need
 the rest of gptmini (``LEFT_OUT``) are left out. A change to the
 model reaches the next export by itself; a new gptmini import without a stand-in stops the export
-with its name, and tests/test_export.py checks that the file's model gives gptmini's logits.
+with its name, and tests/commands/test_export.py checks that the file's model gives gptmini's logits.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ about a trainer that more than one module asks (grad scaler, FSDP), answered onc
 Each private name is used only here, in gptmini/, scripts/ and tests/ alike (a private method that
 gptmini overrides is declared here as a ``*_HOOK`` name: ``LightningCLI._parse_ckpt_path`` in
 gptmini.cli, ``_SignalConnector._sigterm_notifier_fn`` in gptmini.callbacks.stop_rules);
-``tests/test_compat.py`` tests each one, failing naming the API when a release moves it, and its
+``tests/train/test_compat.py`` tests each one, failing naming the API when a release moves it, and its
 scan (``test_private_names_go_through_compat``) fails naming any private use elsewhere. Tested with
 Lightning 2.6 and jsonargparse 4.53; pyproject's bounds say which releases these were checked
 against. Why each is needed is said where it is wrapped: mostly a rule Lightning has but does not
@@ -97,7 +97,7 @@ def signal_connector(trainer: pl.Trainer) -> Any:
 
 
 # gptmini.callbacks.stop_rules.StopConnector (mixed in by mix_into_signal_connector) overrides this
-# method of Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/test_compat.py checks it still exists.
+# method of Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/train/test_compat.py checks it still exists.
 SIGTERM_NOTIFIER_HOOK = "_sigterm_notifier_fn"
 
 
@@ -253,7 +253,7 @@ def cluster_environment(trainer: pl.Trainer) -> Any:
     return trainer._accelerator_connector.cluster_environment
 
 # LightningCLI._parse_ckpt_path: overridden (turned off) by gptmini.cli.GPTMiniCLI; see
-# gptmini.train.resume. tests/test_compat.py checks that LightningCLI.__init__ still calls it.
+# gptmini.train.resume. tests/train/test_compat.py checks that LightningCLI.__init__ still calls it.
 PARSE_CKPT_PATH_HOOK = "_parse_ckpt_path"
 
 # -- jsonargparse, private -------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def attribute_docstrings_on() -> bool:
     Private: ``jsonargparse._optionals.get_docstring_parse_options``."""
     try:
         from jsonargparse._optionals import get_docstring_parse_options
-    except ImportError:  # moved (tests/test_compat.py says so): gptmini.cli's setting
+    except ImportError:  # moved (tests/train/test_compat.py says so): gptmini.cli's setting
         return True
     return bool(get_docstring_parse_options().get("attribute_docstrings", False))
 

@@ -161,7 +161,7 @@ class GPTMiniModule(pl.LightningModule):
         self.nonfinite_guard: NonFiniteGuard | None = None
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
         self._lrs: list[torch.Tensor] = []
-        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/core/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}

@@ -27,7 +27,7 @@ from gptmini.core.schedule import ScheduleConfig, validate_horizon
 from gptmini.train import compat
 from gptmini.train.module import GPTMiniModule
 
-PACKAGE = Path(__file__).parent.parent / "gptmini"
+PACKAGE = Path(__file__).parent.parent.parent / "gptmini"
 
 
 def sources() -> dict[str, str]:

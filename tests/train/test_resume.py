@@ -27,7 +27,7 @@ from gptmini.core.checkpoint import load_model, read_checkpoint
 
 MAX_STEPS = 16
 EVERY = 4
-TESTS_DIR = Path(__file__).parent
+TESTS_DIR = Path(__file__).parent.parent
 REPO = TESTS_DIR.parent
 
 

@@ -55,7 +55,7 @@ from conftest import attribute_docstrings_off, callbacks_args, tiny_cli_args
 
 from gptmini import commands
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP_MARK = "# doc-test: skip"
 CLI_SUBCOMMANDS = ("fit", "validate")
@@ -302,7 +302,7 @@ def check(cmd: Command, parser) -> str | None:
         return None
     if cmd.in_script:
         return None  # checked by bash -n with the rest of its script
-    return "no rule checks this command: add one to tests/test_docs.py, or end the line with " + SKIP_MARK
+    return "no rule checks this command: add one to tests/cross_cutting/test_docs.py, or end the line with " + SKIP_MARK
 
 
 def ci_lines() -> list[str]:

@@ -78,5 +78,5 @@ def test_the_package_version_has_one_value():
     import gptmini
     import gptmini.core
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     assert gptmini.__version__ == gptmini.core.__version__ == project["version"]

@@ -11,7 +11,7 @@ from gptmini.callbacks.interface import RecipeModule, recipe_module
 from gptmini.core.model import GPTMini
 from gptmini.train.module import GPTMiniModule
 
-CALLBACKS = Path(__file__).parent.parent / "gptmini" / "callbacks"
+CALLBACKS = Path(__file__).parent.parent.parent / "gptmini" / "callbacks"
 
 
 def test_gptmini_module_provides_the_interface(tiny_model_cfg):

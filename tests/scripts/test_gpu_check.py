@@ -13,7 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import gpu_check  # noqa: E402
@@ -60,7 +60,7 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert profile["own"]["lightning"] > 0 and "shared: model forward" in profile["components"]
     for section in ("### GPU-side levers", "### Generate", "### Eval", "### Host time per step", "### GPU tests"):
         assert section in summary, section
-    assert "resume exactness on CUDA (tests/test_gpu.py): skipped" in summary
+    assert "resume exactness on CUDA (tests/cross_cutting/test_gpu.py): skipped" in summary
     assert (out / "fit.png").stat().st_size > 10_000
     assert "throughput/tokens_per_sec (ThroughputLogger)" in summary and "val/loss" in summary
     # The bundle: at most 8 files, the rest in one tarball without checkpoints or the token cache.

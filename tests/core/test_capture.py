@@ -163,7 +163,7 @@ def test_guard_counts_bad_steps_and_names_the_first():
 
 
 def test_no_host_read_inside_the_step(monkeypatch):
-    """A graph cannot hold a host read: none while the step runs (the spy of tests/test_progress.py)."""
+    """A graph cannot hold a host read: none while the step runs (the spy of tests/callbacks/test_progress.py)."""
     model, opt, sched = build()
     guard = NonFiniteGuard(opt)
     lrs = lr_tensors(opt)

@@ -9,7 +9,7 @@ from test_resume import run_subprocess
 
 from gptmini.core.config import ConfigError, find_duplicate_key, load_yaml_unique
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "gptmini" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parent.parent.parent / "gptmini" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

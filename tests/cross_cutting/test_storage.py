@@ -26,7 +26,7 @@ from gptmini.cli import main
 from gptmini.core import atomic
 from gptmini.core.checkpoint import read_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 SHM = Path("/dev/shm")
 
 

@@ -24,7 +24,7 @@ from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
 from gptmini.core.checkpoint import read_checkpoint
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 MAX_STEPS = 6
 
 

@@ -1,6 +1,6 @@
 """The rank rule of gptmini.train.ranks, held in the code: no collective inside a rank-0-only branch.
 
-The shipped callbacks, each under two processes, run in tests/test_ddp.py (the shipped configs as
+The shipped callbacks, each under two processes, run in tests/cross_cutting/test_ddp.py (the shipped configs as
 shipped). What each one does per rank (the sweep of this round):
 
 - LRCurveCheck (fit start): every rank draws the curve from its own scheduler copy and reads the run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "import_graph.py"
+SCRIPT = Path(__file__).parent.parent.parent / "scripts" / "import_graph.py"
 
 
 def load():

@@ -23,7 +23,7 @@ from gptmini.core.schedule import ScheduleConfig
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 # CI keeps the team's corpora beside the clone (../shared/data); GPTMINI_SHARED_DATA points elsewhere.
 SHARED_DATA = Path(os.environ.get("GPTMINI_SHARED_DATA", REPO.parent / "shared" / "data"))
 

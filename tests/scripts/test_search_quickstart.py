@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from gptmini.core.model import GPTMini, ModelConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import search_quickstart  # noqa: E402

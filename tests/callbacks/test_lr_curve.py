@@ -61,7 +61,7 @@ def test_warmup_longer_than_the_run_is_stopped(tiny_data, tiny_model_cfg, tmp_pa
 def test_lr_curve_script_draws_any_config_without_training(tmp_path, capsys):
     import importlib.util
 
-    path = Path(__file__).parent.parent / "scripts" / "plot_lr_schedule.py"
+    path = Path(__file__).parent.parent.parent / "scripts" / "plot_lr_schedule.py"
     spec = importlib.util.spec_from_file_location("lr_curve_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

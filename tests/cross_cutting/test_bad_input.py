@@ -210,7 +210,7 @@ def test_bad_input_fails_fast_and_keeps_files(case, tmp_path, corpus_file, data_
 
 def test_user_error_is_one_line_and_exit_2_in_a_real_process(tmp_path, corpus_file, data_cache):
     args = tiny_cli_args(tmp_path, corpus_file, data_cache) + ["--model.arch.n_head=3"]
-    env = {**os.environ, TRACEBACK_ENV: "0", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, TRACEBACK_ENV: "0", "PYTHONPATH": str(Path(__file__).parent.parent.parent)}
     proc = subprocess.run(
         [sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -226,7 +226,7 @@ def test_user_error_is_one_line_and_exit_2_in_a_real_process(tmp_path, corpus_fi
 
 def test_misspelled_key_in_a_config_is_two_lines_in_a_real_process(tmp_path, corpus_file, data_cache):
     args = tiny_cli_args(tmp_path, corpus_file, data_cache) + ["--config", write(tmp_path / "typo.yaml", TYPO)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent.parent)}
     proc = subprocess.run(
         [sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -248,7 +248,7 @@ def test_traceback_switch_shows_the_exception(tmp_path, corpus_file, data_cache,
     "arg, key", [("--data.batch_size=-1", "data.batch_size"), ("--model.optim.lr=-1", "model.optim.lr")]
 )
 def test_print_config_refuses_out_of_range_values(arg, key, capsys):
-    config = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
+    config = str(Path(__file__).parent.parent.parent / "configs" / "tiny.yaml")
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", config, arg, "--print_config"])
     assert info.value.code == 2
