@@ -17,7 +17,7 @@ from gptmini.commands.shared import COMMANDS, run_command, user_errors
 from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
 from gptmini.core.tokenizer import vocab_of
-from gptmini.train import compat, launcher, resume, run_folder, setting_checks
+from gptmini.train import compat, launcher, ranks, resume, run_folder, setting_checks
 from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
@@ -97,15 +97,14 @@ class GPTMiniCLI(LightningCLI):
         why = run_folder.log_validation_beside(self.trainer, ckpt_path or self.config[self.subcommand].get("init_from"))
         if why and rank_zero_only.rank == 0:
             run_folder.claim_version(self.trainer)
-            log_dir = getattr(self.trainer.logger, "log_dir", None)
-            rank_zero_info(f"validate: logging to a new run folder, {log_dir}: {why}.")
+            rank_zero_info(f"validate: logging to a new run folder, {ranks.own_log_dir(self.trainer)}: {why}.")
 
     def _claim_log_dir(self) -> None:
         if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 has created the folder
             run_folder.claim_version(self.trainer)
             run_folder.check_log_dir_free(self.trainer)
-            log_dir = self.trainer.log_dir
-            if log_dir and "://" not in log_dir:  # a live fit's folder: not for another run to resume from
+            log_dir = ranks.own_log_dir(self.trainer)  # rank 0 alone, before fit: no collective
+            if log_dir and "://" not in str(log_dir):  # a live fit's folder: not for another run to resume from
                 run_folder.lock_run(log_dir, f"fit writing {log_dir}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -169,5 +169,9 @@ def fit_cli(args: list[str], *callbacks):
     return cli
 
 
-# The multi-process tests' shared reference run, computed once per session (tests/shipped_runs.py).
-from shipped_runs import ddp_reference  # noqa: E402, F401
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
+    """The multi-process tests' shared reference run, once per session (tests/shipped_runs.py)."""
+    from shipped_runs import reference_run
+
+    return reference_run(tmp_path_factory.mktemp("ddp"), corpus_file, data_cache)

@@ -105,3 +105,22 @@ class Rendezvous(Callback):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(list(self.folder.iterdir()))} of {self.parties} runs came")
             time.sleep(0.05)
+
+
+class FailInitialLossCheckOnRank(Callback):
+    def __init__(self, rank: int) -> None:
+        """Make InitialLossCheck fail in the process of this global rank only (its vocabulary set
+        to 10^9, so ln(V) is far from the loss), as a batch that differs per rank can.
+
+        Args:
+            rank: The global rank whose check fails.
+        """
+        self.rank = rank
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from gptmini.callbacks.first_batch import InitialLossCheck
+
+        if trainer.global_rank == self.rank:
+            for cb in trainer.callbacks:
+                if isinstance(cb, InitialLossCheck):
+                    cb.vocab_size = 10**9

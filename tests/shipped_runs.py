@@ -4,6 +4,7 @@ and read them (tests/cross_cutting/test_ddp.py, tests/cross_cutting/test_cluster
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import TINY_BLOCK, TINY_VOCAB, cli_env, scalars_by_step
 
@@ -71,12 +71,10 @@ def only_run(root: Path) -> Path:
     return run
 
 
-@pytest.fixture(scope="session")
-def ddp_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
+def reference_run(root: Path, corpus_file: Path, data_cache: Path) -> dict:
     """configs/tiny.yaml on 2 CPU processes (Lightning's DDP), 6 steps, uninterrupted: its run folder,
-    output and scalars. The reference of every 2-process resume (DDP, torchrun): same world size,
-    same global batch, so the same numbers bit for bit. Registered in conftest (one per session)."""
-    root = tmp_path_factory.mktemp("ddp")
+    output and scalars. The reference of every 2-process resume (DDP, torchrun, srun): the same world
+    size, global batch and order, so the same numbers bit for bit (conftest's ``ddp_reference``)."""
     proc = start(cli(shipped_args(root, corpus_file, data_cache) + DDP), root / "ddp.log")
     assert wait_all([proc], TIMEOUT) == [0], log_text(root)[-4000:]
     run = only_run(root)
@@ -117,16 +115,37 @@ def cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "gptmini.cli", *args]
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
-    """Exit statuses; whatever is still running at the timeout is killed (a hang fails, never sticks)."""
+def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int | str]:
+    """Exit statuses, "hung" for a process still running at the timeout: it is killed with its
+    process group (a hang fails the test's assertion, with the log, and never sticks)."""
+    deadline = time.monotonic() + timeout
+    statuses: list[int | str] = []
     try:
-        deadline = time.monotonic() + timeout
-        return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+        for p in procs:
+            try:
+                statuses.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                statuses.append("hung")
     finally:
         for p in procs:
             if p.poll() is None:
+                # torchrun's workers live in sessions of their own: killed by pid, before their launcher.
+                for pid in descendants(p.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+    return statuses
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started under ``pid`` (Linux /proc), children first."""
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+    return [p for c in children for p in (c, *descendants(c))]
 
 
 def log_text(logs: Path) -> str:

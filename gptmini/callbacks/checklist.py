@@ -51,6 +51,7 @@ from gptmini.callbacks.recipe_checks import (
 from gptmini.core.config import ConfigError
 from gptmini.core.recipe import START_TOLERANCE, WARMUP_FRACTION
 from gptmini.train.compat import every_n_train_steps
+from gptmini.train.ranks import failed_on_any_rank
 
 
 class Checklist(Callback):
@@ -202,8 +203,9 @@ class Checklist(Callback):
         self.text = "\n".join(["Step-0 checklist (gptmini.callbacks: after data preparation, before the first update):", *lines])
         say(trainer, self.text)
         fails = [item.detail for item in ordered if item.status == "fail"]
-        if fails:
-            raise SanityCheckError(" | ".join(fails))
+        failure = failed_on_any_rank(trainer, " | ".join(fails) or None)  # each rank checked its own batch
+        if failure:
+            raise SanityCheckError(failure)
 
     def _run_items(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> list[CheckItem]:
         """Steps vs tokens and epochs; precision and accumulation; logging and checkpoints."""

@@ -28,6 +28,7 @@ from gptmini.core.recipe import OVERFIT_REF_TOKENS, OVERFIT_THRESHOLD, overfit_b
 from gptmini.core.schedule import lr_multiplier
 from gptmini.core.step import NoGradientError, train_step
 from gptmini.train.compat import grad_scaler, init_optimizers
+from gptmini.train.ranks import failed_on_any_rank
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -75,8 +76,9 @@ class FirstBatchCheck(Callback):
         if any(getattr(cb, "runs_first_batch_checks", False) for cb in trainer.callbacks):
             return  # the checklist runs us, prints, then raises
         item = self.ensure_run(trainer, pl_module, batch)
-        if item.status == "fail":
-            raise SanityCheckError(item.detail)
+        failure = failed_on_any_rank(trainer, item.detail if item.status == "fail" else None)  # gptmini.train.ranks
+        if failure:
+            raise SanityCheckError(failure)
 
 
 class InitialLossCheck(FirstBatchCheck):
@@ -167,8 +169,8 @@ class OverfitCheck(FirstBatchCheck):
         Args:
             steps: Most optimizer steps to train. null = the rule
                 :func:`gptmini.core.recipe.overfit_budget` for the tokens it trains on and the
-                model's size, about 2.2-2.7x what a healthy run needs: 80 x (tokens / 512)**0.3 x
-                (10M / params)**0.2, neither factor below 1 (10m: 227 on 32 x 512; tiny: 126).
+                model's size, 2-3x what a healthy run needs: 90 x (tokens / 512)**0.3 x
+                (10M / params)**0.2, neither factor below 1 (10m: 255 on 32 x 512; tiny: 142).
             threshold: The check passes when the loss ends below this.
             warmup_steps: Linear warmup to the peak lr over this many steps (0 = peak from step 0).
             rows: Use only the first ``rows`` samples of the batch (null = all): cheaper steps, for

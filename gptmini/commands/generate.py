@@ -33,6 +33,7 @@ def generate(
     device: str = "auto",
     tokenizer: str | None = None,
     kv_cache: bool = SampleConfig.kv_cache,
+    decode: str | None = SampleConfig.decode,
 ) -> list[str]:
     """Sample text from a gptmini checkpoint and print it.
 
@@ -52,10 +53,13 @@ def generate(
         tokenizer: A tokenizers JSON file overriding the one stored in the checkpoint.
         kv_cache: Reuse attention keys/values between steps (false recomputes the context for
             every token: slower, for comparison).
+        decode: How a cached token runs: null = a CUDA graph replayed per token on CUDA, the plain
+            cached forward on CPU; ``compiled-graph`` compiles the step first (fewer kernels, after
+            tens of seconds of compilation); also dynamic, static, compiled (docs/generate.md).
     """
     cfg = SampleConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        stop_at_eot=stop_at_eot, kv_cache=kv_cache, seed=seed,
+        stop_at_eot=stop_at_eot, kv_cache=kv_cache, seed=seed, decode=decode,
     )
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")

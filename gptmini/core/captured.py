@@ -18,6 +18,7 @@ buffers every step (:meth:`CapturedStep.load_batch`); grads are zeroed in place,
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -199,6 +200,7 @@ class CapturedStep:
         self._loss: torch.Tensor | None = None
         self._stream: torch.cuda.Stream | None = None
         self.eager_steps = 0
+        self.failure: str | None = None  # why the capture failed, if it did
 
     def load_batch(self, batch: object) -> None:
         """Copy ``batch`` into the static buffers (allocated at the first batch), on the device."""
@@ -220,13 +222,13 @@ class CapturedStep:
         if not self.graphs:
             self.eager_steps += 1
             return self.step(self._batch)
-        if self.graph is not None and not self._eager:
-            self.graph.replay()
-            return self._loss
-        if self.graph is not None or self.eager_steps < self.warmup_steps:
+        if self._eager or (self.graph is None and self.eager_steps < self.warmup_steps):
             self.eager_steps += 1
             return self._side_stream(lambda: self.step(self._batch))
-        return self._capture()
+        if self.graph is None:
+            return self._capture()
+        self.graph.replay()
+        return self._loss
 
     def _side_stream(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         # Warmup on a side stream, as torch.cuda.graph's docs ask: the capture stream then sees no
@@ -241,11 +243,27 @@ class CapturedStep:
         return out
 
     def _capture(self) -> torch.Tensor:
+        try:
+            with self.capture_context():
+                self.graph, self._loss = self._record(lambda: self.step(self.static_batch))
+        except Exception as e:  # noqa: BLE001 - any capture failure: say why, train on eagerly
+            # Capture only records kernels: nothing ran, weights and AdamW state are as before.
+            self.graph, self.graphs = None, False
+            self.failure = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            warnings.warn(
+                f"training step: CUDA graph capture failed ({self.failure}); this run continues with "
+                "the same step, eager. Set model.capture: false to skip the attempt.",
+                stacklevel=2,
+            )
+            return self()
+        self.graph.replay()  # capture records, it does not run: this step's work happens here
+        return self._loss
+
+    def _record(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture ``fn`` into a new graph; (graph, its output tensor). Nothing runs until a replay."""
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         # thread_local: the DataLoader's pin-memory thread may run CUDA calls during the capture.
-        with self.capture_context(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._loss = self.step(self.static_batch)
-        self.graph = graph
-        graph.replay()  # capture records, it does not run: this step's work happens here
-        return self._loss
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = fn()
+        return graph, out

@@ -262,7 +262,7 @@ def load_with_checkpoint(
         model = _model_from_ckpt(ckpt, path)
         stored_json = ckpt.get(CKPT_TOKENIZER)
     if tokenizer is not None:
-        tok = load_tokenizer(Path(tokenizer).expanduser())
+        tok = load_tokenizer(Path(tokenizer).expanduser(), "--tokenizer")  # eval, generate, export's flag
     elif stored_json is not None:
         tok = tokenizer_from_json(stored_json)
     else:

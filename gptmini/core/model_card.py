@@ -17,10 +17,10 @@ from gptmini.core.formats import CKPT_RUN_CONFIG, CKPT_RUN_STATE, CKPT_STEP, MOD
 from gptmini.core.sources import default_corpus
 
 NOT_RECORDED = "not recorded"
-# gptmini is installed from its source: "gptmini" on the public package index is not this project.
+# gptmini is installed from its source: the name "gptmini" on the public package index is not this project's.
 INSTALL = (
-    "installed from its source, not from PyPI, whose `gptmini` is another project: clone gptmini's git "
-    "repository, then `pip install ./gptmini`"
+    "installed from its source, not from PyPI, where this project does not own the name `gptmini`: "
+    "clone gptmini's git repository, then `pip install ./gptmini`"
 )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gptmini.core import config as config_module
+from gptmini.core import losshead
 from gptmini.core import model as model_module
 
 PACKAGE = "gptmini"
@@ -35,15 +36,47 @@ def _stand_in(name: str, obj: Any) -> str | None:
             f"def {name}(obj, prefix):\n"
             '    """gptmini checks each field\'s range here; config.json was written checked."""\n'
         )
+    if obj is losshead.linear_cross_entropy:  # the chunked head is a training kernel: plain math here
+        return (
+            f"def {name}(x, weight, targets, chunk):\n"
+            '    """gptmini computes this in chunks when training (model.kernels); the same value."""\n'
+            "    return F.cross_entropy(F.linear(x.reshape(-1, x.size(-1)), weight), targets.reshape(-1))\n"
+        )
     if config_module._is_restricted(obj):  # PositiveInt, VocabSize, ...: the plain type
         return f"{name} = {'int' if issubclass(obj, int) else 'float'}\n"
     return None
 
 
+def _self_contained(module: Any) -> str | None:
+    """The code of a gptmini module that imports nothing from gptmini (its docstring and
+    ``from __future__`` line dropped), to inline; None for any other module."""
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        if any(n.split(".")[0] == PACKAGE for n in names):
+            return None
+    lines = source.splitlines(keepends=True)
+    body = [n for n in tree.body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return "".join(lines[body[0].lineno - 1 :]).rstrip() + "\n" if body else ""
+
+
+def _top_level_names(source: str) -> set[str]:
+    out: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.Assign):
+            out |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return out
+
+
 def model_code(source: str | None = None) -> str:
     """The text of ``modeling_gptmini.py``, from ``source`` (default: gptmini/core/model.py's)."""
-    from gptmini.core import __version__
-
     if source is None:
         source = Path(model_module.__file__).read_text(encoding="utf-8")
     tree = ast.parse(source)
@@ -51,6 +84,7 @@ def model_code(source: str | None = None) -> str:
     cuts: list[tuple[int, int]] = []  # 0-based [start, end) line ranges left out
     stand_ins: list[str] = []
     dropped: set[str] = set()
+    inlined: dict[str, str] = {}  # module -> its code, for gptmini modules that import no gptmini
     first_import = None
     for node in tree.body:
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == PACKAGE for a in node.names):
@@ -60,12 +94,17 @@ def model_code(source: str | None = None) -> str:
         first_import = node.lineno - 1 if first_import is None else first_import
         cuts.append((node.lineno - 1, node.end_lineno))
         module = importlib.import_module(node.module)
+        inline = _self_contained(module)
         for alias in node.names:
-            text = _stand_in(alias.asname or alias.name, getattr(module, alias.name))
-            if text is None:
-                dropped.add(alias.asname or alias.name)
-            else:
+            name = alias.asname or alias.name
+            text = _stand_in(name, getattr(module, alias.name))
+            if text is not None:
                 stand_ins.append(text)
+            elif inline is not None and alias.asname is None:
+                if node.module not in inlined:
+                    inlined[node.module] = inline
+            else:
+                dropped.add(name)
     for node in tree.body:  # the methods that need the rest of gptmini are left out
         for item in node.body if isinstance(node, ast.ClassDef) else []:
             if isinstance(item, ast.FunctionDef) and f"{node.name}.{item.name}" in LEFT_OUT:
@@ -79,11 +118,18 @@ def model_code(source: str | None = None) -> str:
         block = "\n# Stand-ins for gptmini's imports (see the note at the top).\n" + "\n\n".join(
             [*defs[:1], plain, *defs[1:]] if plain else defs
         )
+        for name, code in inlined.items():
+            clash = _top_level_names(code) & _top_level_names(source)
+            if clash:
+                raise RuntimeError(f"{name} and gptmini/core/model.py both define {', '.join(sorted(clash))}")
+            path = name.replace(".", "/") + ".py"
+            block += f"\n\n# -- {path}, inlined unchanged (it imports nothing from gptmini) --\n{code}"
         kept.insert(before, block)
     header = (
-        f"# modeling_gptmini.py: generated by `gptmini export` (gptmini {__version__}) from\n"
+        "# modeling_gptmini.py: generated by `gptmini export` from\n"
         "# gptmini/core/model.py: the same code, with gptmini's imports replaced by plain stand-ins\n"
-        "# (sampling is `gptmini generate`, not part of the model). Needs torch only.\n"
+        "# or the imported module's own code (sampling is `gptmini generate`, not part of the\n"
+        "# model). Needs torch only.\n"
     )
     code = header + "".join(kept).rstrip() + "\n"
     left = sorted({n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name) and n.id in dropped})

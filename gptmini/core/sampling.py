@@ -6,13 +6,15 @@ from the last ``block_size // 2`` tokens (one re-read of half a context per half
 instead of a full context per token). The two paths give the same tokens as long as prompt + new
 tokens fit in ``block_size``; beyond it they crop differently, so the text differs from there on.
 
-Each cached new token is one of three decode paths, the same numbers up to float rounding
-(:data:`DECODE_PATHS`; :func:`default_decode` picks): ``dynamic`` (``GPTMini.forward`` with the cache:
-attention over the filled positions only; CPU), ``static`` (``GPTMini.decode_step``: static shapes,
-the position a device tensor) and ``cuda-graph`` (that step captured once per call in a CUDA graph and
-replayed per token; CUDA). At batch 1 a token is ~100 tiny kernels: eagerly the host's launches are
-the step time, replayed they are one launch. Why not ``torch.compile(mode="reduce-overhead")``: it
-would recompile per shape and take tens of seconds before the first token of a ``gptmini generate``.
+Each cached new token takes one of these decode paths, the same numbers up to float rounding
+(:data:`DECODE_PATHS`; ``SampleConfig.decode``, null = :func:`default_decode`): ``dynamic``
+(``GPTMini.forward`` with the cache: attention over the filled positions only; the CPU default),
+``static`` (``GPTMini.decode_step``: static shapes, the position a device tensor), ``cuda-graph``
+(that step captured once per call in a CUDA graph and replayed per token; the CUDA default), and
+``compiled`` / ``compiled-graph`` (the step through ``torch.compile`` first: fused kernels, after
+tens of seconds of compilation once per process). At batch 1 a token is a few hundred tiny kernels:
+eagerly the host's launches are the step time, replayed they are one launch. Why not
+``torch.compile(mode="reduce-overhead")`` of the model: it recompiles per shape.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini, KVCache
 from gptmini.core.tokens import EOT
 
-DECODE_PATHS = ("dynamic", "static", "cuda-graph")
+DECODE_PATHS = ("dynamic", "static", "compiled", "cuda-graph", "compiled-graph")
+COMPILE_BACKEND = "inductor"  # of the compiled decode paths (tests trace with aot_eager: seconds, not minutes)
 
 
 @dataclass
@@ -49,6 +52,9 @@ class SampleConfig:
     kv_cache: bool = True
     """Keep each layer's attention keys/values between steps, so a new token costs one position
     instead of the whole context; false recomputes the context every step (slower, for comparison)."""
+    decode: str | None = None
+    """How a cached token runs: dynamic, static, compiled, cuda-graph or compiled-graph (module
+    docstring of gptmini.core.sampling); null = cuda-graph on CUDA, dynamic elsewhere."""
     seed: int = 1337
     """Seed of the sampler's own random generator: the same seed gives the same text."""
 
@@ -61,6 +67,8 @@ class SampleConfig:
             raise ConfigError(f"top_k must be a positive integer or null (no limit), got {self.top_k!r}.")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1] or null (no limit), got {self.top_p!r}.")
+        if self.decode is not None and self.decode not in DECODE_PATHS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_PATHS)} or null, got {self.decode!r}.")
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -112,6 +120,11 @@ class Decoder:
         self.model, self.cache, self.path = model, cache, path
         self.graph: torch.cuda.CUDAGraph | None = None
         self.tok = self.pos = self.out = None  # the static step's inputs and output
+        self.step = model.decode_step
+        if path.startswith("compiled"):
+            # Compiled once per process: dynamo's cache is keyed on decode_step's code and guarded
+            # on this model, so later calls (and Decoders) reuse it.
+            self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
 
     def __call__(self, tok: torch.Tensor) -> torch.Tensor:
         if self.path == "dynamic":
@@ -119,36 +132,43 @@ class Decoder:
         if self.tok is None:
             self.tok = tok.clone()
             self.pos = torch.full((1,), self.cache.pos, dtype=torch.long, device=tok.device)
-            if self.path == "cuda-graph":
+            if self.path.endswith("graph"):
                 self._capture()
         self.tok.copy_(tok)
         self.pos.fill_(self.cache.pos)  # a fill kernel with the value as its argument: no sync
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.out = self.model.decode_step(self.tok, self.pos, self.cache)
+            self.out = self._run()
         self.cache.pos += 1
         return self.out
 
+    def _run(self) -> torch.Tensor:
+        # sample_ids runs under the force_eager stance (keeps a compiled training model eager);
+        # the compiled decode step is ours to run compiled.
+        with torch.compiler.set_stance("default"):
+            return self.step(self.tok, self.pos, self.cache)
+
     def _capture(self) -> None:
-        """Capture decode_step at the current position; on failure warn and stay static (eager)."""
+        """Capture the step at the current position; on failure warn and run it uncaptured."""
         try:
-            # Warm-up on a side stream (CUDA's rule before a capture); it writes this very step's
-            # keys/values, which the replay writes again: idempotent.
+            # Warm-up on a side stream (CUDA's rule before a capture; compilation happens here); it
+            # writes this very step's keys/values, which the replay writes again: idempotent.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self.model.decode_step(self.tok, self.pos, self.cache)
+                    self._run()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # thread_local: a DataLoader's pin-memory thread may be running (TextSamples mid-fit).
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.out = self.model.decode_step(self.tok, self.pos, self.cache)
+                self.out = self._run()
             self.graph = graph
         except RuntimeError as e:  # pragma: no cover - CUDA only
-            warnings.warn(f"KV-cache decode: CUDA graph capture failed ({e}); decoding eagerly.", stacklevel=2)
-            self.graph, self.path = None, "static"
+            warnings.warn(f"KV-cache decode: CUDA graph capture failed ({e}); decoding uncaptured.", stacklevel=2)
+            self.graph = None
+            self.path = self.path.removesuffix("-graph") if self.path != "cuda-graph" else "static"
 
 
 @torch.no_grad()
@@ -164,14 +184,15 @@ def generate_ids(
 
     With ``cfg.stop_at_eot`` and an ``eot_id``, each row stops at its own end-of-text token: it is
     padded with ``eot_id`` after that, and generation ends early once every row has stopped.
-    ``decode`` picks the cached path (module docstring); None: :func:`default_decode`.
+    ``decode`` picks the cached path (module docstring); None: ``cfg.decode``, else :func:`default_decode`.
     """
     block = model.cfg.block_size
     stop = cfg.stop_at_eot and eot_id is not None
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
     cache = model.new_cache() if cfg.kv_cache else None
     logits = model(idx[:, -block:], cache=cache)[0][:, -1]  # (B, V)
-    step_fn = None if cache is None else Decoder(model, cache, decode or default_decode(idx.device))
+    path = decode or cfg.decode or default_decode(idx.device)
+    step_fn = None if cache is None else Decoder(model, cache, path)
     for step in range(cfg.max_new_tokens):
         nxt = next_token(logits, cfg, generator)  # (B, 1)
         if stop:

@@ -101,14 +101,16 @@ def guarded_step(
     gradient path to the parameters.
     """
     optimizer.zero_grad(set_to_none=False)
-    with forward_context():
-        loss = loss_fn()
-    if not loss.requires_grad:
-        raise NoGradientError("the loss does not depend on any trainable parameter")
-    loss.backward()
-    guard.measure(loss)
-    if clip:
-        guard.clip(float(clip))
-    optimizer.step()
-    guard.done()
+    try:
+        with forward_context():
+            loss = loss_fn()
+        if not loss.requires_grad:
+            raise NoGradientError("the loss does not depend on any trainable parameter")
+        loss.backward()
+        guard.measure(loss)
+        if clip:
+            guard.clip(float(clip))
+        optimizer.step()
+    finally:
+        guard.done()  # also after a failed capture: the next step measures anew
     return loss.detach()

@@ -28,16 +28,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return tok
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, setting: str = "data.tokenizer"):
+    """A tokenizers JSON file; ``setting`` is how the command names it in errors (fit: data.tokenizer)."""
     from tokenizers import Tokenizer
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"data.tokenizer file {path} does not exist; give a tokenizers JSON file or null.")
+        raise ConfigError(f"{setting} file {path} does not exist; give a tokenizers JSON file or null.")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise ConfigError(f"data.tokenizer file {path} is not a valid tokenizers JSON file: {e}") from None
+        raise ConfigError(f"{setting} file {path} is not a valid tokenizers JSON file: {e}") from None
 
 
 def vocab_of(vocab_size: int, tokenizer: str | None) -> int:

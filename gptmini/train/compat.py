@@ -75,7 +75,7 @@ def run_zero_grad_hooks(closure: Any) -> None:
     """What Lightning's closure runs before backward, without it: ``on_before_zero_grad`` and
     ``optimizer_zero_grad`` and their progress counters (saved in checkpoints), when this batch
     zeroes. Private: ``Closure._zero_grad_fn``."""
-    zero_grad = getattr(closure, "_zero_grad_fn", None)
+    zero_grad = closure._zero_grad_fn  # None on a batch that does not zero (accumulation)
     if zero_grad is not None:
         zero_grad()
 

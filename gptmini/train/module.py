@@ -46,6 +46,10 @@ from gptmini.train.compat import (
 )
 from gptmini.train.setting_checks import check_data_matches_model
 
+# Step values each rank computes on its own shard, logged as their mean. train/grad_norm is not here:
+# DDP's all-reduce has made the gradients, and so their norm, the same on every rank.
+MEAN_OVER_RANKS = ("train/loss",)
+
 
 def _as(cls: type, value: Any) -> Any:
     """Accept a dataclass or the plain dict a checkpoint's hparams hold."""
@@ -164,7 +168,7 @@ class GPTMiniModule(pl.LightningModule):
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/core/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
-        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
+        self._step_values: dict[str, torch.Tensor] = {}
         self._writes_at_start = True
         # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
         # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
@@ -204,25 +208,24 @@ class GPTMiniModule(pl.LightningModule):
         self.last_loss = loss.detach()
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a host
         # sync per step; gptmini.callbacks.progress.LossProgressBar shows it at its refresh rate instead.
-        # Each rank's loss is of its own shard: the curve is their mean (an all-reduce on the
-        # written steps only, which every rank reaches together: gptmini.train.ranks).
-        self._log_step("train/loss", self.last_loss, sync_dist=True)
+        self._log_step("train/loss", self.last_loss)
         return loss
 
-    def _log_step(self, name: str, value: torch.Tensor, sync_dist: bool = False) -> None:
+    def _log_step(self, name: str, value: torch.Tensor) -> None:
         """``self.log`` on the steps whose metrics Lightning writes, and only then.
 
         Lightning writes step metrics every ``log_every_n_steps``, but each ``self.log`` costs host
         time on every step (about 0.1 ms: it re-wraps and moves the value); the written curves and
-        the ``callback_metrics`` of those steps are the same either way. ``sync_dist``: the mean over
-        ranks, so its collective also runs on the written steps only.
+        the ``callback_metrics`` of those steps are the same either way. The names in
+        ``MEAN_OVER_RANKS`` are synced, so their collective also runs on the written steps only
+        (which every rank reaches together: gptmini.train.ranks).
         """
-        self._step_values[name] = (value, sync_dist)
+        self._step_values[name] = value
         if self._writes_at_start:
-            self.log(name, value, sync_dist=sync_dist)
+            self.log(name, value, sync_dist=name in MEAN_OVER_RANKS)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_values: dict[str, tuple[torch.Tensor, bool]] = {}
+        self._step_values: dict[str, torch.Tensor] = {}
         self._writes_at_start = writes_step_metrics(self.trainer)
         if self._runner is not None:
             self._runner.load_batch(batch)  # into the graph's static buffers, on the device
@@ -231,8 +234,8 @@ class GPTMiniModule(pl.LightningModule):
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
         if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
-            for name, (value, sync_dist) in self._step_values.items():
-                self.log(name, value, sync_dist=sync_dist)
+            for name, value in self._step_values.items():
+                self.log(name, value, sync_dist=name in MEAN_OVER_RANKS)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -327,7 +330,7 @@ class GPTMiniModule(pl.LightningModule):
             loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
         self.last_loss = set_closure_result(optimizer_closure, loss)
-        self._log_step("train/loss", self.last_loss)
+        self._log_step("train/loss", self.last_loss, sync_dist=True)  # one process here: no collective
         self._log_step("train/grad_norm", self.nonfinite_guard.norm)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:

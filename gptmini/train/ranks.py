@@ -46,3 +46,12 @@ def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
     """True on every rank when ``flag`` is True on any (one all-reduce; a plain bool with one
     process). A collective: call it on all ranks at the same point."""
     return trainer.strategy.reduce_boolean_decision(bool(flag), all=False)
+
+
+def failed_on_any_rank(trainer: pl.Trainer, failure: str | None) -> str | None:
+    """For a check each rank runs on its own data (the first batch): what every rank raises when any
+    failed (its own message, or a line pointing at the other's), None when all passed. One
+    all-reduce: a rank that raised alone would leave the others waiting in step 0's all-reduce."""
+    if not any_rank(trainer, failure is not None):
+        return None
+    return failure or "a step-0 check failed in another process of this run; its message is in that process's output"

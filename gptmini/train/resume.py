@@ -49,7 +49,7 @@ from gptmini.train.compat import parse_given
 from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
-RUNTIME_KEYS = ("compile", "compile_mode", "optim.fused")
+RUNTIME_KEYS = ("compile", "compile_mode", "capture", "optim.fused")
 # Under `model.`: set by the CLI from the data settings, never given directly.
 LINKED = {"arch.vocab_size": "data.vocab_size", "arch.block_size": "data.block_size"}
 # Under `data.`: what makes the validation tokens (validate compares these with the checkpoint's run).
@@ -139,6 +139,10 @@ def _validate_as_trained(cli: Any, args: Any, path: str, ckpt: dict[str, Any]) -
     saved |= {f"data.{k}": saved_data[k] for k in VALIDATE_DATA_KEYS if k in saved_data}
     parsed = {"model." + k: v for k, v in flatten(cli.config[sub]["model"]).items()}
     parsed |= {"data." + k: v for k, v in flatten(cli.config[sub]["data"]).items()}
+    if "data.data" in saved and not _sources_here(saved["data.data"]):
+        # The run's corpus is not at its path on this machine (moved, another mount): the given one.
+        rank_zero_info(f"{sub}: the run's data.data {saved.pop('data.data')} is not here; using {parsed['data.data']}.")
+        saved_data = {k: v for k, v in saved_data.items() if k != "data"}
     differ = [k for k, v in saved.items() if k in parsed and not _same(parsed[k], v)]
     if differ:  # a given value, or a default the checkpoint's replaces? Only then read the arguments again
         given = flatten(given_values(cli.parser, args).get(sub) or {})
@@ -162,6 +166,12 @@ def _validate_as_trained(cli: Any, args: Any, path: str, ckpt: dict[str, Any]) -
     if not all(_same(data[k], parsed_data.get(k)) for k in data):
         cli.datamodule = cli.config_init[sub]["data"] = type(cli.datamodule)(**data)
     _check_tokenizer(path, ckpt, cli.datamodule)
+
+
+def _sources_here(data: Any) -> bool:
+    """Whether every local source of a ``data.data`` value exists here (None: the embedded corpus)."""
+    items = data if isinstance(data, list) else [data]
+    return all(x is None or str(x).startswith("hf:") or Path(str(x)).expanduser().exists() for x in items)
 
 
 def _check_tokenizer(path: str, ckpt: dict[str, Any], datamodule: Any) -> None:
@@ -243,7 +253,7 @@ def resume_settings(
             f"these weights with new optimizer/schedule settings: --init_from {path} instead of "
             f"--ckpt_path."
         )
-    effective = {k: v for k, v in hparams.items() if k not in ("compile", "compile_mode")}
+    effective = {k: v for k, v in hparams.items() if k not in ("compile", "compile_mode", "capture")}
     effective["optim"] = {**hparams.get("optim", {})}
     for key in RUNTIME_KEYS:
         group, _, leaf = key.rpartition(".")

@@ -201,6 +201,9 @@ def lock_run(folder: str | Path, why: str) -> None:
         "job": os.environ.get("SLURM_JOB_ID"),
         "what": why,
     }
+    if not folder.exists():  # a fixed logger version, created by Lightning only later
+        folder.mkdir(parents=True)
+        _claimed.append(folder)
     temp = atomic.temp_path(lock)
     temp.write_text(json.dumps(me))
     try:

@@ -106,12 +106,12 @@ def test_overfit_budget_passes_a_healthy_run_with_margin(tiny_data, tiny_model_c
 
 
 def test_overfit_budget_rule():
-    """One rule: 80 steps for a 10M+ model on 512 tokens or fewer; more for bigger batches
+    """One rule: 90 steps for a 10M+ model on 512 tokens or fewer; more for bigger batches
     (tokens**0.3) and smaller models (params**-0.2); an explicit OverfitCheck.steps wins."""
     ten_m = 13_693_824
     assert [overfit_budget(t, ten_m) for t in (1, 256, OVERFIT_REF_TOKENS)] == [OVERFIT_BASE_STEPS] * 3
-    assert overfit_budget(1024, ten_m) == 99 and overfit_budget(32 * 512, ten_m) == 227
-    assert overfit_budget(4 * 128, 1_049_728) == 126  # configs/tiny.yaml
+    assert overfit_budget(1024, ten_m) == 111 and overfit_budget(32 * 512, ten_m) == 255
+    assert overfit_budget(4 * 128, 1_049_728) == 142  # configs/tiny.yaml
     sizes = [2**k for k in range(9, 20)]
     assert all(overfit_budget(a, ten_m) < overfit_budget(b, ten_m) for a, b in zip(sizes, sizes[1:]))
     models = [10**k for k in range(3, 8)]
@@ -155,7 +155,24 @@ def test_overfit_check_passes_with_margin_at_the_10m_width_on_real_text(pd_engli
     fit(module, pd_english, [check, Checklist(disable=["peak_lr"])], tmp_path, max_steps=3, precision="bf16-mixed")
     first, last = check.losses[0], check.losses[-1]
     assert abs(first - 8.99) < 0.5 and last < check.threshold
-    # Margin: a healthy 10m model needs at most half the rule's budget (measured: 2.7x at 512 tokens).
+    # Margin: a healthy 10m model needs at most half the rule's budget (measured: 3.6x here, 2.4x at 512 tokens).
     params = sum(p.numel() for p in module.parameters())
     assert 2 * len(check.losses) <= check.budget == overfit_budget(128, params), (len(check.losses), check.budget)
     assert "ok   overfit one batch" in capsys.readouterr().out
+
+
+def test_overfit_steps_script_measures_needed_against_the_budget(corpus_file, tmp_path, capsys):
+    """scripts/overfit_steps.py (the GPU slot's command for the unmeasured 10m row) runs the real check."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overfit_steps", REPO / "scripts" / "overfit_steps.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--data", str(corpus_file), "--vocab", "384"]
+    args += ["--batch", "2", "--block", "32", "--accelerator", "cpu", "--json", str(tmp_path / "o.jsonl")]
+    assert script.main(args) == 0
+    (row,) = [yaml.safe_load(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert row["passed"] and row["tokens"] == 64 and row["needed"] < row["budget"]
+    assert row["budget"] == overfit_budget(64, row["params"]) and row["margin"] >= 2
+    # the check's own line at the step it passed: "overfit step   k/budget" with k = needed - 1
+    assert f"overfit step {row['needed'] - 1:>4}/{row['budget']}: loss {row['last_loss']:.4f}" in capsys.readouterr().out

@@ -102,3 +102,41 @@ def test_fused_adamw_skip_budget(tmp_path, corpus_file, data_cache):
     (guard_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("FaultGuard")]
     assert guard_state == {"skipped": 1}
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_grad_norm_per_step_for_clipping_and_the_guard(cli_args, monkeypatch, fused):
+    """Lightning's closure path: FaultGuard's check and clipping share one norm per optimizer step,
+    the guard's found_inf is one tensor updated in place, the parameter list is built once."""
+    from conftest import fit_cli
+    from lightning.pytorch import Callback
+
+    calls = []
+    original = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    class Seen(Callback):
+        def __init__(self):
+            self.found_inf, self.params = set(), set()
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.found_inf.add(id(getattr(optimizer, "found_inf", None)))
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.params.add(id(pl_module.nonfinite_guard.params))
+
+    seen = Seen()
+    args = cli_args(max_steps=4) + ["--trainer.limit_val_batches=0", f"--model.optim.fused={str(fused).lower()}"]
+    monkeypatch.setattr("gptmini.callbacks.first_batch.OverfitCheck.run", lambda *a: _skipped_check())
+    cli = fit_cli(args, seen)
+    assert not cli.model.runs_own_step()
+    assert len(calls) == 4  # FaultGuard checks every step (tiny.yaml) and clipping is on: one norm each
+    assert len(seen.params) == 1
+    if fused:
+        assert seen.found_inf == {id(cli.model.nonfinite_guard.found_inf)}
+
+
+def _skipped_check():
+    from gptmini.callbacks.checks_shared import CheckItem
+
+    return CheckItem("overfit", "overfit one batch", "skip", "not this test's subject")

@@ -160,6 +160,7 @@ def test_eval_messages_name_its_own_flags(fitted_run, tmp_path):
     nulls.write_text(json.dumps({"text": "ROMEO: hello."}) + "\n" + json.dumps({"text": None}) + "\n")
     for kwargs, expected in [
         ({"data": str(tmp_path / "missing.txt")}, "--data path"),
+        ({"data": str(corpus), "tokenizer": str(tmp_path / "nope.json")}, "--tokenizer file"),
         ({"data": str(corpus)}, "--text_field='text' (found: ['body']); set --text_field"),
         ({"data": str(nulls)}, "--text_field='text' holds null, not a string of text; fix or drop that record, or set --skip_bad_records=true"),
     ]:

@@ -14,6 +14,7 @@ import torch
 from gptmini import generate as gen
 from gptmini.callbacks.samples import TextSamples
 from gptmini.core import sampling
+from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini
 from gptmini.core.tokenizer import load_tokenizer
 from tests.conftest import tiny_cli_args
@@ -126,11 +127,34 @@ def test_static_decode_step_gives_the_dynamic_and_uncached_tokens(model_and_tok,
     assert torch.equal(run(n_past, True, "static"), run(n_past, True, "dynamic"))
 
 
+def test_compiled_decode_step_gives_the_same_tokens_and_is_compiled_under_sample(model_and_tok, monkeypatch):
+    """The compiled path (tracing backend recorded: seconds, not an inductor build) gives the static
+    step's tokens, and really compiles inside sample_ids' force_eager stance."""
+    model, tok = model_and_tok
+    compiled: list[int] = []
+
+    def backend(gm, example_inputs):
+        compiled.append(len(gm.graph.nodes))
+        return gm.forward
+
+    monkeypatch.setattr(sampling, "COMPILE_BACKEND", backend)
+    ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
+    settings = {"max_new_tokens": model.cfg.block_size + 4, "temperature": 0.0, "stop_at_eot": False}
+    static = sampling.sample_ids(model, ids, sampling.SampleConfig(**settings, decode="static"), 2)
+    torch._dynamo.reset()
+    got = sampling.sample_ids(model, ids, sampling.SampleConfig(**settings, decode="compiled"), 2)
+    assert compiled, "the decode step ran uncompiled"
+    assert torch.equal(got, static)
+    torch._dynamo.reset()
+
+
 def test_the_captured_decode_path_is_chosen_on_cuda_only():
     assert sampling.default_decode("cpu") == "dynamic"
     assert sampling.default_decode(torch.device("cuda", 0)) == "cuda-graph"
     with pytest.raises(ValueError, match="decode path"):
         sampling.Decoder(None, None, "graph")
+    with pytest.raises(ConfigError, match="decode must be one of"):
+        sampling.SampleConfig(decode="graph")
 
 
 def test_kv_cache_continues_rope_positions(model_and_tok):
@@ -327,7 +351,8 @@ def test_export_then_generate_through_console_script_and_without_lightning(
     out = tmp_path / "tiny_model"
     res = _console("export", str(ckpt), str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json"]
+    names = ["README.md", "config.json", "model.safetensors", "modeling_gptmini.py", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == names
     with pytest.raises(SystemExit) as e:  # a second export is refused (in process: cli.main's dispatch)
         cli_main(["export", str(ckpt), str(out)])
     assert e.value.code == 2 and "--overwrite=true" in capsys.readouterr().err

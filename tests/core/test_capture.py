@@ -3,6 +3,7 @@ on a CPU matches today's step; where it applies and why not; on a GPU, the graph
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import sys
@@ -12,7 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from gptmini.callbacks.checks_shared import CheckItem
 from gptmini.callbacks.fault_guard import FaultGuard
+from gptmini.callbacks.first_batch import OverfitCheck
 from gptmini.core import captured
 from gptmini.core.captured import (
     CAPTURED,
@@ -58,6 +61,37 @@ def build(device: str = "cpu", state: dict | None = None, fused: bool = True):
     return model, opt, sched
 
 
+class SimulatedGraph:
+    """What a CUDA graph does, on a CPU: recording runs nothing; each replay runs the recorded step
+    on the same static buffers and writes its loss into the same output tensor."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.out, self.replays = fn, torch.zeros(()), 0
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+        self.replays += 1
+
+
+class SimulatedCapture(CapturedStep):
+    """CapturedStep's own warmup / capture / replay / fallback logic, with SimulatedGraph for CUDA."""
+
+    def __init__(self, step, capture_context=contextlib.nullcontext, graphs=True, fail=None) -> None:
+        super().__init__(step, capture_context=capture_context, graphs=True)
+        self.fail, self.recorded_in_context = fail, None
+
+    def _side_stream(self, fn):
+        return fn()
+
+    def _record(self, fn):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        opt = getattr(self, "optimizer", None)
+        self.recorded_in_context = opt is None or all(g["capturable"] for g in opt.param_groups)
+        graph = SimulatedGraph(fn)
+        return graph, graph.out
+
+
 def round_trip(model, opt, sched) -> dict:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
@@ -91,7 +125,7 @@ def today(data, clip=CLIP, fused=True):
     return torch.stack(losses), torch.stack(norms), model, opt
 
 
-def twin(data, device="cpu", graphs=False, clip=CLIP):
+def twin(data, device="cpu", graphs=False, clip=CLIP, runner_class=CapturedStep, **runner_kwargs):
     """The captured step's path: lr tensors refreshed from LambdaLR, static batch, guarded_step; the
     NaN comes from a device tensor (a graph cannot see a Python value change)."""
     model, opt, sched = build(device)
@@ -105,7 +139,9 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
         def step(batch):
             return guarded_step(lambda: model(*batch)[1] * poison, opt, guard, clip=clip)
 
-        return guard, lrs, CapturedStep(step, capture_context=lambda: capturable(opt), graphs=graphs)
+        runner = runner_class(step, capture_context=lambda: capturable(opt), graphs=graphs, **runner_kwargs)
+        runner.optimizer = opt
+        return guard, lrs, runner
 
     guard, lrs, runner = start(model, opt)
     for i, batch in enumerate(data):
@@ -118,6 +154,7 @@ def twin(data, device="cpu", graphs=False, clip=CLIP):
             losses.append(runner().clone())
         norms.append(guard.norm.clone())
         sched.step()
+    twin.runner = runner
     return torch.stack(losses), torch.stack(norms), model, opt, guard
 
 
@@ -138,6 +175,32 @@ def test_eager_twin_matches_todays_step_across_lr_clipping_nan_skip_and_a_round_
     assert {int(s["step"]) for s in ref_opt.state.values()} == {STEPS - 1}
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
     assert guard.read() == (0, -1)  # a fresh guard after the restore: the skip was before it
+
+
+def test_captured_steps_logic_with_a_simulated_graph_matches_todays_step():
+    """CapturedStep's warmup (3 eager steps), capture (capturable only then) and replays over the
+    static batch, the graph simulated on a CPU: the same losses and weights as today's step."""
+    data = batches(STEPS)
+    ref_losses, ref_norms, ref_model, _ = today(data)
+    losses, norms, model, _, _ = twin(data, runner_class=SimulatedCapture)
+    runner = twin.runner  # the one built after the restore at SAVE_AT
+    assert runner.eager_steps == captured.WARMUP_STEPS and runner.recorded_in_context
+    assert runner.graph.replays == STEPS - SAVE_AT - captured.WARMUP_STEPS
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-6, atol=1e-6, equal_nan=True)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_capture_warns_and_trains_on_eagerly():
+    data = batches(STEPS)
+    ref_losses, _, ref_model, _ = today(data)
+    with pytest.warns(UserWarning, match=r"capture failed \(RuntimeError: no graphs here\); this run continues"):
+        losses, _, model, _, _ = twin(data, runner_class=SimulatedCapture, fail="no graphs here")
+    assert twin.runner.graph is None and twin.runner.failure == "RuntimeError: no graphs here"
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6, equal_nan=True)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
 def test_eager_twin_matches_the_unfused_cpu_default_without_a_nan():
@@ -339,9 +402,18 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(GPTMiniModule, "batch_loss", batch_loss)
 
 
-def force_twin(monkeypatch):
-    """The captured path on a CPU: CapturedStep runs guarded_step eagerly (its eager twin)."""
+def force_twin(monkeypatch) -> list:
+    """The captured path on a CPU: CapturedStep's warmup, capture and replays with SimulatedGraph
+    (every replay runs guarded_step eagerly: its eager twin). Returns the runners built."""
+    runners = []
+
+    def simulated(step, capture_context, graphs):
+        runners.append(SimulatedCapture(step, capture_context))
+        return runners[-1]
+
     monkeypatch.setattr(module_mod, "choose_step_path", lambda *a, **k: StepPath(CAPTURED, "test: eager twin"))
+    monkeypatch.setattr(module_mod, "CapturedStep", simulated)
+    return runners
 
 
 def lightning_fit(args, tmp_path, name, ckpt_path=None):
@@ -361,14 +433,18 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     scheduler and weights to 1e-6; a resume from the twin's step-6 checkpoint lands on the same
     weights; either path resumes the other's checkpoint."""
     args = cli_args(max_steps=12) + ["--model.optim.fused=true", "--fault_guard.max_skipped_steps=1"]
+    # Not this test's subject (its deepcopy of a module with a runner: tests/callbacks/test_progress.py's spy).
+    monkeypatch.setattr(OverfitCheck, "run", lambda self, *a: CheckItem(self.key, self.title, "skip", "test"))
     with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
         today_cli, today_rec = lightning_fit(args, tmp_path, "today")
     assert "training step: eager (CUDA graphs need a CUDA device, this run is on cpu)" in caplog.text
     caplog.clear()
-    force_twin(monkeypatch)
+    runners = force_twin(monkeypatch)
     with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):
         twin_cli, twin_rec = lightning_fit(args, tmp_path, "twin")
     assert "training step: captured (test: eager twin)" in caplog.text
+    (runner,) = runners  # warmup, capture after the step-0 checks, then replays over the static batch
+    assert runner.eager_steps == captured.WARMUP_STEPS and runner.graph.replays == 12 - captured.WARMUP_STEPS
     assert not any(today_rec.paths) and all(twin_rec.paths)
     # The grads a graph writes stay the same tensors, through the validation after step 6 too.
     assert len(set(twin_rec.grads)) == 1
@@ -394,14 +470,14 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     assert saved["lr_schedulers"] == torch.load(tmp_path / "today" / "epoch=0-step=6.ckpt", weights_only=True)["lr_schedulers"]
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved["optimizer_states"][0]["param_groups"])
     resumed_cli, resumed_rec = lightning_fit(args, tmp_path, "resumed", ckpt_path=ckpt)
-    assert all(resumed_rec.paths)
+    assert all(resumed_rec.paths) and runners[-1].graph.replays == 6 - captured.WARMUP_STEPS  # after the restore
     close(resumed_rec.losses, twin_rec.losses[6:])
     for cli in (today_cli, twin_cli, resumed_cli):  # the skip counted once, and carried by the resume
         (guard,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, FaultGuard)]
         assert guard.state_dict() == {"skipped": 1}
     for k, v in resumed_cli.model.state_dict().items():
         torch.testing.assert_close(v, today_weights[k], rtol=1e-6, atol=1e-6, msg=k)
-    monkeypatch.undo()  # today's path resumes the twin's checkpoint too
+    monkeypatch.setattr(module_mod, "choose_step_path", choose_step_path)  # today's path resumes it too
     cross_cli, cross_rec = lightning_fit(args, tmp_path, "cross", ckpt_path=ckpt)
     assert not any(cross_rec.paths)
     close(cross_rec.losses, today_rec.losses[6:])
@@ -458,3 +534,79 @@ def test_capture_true_where_it_cannot_apply_is_one_error_line(cli_args, capsys):
         "error: model.capture=true cannot apply: CUDA graphs need a CUDA device, this run is on cpu. "
         "Set model.capture: null (capture where it applies) or false."
     )
+
+
+@pytest.mark.gpu
+def test_lightning_captured_step_matches_its_closure_path_in_bf16_over_50_steps(cli_args):
+    """The CLI fit on CUDA (bf16-mixed, compiled, fused AdamW, every tiny.yaml callback): captured by
+    default, and within bf16 noise of the same fit with model.capture=false over 50 steps."""
+    from conftest import fit_cli
+
+    args = cli_args(max_steps=50) + ["--trainer.accelerator=cuda", "--trainer.precision=bf16-mixed"]
+    runs = {}
+    for capture in ("null", "false"):
+        rec = Record()
+        cli = fit_cli([*args, f"--model.capture={capture}"], rec)
+        assert cli.model.step_path.captured is (capture == "null"), cli.model.step_path
+        assert all(rec.paths) is (capture == "null") and cli.trainer.global_step == 50
+        if capture == "null":
+            assert cli.model._runner is None  # released at train end
+        runs[capture] = (torch.stack(rec.losses).float().cpu(), cli.model.state_dict())
+    (captured_losses, captured_weights), (eager_losses, eager_weights) = runs["null"], runs["false"]
+    assert captured_losses[-1] < captured_losses[0]  # it trained
+    torch.testing.assert_close(captured_losses, eager_losses, rtol=2e-2, atol=2e-2)
+    for k, v in captured_weights.items():
+        torch.testing.assert_close(v.float(), eager_weights[k].float(), rtol=5e-2, atol=5e-3, msg=k)
+
+
+@pytest.mark.gpu
+def test_cli_fit_on_the_shipped_10m_config_is_captured_and_resumes(tmp_path):
+    """`gptmini.cli fit --config configs/10m.yaml` as shipped (every callback, the embedded corpus),
+    40 steps on CUDA in a child process: the captured step is chosen and says so, the run finishes
+    with finite weights, and a resume from its step-20 checkpoint (captured again, after the restore)
+    ends within bf16 noise of it."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import cli_env
+
+    repo = Path(__file__).parent.parent
+    ck = tmp_path / "ck"
+    args = [
+        sys.executable, "-m", "gptmini.cli", "fit", "--config", str(repo / "configs" / "10m.yaml"),
+        "--trainer.max_steps=40", "--trainer.val_check_interval=20", "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=10", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}", "--model.schedule.warmup_steps=4",
+        "--fault_guard.check_every_n_steps=10",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={ck}", "--trainer.callbacks.every_n_train_steps=20",
+        "--trainer.callbacks.save_top_k=-1",
+    ]
+    line = "training step: captured (model.capture=null: CUDA, one process, no accumulation)"
+    first = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert line in first.stderr, first.stderr[-4000:]
+    second = subprocess.run(
+        [*args, "--ckpt_path", str(ck / "epoch=0-step=20.ckpt")],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200,
+    )
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert line in second.stderr
+    runs = tmp_path / "runs" / "10m"
+    a = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    b = torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert a["global_step"] == b["global_step"] == 40
+    for k, v in a["state_dict"].items():
+        assert torch.isfinite(v).all(), k
+        torch.testing.assert_close(b["state_dict"][k].float(), v.float(), rtol=5e-2, atol=5e-3, msg=k)
+
+
+def test_capture_is_a_runtime_setting_on_resume(tmp_path):
+    """--ckpt_path with another model.capture resumes (same math, another way to run it)."""
+    from gptmini.train.resume import resume_settings
+
+    hparams = {"arch": {"n_embd": 32}, "optim": {"lr": 0.002}, "compile": None, "compile_mode": None, "capture": None}
+    settings = resume_settings(str(tmp_path / "x.ckpt"), hparams, {"capture": False}, {"capture": False})
+    assert settings["capture"] is False
+    old = {k: v for k, v in hparams.items() if k != "capture"}  # a checkpoint from before the field
+    assert resume_settings(str(tmp_path / "x.ckpt"), old, {}, {"capture": None})["capture"] is None

@@ -10,42 +10,39 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_by_step, tiny_cli_args
+from conftest import attribute_docstrings_off, cli_env, scalars_by_step
+from shipped_runs import (
+    DDP,
+    PACKAGE,
+    REPO,
+    TIMEOUT,
+    assert_no_traceback_of_ours,
+    cli,
+    free_port,
+    log_text,
+    our_frames,
+    saved_lines,
+    shipped_args,
+    start,
+    wait_all,
+    wait_for_file,
+)
 from test_resume import run_subprocess
 
 from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
 from gptmini.core.checkpoint import read_checkpoint
 
-REPO = Path(__file__).parent.parent.parent
-MAX_STEPS = 6
-
 
 def run_args(root: Path, corpus_file: Path, data_cache: Path, fault: dict | None = None) -> list[str]:
-    callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-    ]
-    if fault:
-        callbacks.append({"class_path": "fault_injection.InjectFault", "init_args": fault})
-    return tiny_cli_args(root, corpus_file, data_cache, MAX_STEPS) + [
-        *callbacks_args(root, callbacks),
-        "--data.batch_size=4",
-        "--trainer.val_check_interval=3",
-        "--trainer.limit_val_batches=2",
-    ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """configs/tiny.yaml as shipped (every callback on), tiny sizes, 6 steps (tests/shipped_runs.py)."""
+    return shipped_args(root, corpus_file, data_cache, fault=fault)
 
 
 # -- torchrun: 2 nodes x 1 process on localhost ---------------------------------------------------
@@ -71,90 +68,94 @@ def torchrun_two_nodes(args: list[str], logs: Path) -> list[subprocess.Popen]:
     assert command[0] == "torchrun" and "fit" in command
     # `python -m torch.distributed.run` is what the `torchrun` script runs.
     command = [sys.executable, "-m", "torch.distributed.run", *command[1:], *args[1:]]
-    procs = []
-    for node in range(2):
-        out = (logs / f"node{node}.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                command, cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        )
-    return procs
+    return [start(command, logs / f"node{node}.log") for node in range(2)]
 
 
-def wait_all(procs: list[subprocess.Popen], logs: Path, timeout: float = 300) -> list[int]:
-    try:
-        return [p.wait(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
-def log_text(logs: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(logs.glob("node*.log")))
-
-
-def wait_for_file(path: Path, procs: list[subprocess.Popen], logs: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert all(p.poll() is None for p in procs), f"exited too early:\n{log_text(logs)[-4000:]}"
-        assert time.monotonic() < deadline, log_text(logs)[-4000:]
-        time.sleep(0.05)
-
-
-def assert_no_traceback_of_ours(out: str) -> None:
-    frames = [line for line in out.splitlines() if line.strip().startswith('File "')]
-    assert not [f for f in frames if "gptmini" in f], out[-4000:]
-
-
-@pytest.fixture(scope="module")
-def two_node_reference(tmp_path_factory, corpus_file, data_cache) -> dict:
-    root = tmp_path_factory.mktemp("two_nodes")
-    assert wait_all(torchrun_two_nodes(run_args(root, corpus_file, data_cache), root), root) == [0, 0], log_text(root)
-    (run,) = (root / "runs" / "tiny").iterdir()  # one run folder: rank 0 writes for both nodes
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch=0-step={MAX_STEPS}.ckpt", "last.ckpt"]
-    return scalars_by_step(run)
+def test_traceback_helper_keys_on_our_source_folder(tmp_path):
+    venv = tmp_path / "gptmini-venv" / "lib" / "python3.11" / "site-packages" / "lightning" / "trainer.py"
+    ours = PACKAGE / "callbacks" / "lr_curve.py"
+    out = f'Traceback (most recent call last):\n  File "{venv}", line 1, in fit\n'
+    assert our_frames(out) == []  # a path that merely contains "gptmini" is not ours
+    out += f'  File "{ours}", line 207, in check\nRuntimeError: x\n'
+    assert our_frames(out) == [f'File "{ours}", line 207, in check']
 
 
 @pytest.mark.slow
-def test_torchrun_two_nodes_sigterm_saves_once_and_resumes_exactly(
-    two_node_reference, tmp_path, corpus_file, data_cache
-):
+def test_torchrun_two_nodes_sigterm_saves_once_and_resumes_bitwise(ddp_reference, tmp_path, corpus_file, data_cache):
     # Rank 1 pauses after step 3, so rank 0 waits inside a collective (gloo) for it; then SIGTERM
     # goes to both launchers' process groups (what a scheduler's stop does), and each launcher
     # forwards it to its worker: one worker gets it in Python, the other inside the collective.
     marker = tmp_path / "paused"
     fault = {"at_step": 2, "kind": "pause", "marker": str(marker), "rank": 1}
     procs = torchrun_two_nodes(run_args(tmp_path, corpus_file, data_cache, fault), tmp_path)
-    wait_for_file(marker, procs, tmp_path)
-    time.sleep(0.5)  # rank 0 reaches the collective
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    time.sleep(1)  # the launchers forward it
-    Path(f"{marker}.go").touch()
-    statuses = wait_all(procs, tmp_path)
+    try:
+        wait_for_file(marker, procs, tmp_path)
+        time.sleep(0.5)  # rank 0 reaches the collective
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        time.sleep(1)  # the launchers forward it
+        Path(f"{marker}.go").touch()
+    finally:
+        statuses = wait_all(procs, TIMEOUT)
     out = log_text(tmp_path)
     # torchrun reports the signal it got (its own SignalException), not the workers' status.
     assert statuses == [1, 1] and out.count("SignalException: Process") == 2, out[-4000:]
     assert_no_traceback_of_ours(out)
-    run = tmp_path / "runs" / "tiny" / "version_0"
-    last = run / "checkpoints" / "last.ckpt"
-    (line,) = [line for line in out.splitlines() if "saved" in line]  # once: rank 0 saves for both
+    runs = tmp_path / "runs" / "tiny"
+    last = runs / "version_0" / "checkpoints" / "last.ckpt"
+    (line,) = saved_lines(out)  # once: rank 0 says it for both
     assert line.startswith(f"SIGTERM: saved {last} at step 3; resume with: torchrun <the same torchrun options> -m gptmini.cli fit")
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["version_0"]
+    assert sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert [p.name for p in runs.iterdir()] == ["version_0"]  # one run folder: rank 0 writes for both nodes
     assert read_checkpoint(last)["global_step"] == 3
 
     resumed = run_args(tmp_path, corpus_file, data_cache) + ["--ckpt_path", "last"]
-    assert wait_all(torchrun_two_nodes(resumed, tmp_path), tmp_path) == [0, 0], log_text(tmp_path)
-    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0", "version_1"]
-    ref, got = two_node_reference, scalars_by_step(tmp_path / "runs" / "tiny" / "version_1")
+    assert wait_all(torchrun_two_nodes(resumed, tmp_path), TIMEOUT) == [0, 0], log_text(tmp_path)[-4000:]
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    got = runs / "version_1"
+    assert sorted(p.name for p in (got / "checkpoints").iterdir()) == ["best-step=6.ckpt", "last.ckpt"]
+    # Bitwise the uninterrupted 2-process run's (Lightning's DDP: the same world, batch and order).
+    ref, got = ddp_reference["scalars"], scalars_by_step(got)
     assert sorted(got["train/loss"]) == [3, 4, 5]
     for tag in ("train/loss", "val/loss"):
         for step, value in got[tag].items():
-            assert value == ref[tag][step], (tag, step)  # bitwise: same processes, same order
+            assert value == ref[tag][step], (tag, step)
+
+
+WORKER = """
+import os, signal, sys, time
+from gptmini.train.launcher import follow_launcher
+signal.signal(signal.SIGTERM, lambda s, f: (open(sys.argv[1] + ".got", "w").write(str(s)), sys.exit(143)))
+assert follow_launcher()
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(60)
+"""
+LAUNCHER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
+time.sleep(60)
+"""
+
+
+def test_torchrun_worker_gets_sigterm_when_its_launcher_is_killed(tmp_path):
+    # What a torchrun worker sees of its launcher: a parent process that started it in a session
+    # of its own, with TORCHELASTIC_RUN_ID set. The parent's process group is SIGKILLed (the worker,
+    # in its own session, is not hit); the worker gets SIGTERM, FaultGuard's stop signal.
+    ready = tmp_path / "ready"
+    env = {**cli_env(), "TORCHELASTIC_RUN_ID": "test"}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WORKER, str(ready)], env=env, start_new_session=True)
+    try:
+        wait_for_file(ready, [launcher], tmp_path, timeout=60)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    got = Path(f"{ready}.got")
+    deadline = time.monotonic() + 10
+    while not got.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not got.exists():  # it trains on alone: end it here, not 60 s later
+        os.kill(int(ready.read_text()), signal.SIGKILL)
+    assert got.exists() and got.read_text() == str(int(signal.SIGTERM))
 
 
 # -- SLURM: requeue on the time-limit signal and on SIGTERM ---------------------------------------
@@ -255,7 +256,7 @@ def test_slurm_job_script_requeue_signal_saves_requeues_once_and_resumes_exactly
     assert status == 128 + signal.SIGUSR1, text[-3000:]  # the first signal names the stop
     assert_no_traceback_of_ours(text)
     last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
-    (line,) = [line for line in text.splitlines() if "saved" in line]
+    (line,) = saved_lines(text)
     assert line.startswith(
         f"SIGUSR1: saved {last} at step 3; requeued SLURM job {JOB_ID}; the job script resumes with: "
         "srun python -m gptmini.cli fit"
@@ -296,9 +297,48 @@ def test_slurm_sigterm_saves_requeues_once_and_resumes_exactly(
     assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]
 
 
+def test_slurm_two_ranks_save_once_and_only_rank_0_requeues(tmp_path, corpus_file, data_cache):
+    # srun's 2 tasks of a 1-node job (SLURM_PROCID 0 and 1), each a job of its own; SIGUSR1 (the
+    # --signal=USR1@90 warning) reaches both tasks, rank 1 while rank 0 waits for it in a collective.
+    marker = tmp_path / "paused"
+    fault = {"at_step": 2, "kind": "pause", "marker": str(marker), "rank": 1}
+    args = run_args(tmp_path, corpus_file, data_cache, fault)[1:] + ["--trainer.num_nodes=1", *DDP[1:]]
+    port = str(free_port())
+    tasks = []
+    for rank in range(2):
+        env = {
+            **cli_env(),
+            **slurm_env(tmp_path),
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "MASTER_ADDR": "127.0.0.1",  # srun's node name does not resolve here
+            "MASTER_PORT": port,
+        }
+        tasks.append(start(cli(["fit", *args]), tmp_path / f"task{rank}.log", env=env))
+    try:
+        wait_for_file(marker, tasks, tmp_path)
+        time.sleep(0.3)
+        for task in tasks:
+            os.kill(task.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        Path(f"{marker}.go").touch()
+    finally:
+        statuses = wait_all(tasks, TIMEOUT)
+    out = log_text(tmp_path)
+    assert statuses == [128 + signal.SIGUSR1] * 2, out[-4000:]
+    assert_no_traceback_of_ours(out)
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    (line,) = saved_lines(out)  # rank 0 says it for both
+    assert line.startswith(f"SIGUSR1: saved {last} at step 3; requeued SLURM job {JOB_ID}")
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]  # once for the job, not once per rank
+    assert read_checkpoint(last)["global_step"] == 3
+
+
 # -- FSDP on CPU ----------------------------------------------------------------------------------
 def test_fsdp_on_cpu_is_one_line_error(tmp_path, corpus_file, data_cache):
-    args = tiny_cli_args(tmp_path, corpus_file, data_cache, 4) + ["--trainer.strategy=fsdp", "--trainer.devices=2"]
+    args = run_args(tmp_path, corpus_file, data_cache) + ["--trainer.strategy=fsdp", "--trainer.devices=2"]
     proc = run_subprocess(args, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -5,6 +5,7 @@ batch, logs the mean of the ranks' losses, and stops on SIGTERM with one save th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -132,3 +133,18 @@ def test_10m_config_every_callback_on_two_cpu_processes(tmp_path, corpus_file, d
     assert out.count("Step-0 checklist") == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-step=2.ckpt", "last.ckpt"]
     assert_no_traceback_of_ours(out)
+
+
+@pytest.mark.slow
+def test_a_step0_check_failing_on_one_rank_stops_every_rank(tmp_path, corpus_file, data_cache):
+    # Each rank checks its own first batch; when only rank 1's check fails, both stop before step 0
+    # (agreed: gptmini.train.ranks.failed_on_any_rank), instead of rank 0 waiting in step 0's all-reduce.
+    fail = {"class_path": "fault_injection.FailInitialLossCheckOnRank", "init_args": {"rank": 1}}
+    args = shipped_args(tmp_path, corpus_file, data_cache) + ["--trainer.callbacks+=" + json.dumps(fail)]
+    proc = start(cli(args + DDP), tmp_path / "fail.log")
+    (status,) = wait_all([proc], TIMEOUT)
+    out = log_text(tmp_path)
+    assert status not in (0, "hung"), out[-4000:]
+    assert "initial loss check failed" in out  # rank 1's own message
+    assert "a step-0 check failed in another process of this run" in out  # rank 0's
+    assert "Connection closed by peer" not in out and "loss=" not in out  # no step was started

@@ -5,6 +5,8 @@ step's own tests."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import attribute_docstrings_off, scalars_by_step
@@ -43,6 +45,17 @@ def test_generate_with_and_without_the_cache_equal_on_cuda(tiny_model_cfg, exact
     assert torch.equal(run(True, None), uncached)  # the default on CUDA: the captured decode step
     for decode in ("static", "dynamic"):
         assert torch.equal(run(True, decode), uncached), decode
+
+
+def test_compiled_and_captured_decode_gives_the_uncached_tokens_on_cuda(tiny_model_cfg, exact_fp32):
+    """decode=compiled-graph: the step through inductor, then captured (greedy, within the context)."""
+    torch.manual_seed(0)
+    model = GPTMini(tiny_model_cfg).cuda().eval()
+    prompt = torch.randint(0, tiny_model_cfg.vocab_size, (1, 5), device="cuda")
+    cfg = sampling.SampleConfig(tiny_model_cfg.block_size - 5, temperature=0.0, stop_at_eot=False)
+    cached = sampling.generate_ids(model, prompt, cfg, decode="compiled-graph").cpu()
+    uncached = sampling.generate_ids(model, prompt, replace(cfg, kv_cache=False)).cpu()
+    assert torch.equal(cached, uncached)
 
 
 def test_decode_step_is_captured_and_replayed_on_cuda(tiny_model_cfg):

@@ -91,10 +91,12 @@ def test_sigkill_inside_saves_resumes_exactly(reference, shm_root, tmp_path, cor
     assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 8  # ...and no partial last.ckpt
     print(f"\n{len(kills)} forked kill points + 1 kill of the fit process: every checkpoint intact")
 
+    # `--ckpt_path last` is the newest checkpoint by step: the intact step=12 file saved just before
+    # the killed overwrite, not the older last.ckpt (step 8).
     with attribute_docstrings_off():
         main(run_args(shm_root, corpus_file, data_cache) + ["--ckpt_path=last"])
     assert not [p for p in ckpts.iterdir() if atomic.is_temp(p.name)]  # cleaned by the next run
-    compare(reference, shm_root / "runs" / "tiny" / "version_1", 8)
+    compare(reference, shm_root / "runs" / "tiny" / "version_1", 12)
 
 
 def test_disk_full_during_a_save(tmp_path, corpus_file, data_cache):

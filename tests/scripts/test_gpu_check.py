@@ -53,6 +53,7 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert levers["complete"] and list(levers["variants"]) == ["default", "chunked_ce"]
     assert levers["variants"]["chunked_ce"]["variant_settings"] == ["model.kernels.loss_chunk_tokens=64"]
     assert all(list(v["paths"]) == ["lightning"] for v in levers["variants"].values())
+    assert "No viable backend" in levers["failed"]["sdpa_efficient"]  # CPU lacks it; the rest still ran
     (gen,) = json.loads((out / "generate.json").read_text())
     assert gen["cached_tok_s_wall"] > 0 and gen["static_tok_s_wall"] > 0 and gen["uncached_tok_s_wall"] > 0
     assert json.loads((out / "eval.json").read_text())["tokens_per_sec"] > 0
@@ -63,6 +64,7 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert "resume exactness on CUDA (tests/cross_cutting/test_gpu.py): skipped" in summary
     assert (out / "fit.png").stat().st_size > 10_000
     assert "throughput/tokens_per_sec (ThroughputLogger)" in summary and "val/loss" in summary
+    assert "- step-0 checks: " in summary and ", 0 failed" in summary and "fit / bench (default" in summary
     # The bundle: at most 8 files, the rest in one tarball without checkpoints or the token cache.
     names = sorted(p.name for p in bundle.iterdir())
     assert len(names) <= 8 and "summary.md" in names and "evidence.tar.gz" in names, names

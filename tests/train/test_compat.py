@@ -44,6 +44,20 @@ def test_init_optimizers_and_lr_schedulers(tmp_path, tiny_model_cfg):
     assert configs[0].interval == "step" and configs[0].scheduler.optimizer is optimizers[0]
 
 
+def test_closure_zero_grad_and_result():
+    """Closure._zero_grad_fn and Closure._result, ClosureResult: the captured step runs Lightning's
+    zero-grad hooks and hands the closure its loss (GPTMiniModule.optimizer_step)."""
+    from lightning.pytorch.loops.optimization.automatic import Closure
+
+    calls = []
+    closure = Closure(step_fn=lambda: None, zero_grad_fn=lambda: calls.append("zero_grad"))
+    compat.run_zero_grad_hooks(closure)
+    loss = torch.tensor(2.0)
+    copy = compat.set_closure_result(closure, loss)
+    assert calls == ["zero_grad"] and torch.equal(copy, loss) and copy is not loss
+    assert closure.consume_result().asdict() == {"loss": copy}
+
+
 def test_signal_connector_flag(tmp_path):
     """Trainer._signal_connector.received_sigterm: the flag Lightning reads to stop (FaultGuard mixes
     a property into the connector's class, so it must be a plain attribute of the instance)."""
