@@ -24,6 +24,11 @@ class RunConfigSource(SaveConfigCallback):
     """LightningCLI's config.yaml in the log folder; its resolved config is also what checkpoints hold
     (read by :class:`CheckpointContents`, which writes it)."""
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # validate logs into its run's validate/ folder, again at each validation: the latest config.
+        self.overwrite = self.overwrite or stage == "validate"
+        super().setup(trainer, pl_module, stage)
+
     def run_config(self) -> str:
         # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
         if getattr(self, "_dumped", None) is None:
