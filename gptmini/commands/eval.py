@@ -10,7 +10,6 @@ each token scored once (``--stride``: see gptmini.core.evaluate). Lightning-free
 
 from __future__ import annotations
 
-import itertools
 import json as jsonlib
 import sys
 import tempfile
@@ -25,10 +24,10 @@ from gptmini.core.config import ConfigError
 from gptmini.core.device import resolve_device
 from gptmini.core.evaluate import score_tokens
 from gptmini.core.formats import CACHE_TOKENIZER, TOKEN_DTYPE, TOKEN_FILE_SUFFIX
-from gptmini.core.prepare import has_val_split
-from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources, stream
+from gptmini.core.prepare import encode_sources, has_val_split
+from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths
-from gptmini.core.tokens import TextSeen, encode_to_file, pieces, record_separator
+from gptmini.core.tokens import TextSeen
 
 # The corpus readers' messages name these flags, not fit's data.* settings.
 EVAL_NAMES = SettingNames(data="--data", text_field="--text_field", skip_bad_records="--skip_bad_records", split="--split")
@@ -68,15 +67,11 @@ def _encode_corpus(
 ) -> np.ndarray:
     """The corpus, tokenized as preparation does (each record ends with the end-of-text token);
     with ``limit``, reading stops once that many tokens are encoded."""
-    from tqdm.auto import tqdm
-
     sources = resolve_sources(data, EVAL_NAMES)
     if split is None:  # a dataset's validation split when it has one, else its train split
         split = VAL_SPLIT if has_val_split(sources, opts) else opts.hf_split
     seen = TextSeen()
-    with tqdm(desc="gptmini eval: encoding", unit="B", unit_scale=True, file=sys.stderr, disable=not show) as bar:
-        texts = itertools.chain.from_iterable(stream(s, opts, split, bar.update) for s in sources)
-        n = encode_to_file(tok, pieces(seen.watch(texts), record_separator(tok)), out, limit)
+    n = encode_sources(tok, sources, opts, split, out, "gptmini eval: encoding", show, seen, limit=limit)
     if not seen.any or n < 2:
         names = ", ".join(map(str, sources))
         raise ConfigError(f"--data {names} holds no text to score (under --text_field={opts.text_field!r}?).")

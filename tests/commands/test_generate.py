@@ -141,11 +141,11 @@ def test_compiled_decode_step_gives_the_same_tokens_and_is_compiled_under_sample
     ids = sampling.encode_prompt(tok, "KING:", model.cfg.block_size)
     settings = {"max_new_tokens": model.cfg.block_size + 4, "temperature": 0.0, "stop_at_eot": False}
     static = sampling.sample_ids(model, ids, sampling.SampleConfig(**settings, decode="static"), 2)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     got = sampling.sample_ids(model, ids, sampling.SampleConfig(**settings, decode="compiled"), 2)
     assert compiled, "the decode step ran uncompiled"
     assert torch.equal(got, static)
-    torch._dynamo.reset()
+    torch.compiler.reset()
 
 
 def test_the_captured_decode_path_is_chosen_on_cuda_only():
