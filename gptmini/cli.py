@@ -9,6 +9,7 @@ from typing import Any
 from jsonargparse import set_loader, set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
@@ -16,6 +17,7 @@ from gptmini.callbacks.progress import LossProgressBar
 from gptmini.commands.shared import COMMANDS, run_command, user_errors
 from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
+from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
 from gptmini.train import compat, launcher, ranks, resume, run_folder, setting_checks
 from gptmini.train.checkpoint_contents import RunConfigSource
@@ -24,6 +26,7 @@ from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.logs import quiet_adverts
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
+from gptmini.train.profiler import NoProfiler
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -134,6 +137,8 @@ class GPTMiniCLI(LightningCLI):
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         setting_checks.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
+        # Before fit sets up the device: TF32 matmuls on CUDA (and no Lightning advice line about it).
+        use_tf32_matmuls(trainer.strategy.root_device)
         # Crash-safe checkpoint files (temp file in the folder, fsync, rename; gptmini.train.checkpoint_io),
         # unless the user configured a CheckpointIO plugin of their own.
         use_atomic_checkpoint_io(trainer.strategy)
@@ -144,6 +149,9 @@ class GPTMiniCLI(LightningCLI):
         for i, cb in enumerate(callbacks):
             if compat.is_default_progress_bar(cb):
                 callbacks[i] = LossProgressBar()
+        # The default no-op profiler, minus its cost on every hook call (gptmini.train.profiler).
+        if type(trainer.profiler) is PassThroughProfiler:
+            trainer.profiler = NoProfiler()
         return trainer
 
 

@@ -97,6 +97,7 @@ def calibrate(names: list[str], cache_dir: Path, steps: int, rounds: int) -> dic
 
     from gptmini.core.optim import OptimConfig, build_adamw
     from gptmini.core.step import train_step
+    from gptmini.core.tokens import inputs_and_targets
 
     torch.set_num_threads(1)
     states = {}
@@ -104,7 +105,7 @@ def calibrate(names: list[str], cache_dir: Path, steps: int, rounds: int) -> dic
         dm, model = _setup(POINTS[name], cache_dir, 0)
         opt = build_adamw(model, OptimConfig(lr=POINTS[name].lr))
         params = [p for g in opt.param_groups for p in g["params"]]
-        batch = next(iter(dm.train_dataloader()))
+        batch = inputs_and_targets(next(iter(dm.train_dataloader())))
         states[name] = (model, opt, params, batch)
     best = {name: math.inf for name in names}
     for _ in range(rounds):

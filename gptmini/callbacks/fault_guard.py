@@ -42,7 +42,10 @@ class FaultGuard(NonFiniteStop, StopAndSave, ValidationRestart):
                 dropped) before stopping; 0 = stop at the first one.
             check_every_n_steps: Check every n-th optimizer step. Unfused AdamW: each check is one
                 host sync, and a NaN between checks reaches the weights. Fused AdamW: every step is
-                guarded on the device and the verdict is read (one sync) every n steps.
+                guarded on the device and the verdict is read (one sync) every n steps. Several
+                processes also agree then whether any was signalled to stop (one all-reduce, none
+                between): a stop waits at most n - 1 steps, so keep n steps well inside the
+                scheduler's grace period.
             save_on_sigterm: Save ``last.ckpt`` when SIGTERM or a first Ctrl-C stops the run.
             requeue_on_sigterm: Under SLURM with auto_requeue (Lightning's default), requeue the job
                 after a SIGTERM too (time limit without ``--signal``, preemption), not only after the

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from gptmini.core.guard import NonFiniteGuard
 from gptmini.core.model import ModelConfig
 from gptmini.core.schedule import ScheduleConfig
 
@@ -28,6 +29,13 @@ class RecipeModule(Protocol):
     """The lr schedule settings (the lr curve's expected end)."""
     last_loss: torch.Tensor | None
     """This step's training loss, detached (None before the first step); read whether or not it is logged."""
+    nonfinite_guard: NonFiniteGuard | None
+    """The one grad norm and non-finite verdict of each step (None before the optimizer exists)."""
+
+    def runs_own_step(self) -> bool:
+        """Whether the module's ``optimizer_step`` runs the captured step (or its eager twin), so
+        Lightning's closure hooks are not called and the guard's verdict stays on the device."""
+        ...
 
 
 def recipe_module(pl_module: object) -> RecipeModule | None:

@@ -70,14 +70,16 @@ class NonFiniteStop(Callback):
         self._counts_on_device = False  # self.skipped comes from the guard's counter
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        module_guard = getattr(recipe_module(pl_module), "nonfinite_guard", None)
+        module = recipe_module(pl_module)
+        module_guard = module.nonfinite_guard if module is not None else None
         if module_guard is not None:  # count on from a resumed run's skips, at its step
             module_guard.reset_counts(self.skipped, trainer.global_step)
 
     # -- non-finite ------------------------------------------------------------------------
     def _guard_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> NonFiniteGuard:
         """The module's guard for ``optimizer`` (the norm clipping also uses), else one of our own."""
-        module_guard = getattr(recipe_module(pl_module), "nonfinite_guard", None)
+        module = recipe_module(pl_module)
+        module_guard = module.nonfinite_guard if module is not None else None
         if module_guard is not None and module_guard.optimizer is optimizer:
             self._guard = module_guard
         elif self._guard is None or self._guard.optimizer is not optimizer:
@@ -90,7 +92,7 @@ class NonFiniteStop(Callback):
         # The captured step checks on the device, without calling on_before_optimizer_step: read
         # its counters at the start of every n-th step (the steps before it are checked).
         module = recipe_module(pl_module)
-        if module is None or not getattr(module, "runs_own_step", lambda: False)():
+        if module is None or not module.runs_own_step():
             return
         if trainer.global_step % self.check_every_n_steps == 0:
             self._read_device_verdict(trainer, module.nonfinite_guard)

@@ -86,7 +86,8 @@ class StopAndSave(Callback):
         self._saving_stop = False  # ValidationRestart reads it: this save is a stop's
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        install_stop_rules(trainer)
+        # Several processes agree on a stop every n steps: FaultGuard's check_every_n_steps (NonFiniteStop's).
+        install_stop_rules(trainer, getattr(self, "check_every_n_steps", 1))
         # Lightning handles SIGTERM itself (finish the step, raise SIGTERMException) but has no such
         # path for SIGINT: a KeyboardInterrupt lands mid-step and nothing is saved. So a first Ctrl-C
         # raises Lightning's SIGTERM flag, and the run stops exactly as on SIGTERM. Under SLURM the

@@ -22,12 +22,13 @@ from gptmini.core.guard import NonFiniteGuard
 from gptmini.core.model import GPTMini
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
-from gptmini.core.step import autocast_for, guarded_step
+from gptmini.core.step import autocast_for, guarded_step, use_tf32_matmuls
+from gptmini.core.tokens import inputs_and_targets
 
 
 def train_plain(
     model: GPTMini,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     optim: OptimConfig,
     schedule: ScheduleConfig,
     max_steps: int,
@@ -43,7 +44,8 @@ def train_plain(
 
     Args:
         model: The model, already initialised (and compiled, if wanted); it is moved to ``device``.
-        batches: (x, y) pairs of token ids, (B, T) each, e.g. ``GPTMiniData.train_dataloader()``.
+        batches: uint16 (B, T+1) windows (``GPTMiniData.train_dataloader()``) or (x, y) pairs of
+            token ids, (B, T) each.
         optim: AdamW settings; groups as :func:`gptmini.core.optim.param_groups`.
         schedule: Warmup + cosine, horizon ``max_steps``, stepped after every optimizer step.
         max_steps: Optimizer steps to take.
@@ -61,6 +63,7 @@ def train_plain(
     model.to(device)
     model.train()
     autocast_for(precision, device)  # refuse an unsupported precision before the first batch
+    use_tf32_matmuls(device)  # as the CLI sets it for the Lightning path
     optimizer = build_adamw(model, optim, device)
     scheduler = build_scheduler(optimizer, schedule, max_steps)
     fused = bool(optimizer.defaults.get("fused"))
@@ -81,11 +84,13 @@ def train_plain(
     runner = CapturedStep(step, capture_context=lambda: capturable(optimizer)) if path.captured else None
     non_blocking = device.type == "cuda"
     losses: list[torch.Tensor] = []
-    for i, (x, y) in enumerate(_cycle(batches)):
+    for i, batch in enumerate(_cycle(batches)):
         if i >= max_steps:
             break
-        x = x.to(device, non_blocking=non_blocking)  # (B, T)
-        y = y.to(device, non_blocking=non_blocking)  # (B, T)
+        if torch.is_tensor(batch):  # one uint16 (B, T+1) window: copied, then split on the device
+            x, y = inputs_and_targets(batch.to(device, non_blocking=non_blocking))  # (B, T) each
+        else:
+            x, y = (t.to(device, non_blocking=non_blocking) for t in batch)
         if runner is None:
             loss = step((x, y))
         else:

@@ -6,7 +6,9 @@ grads in place, forward, backward, one grad norm for the non-finite verdict and 
 runs it (captured on CUDA, see docs/performance.md), and so does
 :func:`gptmini.core.plainloop.train_plain` (the baseline ``scripts/bench.py`` holds the Lightning
 path to), so the comparison stays fair. :func:`train_step` is the variant with an fp16 grad scaler
-that :class:`gptmini.callbacks.first_batch.OverfitCheck` trains with. :func:`compile_by_default` is the one home of "compile on CUDA, not on CPU"; the fused
+that :class:`gptmini.callbacks.first_batch.OverfitCheck` trains with. :func:`compile_by_default` is
+the one home of "compile on CUDA, not on CPU", :func:`use_tf32_matmuls` the one of "fp32 matmul
+precision high on CUDA"; the fused
 AdamW rule lives with the optimizer (:func:`gptmini.core.optim.use_fused`). Lightning-free on purpose.
 """
 
@@ -48,6 +50,19 @@ def compile_by_default(setting: bool | None, device: torch.device | str) -> bool
     if setting is not None:
         return bool(setting)
     return torch.device(device).type == "cuda"
+
+
+def use_tf32_matmuls(device: torch.device | str) -> bool:
+    """fp32 matmul precision ``high`` (TF32 tensor cores, fp32 accumulation) when training on CUDA:
+    fp32 matmuls (all of ``32-true``'s, any outside autocast under ``bf16-mixed``) run several times
+    faster for a 10-bit mantissa on the products, as nanoGPT and litgpt set it. Not on CPU, where
+    ``high`` may let oneDNN use bf16 and change results; a precision the user already set is kept.
+    Called before the Trainer sets up its device (which otherwise prints its advice to set it);
+    returns whether it changed the setting."""
+    if torch.device(device).type != "cuda" or torch.get_float32_matmul_precision() != "highest":
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
 
 
 def train_step(

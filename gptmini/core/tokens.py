@@ -184,13 +184,15 @@ def split_tail(all_path: Path, n_tail: int, train_path: Path, tail_path: Path, c
 
 
 class TokenWindows(Dataset):
-    """Window i = tokens[i*block : i*block + block + 1] -> (x, y) shifted by one.
+    """Window i = tokens[i*block : i*block + block + 1]: one uint16 tensor of block_size + 1 ids.
 
-    Deterministic by index (shuffling is the sampler's job), so ``overfit_batches=1`` always sees
-    the same batch. An index may also be ``(i, offset)``: the window starting at
-    ``i*block + offset`` (how the sampler shifts the grid); ``shifted=True`` keeps one block in
-    reserve so every offset in [0, block) fits. The memmap is opened lazily so each DataLoader
-    worker opens its own.
+    A batch is one uint16 (B, T+1) tensor (``__getitems__``: one gather from the memmap, no
+    collate): a quarter of the bytes of two int64 (B, T) tensors to pin and copy to the device,
+    where :func:`inputs_and_targets` splits it into x and y shifted by one. Deterministic by index
+    (shuffling is the sampler's job), so ``overfit_batches=1`` always sees the same batch. An index
+    may also be ``(i, offset)``: the window starting at ``i*block + offset`` (how the sampler shifts
+    the grid); ``shifted=True`` keeps one block in reserve so every offset in [0, block) fits. The
+    memmap is opened lazily so each DataLoader worker opens its own.
     """
 
     def __init__(self, path: Path, block_size: int, shifted: bool = False) -> None:
@@ -200,14 +202,50 @@ class TokenWindows(Dataset):
         self.max_start = max(n_tokens - block_size - 1, 0)  # last start with a full window + target
         self.n_windows = (n_tokens - 1 - (block_size - 1 if shifted else 0)) // block_size
         self._tokens: np.ndarray | None = None
+        self._span = np.arange(block_size + 1)
 
     def __len__(self) -> int:
         return self.n_windows
 
-    def __getitem__(self, i: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")
+    def _start(self, i: int | tuple[int, int]) -> int:
         i, offset = i if isinstance(i, tuple) else (i, 0)
-        start = i * self.block_size + offset
-        window = torch.from_numpy(self._tokens[start : start + self.block_size + 1].astype(np.int64))
-        return window[:-1], window[1:]  # (T,), (T,)
+        return i * self.block_size + offset
+
+    def _memmap(self) -> np.ndarray:
+        if self._tokens is None:
+            # A plain ndarray over the mapping: indexing a np.memmap costs twice as much (subclass wrapping).
+            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r").view(np.ndarray)
+        return self._tokens
+
+    def __getitem__(self, i: int | tuple[int, int]) -> torch.Tensor:
+        start = self._start(i)
+        return torch.from_numpy(np.array(self._memmap()[start : start + self.block_size + 1]))  # (T+1,)
+
+    def __getitems__(self, indices: list) -> torch.Tensor:
+        """The batch of ``indices`` as one (B, T+1) uint16 tensor (the DataLoader calls this instead
+        of B ``__getitem__`` calls and a collate when the dataset has it)."""
+        starts = np.fromiter(map(self._start, indices), dtype=np.int64, count=len(indices))
+        return torch.from_numpy(self._memmap()[starts[:, None] + self._span])  # fancy index: a copy
+
+
+def collate_windows(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """DataLoader ``collate_fn`` for :class:`TokenWindows`: its ``__getitems__`` batch as it is (a
+    list of single windows, from another caller, is stacked)."""
+    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+
+
+def is_window_batch(batch: object) -> bool:
+    """A batch as :class:`TokenWindows` gives it: one (B, T+1) uint16 tensor of token ids."""
+    return isinstance(batch, torch.Tensor) and batch.dtype == torch.uint16 and batch.dim() == 2
+
+
+def inputs_and_targets(
+    batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y), int64 (B, T) each, from a window batch (converted where it is, i.e. on the device
+    after the copy) or from an (x, y) pair, returned as given. x and y are views of one int64 copy."""
+    if not is_window_batch(batch):
+        x, y = batch
+        return x, y
+    ids = batch.long()  # embedding indices and cross_entropy targets: int64
+    return ids[:, :-1], ids[:, 1:]

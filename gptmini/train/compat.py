@@ -195,6 +195,13 @@ def raise_recompile_limit(limit: int) -> None:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, limit)
 
 
+def log_step_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` to every logger at the step Lightning writes this batch's step metrics at, and
+    into ``trainer.logged_metrics``, as Lightning's ThroughputMonitor does (no ``self.log``). Private:
+    ``Trainer._logger_connector.log_metrics``, ``fit_loop.epoch_loop._batches_that_stepped``."""
+    trainer._logger_connector.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 def every_n_train_steps(callback: ModelCheckpoint) -> int:
     """A ModelCheckpoint's ``every_n_train_steps`` (0: off). Private: ``_every_n_train_steps``."""
     return callback._every_n_train_steps or 0

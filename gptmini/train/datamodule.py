@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -44,7 +45,7 @@ from gptmini.core.formats import (
 from gptmini.core.prepare import prepare_tokens
 from gptmini.core.sources import ReadOptions, resolve_sources
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, vocab_of
-from gptmini.core.tokens import TokenWindows
+from gptmini.core.tokens import TokenWindows, collate_windows, inputs_and_targets, is_window_batch
 from gptmini.train.loader import (
     WINDOW_OFFSETS,
     ResumableLoader,
@@ -290,6 +291,7 @@ class GPTMiniData(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=train,
+            collate_fn=collate_windows,  # one uint16 (B, T+1) tensor per batch (TokenWindows.__getitems__)
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
@@ -308,3 +310,14 @@ class GPTMiniData(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup() must run first"
         return self._loader(self.val_set, train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """(x, y) on the device from the one uint16 (B, T+1) window the loaders give per batch.
+
+        Lightning's transfer_batch_to_device copies that window (``non_blocking`` from pinned
+        memory on CUDA): a quarter of the bytes of two int64 (B, T) tensors, one copy instead of
+        two. The module's steps and every callback hook after this see (x, y), int64 (B, T) each.
+        Here, not in the LightningModule: the window is this datamodule's format (and Lightning
+        warns when a module overrides a data hook while a datamodule is attached).
+        """
+        return inputs_and_targets(batch) if is_window_batch(batch) else batch

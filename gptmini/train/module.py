@@ -330,7 +330,7 @@ class GPTMiniModule(pl.LightningModule):
             loss = self._runner()
         # What training_step would have returned (a copy: the next replay overwrites the graph's).
         self.last_loss = set_closure_result(optimizer_closure, loss)
-        self._log_step("train/loss", self.last_loss, sync_dist=True)  # one process here: no collective
+        self._log_step("train/loss", self.last_loss)  # synced by name (MEAN_OVER_RANKS), as training_step
         self._log_step("train/grad_norm", self.nonfinite_guard.norm)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:

@@ -7,7 +7,7 @@ import torch
 
 import gptmini.core.tokens as data_mod
 from gptmini.core.tokenizer import load_tokenizer
-from gptmini.core.tokens import EOT, TokenWindows
+from gptmini.core.tokens import EOT, TokenWindows, inputs_and_targets
 from gptmini.train.datamodule import GPTMiniData
 
 
@@ -32,14 +32,16 @@ def test_windows_are_deterministic_and_shifted(tiny_data):
     tokens = np.fromfile(tiny_data.cache_path / "train.bin", dtype=np.uint16).astype(np.int64)
     B = tiny_data.block_size
     for i in (0, 5, len(ds) - 1):
-        x, y = ds[i]
-        assert x.shape == y.shape == (B,) and x.dtype == torch.int64
-        assert torch.equal(x, torch.from_numpy(tokens[i * B : i * B + B]))
-        assert torch.equal(y, torch.from_numpy(tokens[i * B + 1 : i * B + B + 1]))
-        assert torch.equal(ds[i][0], x)
+        w = ds[i]  # one uint16 window of B + 1 tokens: x and y are cut from it on the device
+        assert w.shape == (B + 1,) and w.dtype == torch.uint16
+        x, y = inputs_and_targets(w[None])
+        assert x.shape == y.shape == (1, B) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(x[0], torch.from_numpy(tokens[i * B : i * B + B]))
+        assert torch.equal(y[0], torch.from_numpy(tokens[i * B + 1 : i * B + B + 1]))
+        assert torch.equal(ds[i], w)
         # (window, offset): the grid shifted by offset, as window_offset=random_per_epoch samples it
-        x, y = ds[(i, B - 1)]
-        assert torch.equal(y, torch.from_numpy(tokens[i * B + B : i * B + 2 * B]))
+        w = ds[(i, B - 1)]
+        assert torch.equal(w.long(), torch.from_numpy(tokens[i * B + B - 1 : i * B + 2 * B]))
     assert tiny_data.window_offset == "fixed"  # the default
     assert len(ds) == (len(tokens) - 1) // B
     shifted = TokenWindows(tiny_data.cache_path / "train.bin", B, shifted=True)
@@ -51,5 +53,18 @@ def test_token_windows_reads_uint16(tmp_path):
     np.arange(100, dtype=np.uint16).tofile(path)
     ds = TokenWindows(path, 10)
     assert len(ds) == 9
-    x, y = ds[8]
-    assert x.tolist() == list(range(80, 90)) and y.tolist() == list(range(81, 91))
+    assert ds[8].tolist() == list(range(80, 91))
+
+
+def test_a_batch_is_one_uint16_gather_split_on_the_device(tmp_path):
+    path = tmp_path / "t.bin"
+    np.arange(100, dtype=np.uint16).tofile(path)
+    ds = TokenWindows(path, 10, shifted=True)
+    batch = ds.__getitems__([3, (0, 7), 1])  # what the DataLoader asks for a batch
+    assert batch.dtype == torch.uint16 and batch.shape == (3, 11)
+    assert torch.equal(batch, torch.stack([ds[3], ds[(0, 7)], ds[1]]))
+    x, y = inputs_and_targets(batch)
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (3, 10)
+    assert x[1].tolist() == list(range(7, 17)) and y[1].tolist() == list(range(8, 18))
+    pair = (x, y)
+    assert inputs_and_targets(pair) == pair  # an (x, y) batch passes through

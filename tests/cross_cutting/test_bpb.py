@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from gptmini.core.optim import OptimConfig
 from gptmini.core.schedule import ScheduleConfig
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
+from gptmini.core.tokens import inputs_and_targets
 from gptmini.train.datamodule import GPTMiniData
 from gptmini.train.module import GPTMiniModule
 
@@ -38,7 +39,7 @@ def validate(module, dm, limit_val_batches, bar: dict | None = None) -> dict:
 
 def scored_targets(dm, n_batches: int) -> list[torch.Tensor]:
     loader = dm.val_dataloader()
-    return [y for (_, y), _ in zip(loader, range(n_batches))]
+    return [inputs_and_targets(w)[1] for w, _ in zip(loader, range(n_batches))]
 
 
 def decoded_bytes(tok, windows: list[torch.Tensor]) -> int:
@@ -78,7 +79,8 @@ def test_val_bpb_matches_a_hand_computation(tiny_model_cfg, tiny_data):
     metrics = validate(module, tiny_data, limit_val_batches=2)
     nats, ys = 0.0, []
     with torch.no_grad():
-        for (x, y), _ in zip(tiny_data.val_dataloader(), range(2)):
+        for w, _ in zip(tiny_data.val_dataloader(), range(2)):
+            x, y = inputs_and_targets(w)
             logits = module.model(x)[0]
             nats += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double().item()
             ys.append(y)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptmini.core.tokens import TokenWindows
+from gptmini.core.tokens import TokenWindows, collate_windows
 from gptmini.train.loader import ResumableLoader, ResumableSampler
 
 
 def batches(loader, n: int | None = None) -> list[torch.Tensor]:
     out = []
-    for x, _ in loader:
-        out.append(x)
+    for batch in loader:  # one uint16 (B, T+1) window batch
+        out.append(batch)
         if n is not None and len(out) == n:
             break
     return out
@@ -20,7 +20,9 @@ def batches(loader, n: int | None = None) -> list[torch.Tensor]:
 
 def make(dataset, num_workers: int = 0, rank: int = 0, replicas: int = 1) -> ResumableLoader:
     sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, seed=7)
-    return ResumableLoader(dataset, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers)
+    return ResumableLoader(
+        dataset, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers, collate_fn=collate_windows
+    )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -77,7 +79,9 @@ def test_window_offsets_vary_by_epoch_and_resume_exactly(tiny_data, mode):
 
     def loader(num_workers: int = 0) -> ResumableLoader:
         sampler = ResumableSampler(ds, seed=7, window_offset=mode)
-        return ResumableLoader(ds, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers)
+        return ResumableLoader(
+            ds, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers, collate_fn=collate_windows
+        )
 
     s = ResumableSampler(ds, seed=7, window_offset=mode)
     epochs = []
@@ -93,8 +97,7 @@ def test_window_offsets_vary_by_epoch_and_resume_exactly(tiny_data, mode):
         assert all(len(o) == 1 and 0 <= min(o) < B for o in offsets) and len(set(map(min, offsets))) > 1
     assert max(max(x) for x in starts) <= ds.max_start
     for idx in epochs[0][:3] + epochs[0][-3:]:
-        x, y = ds[idx]
-        assert x.shape == y.shape == (B,)
+        assert ds[idx].shape == (B + 1,)
 
     # two ranks split what one process draws (DDP 2 x 4 = 1 x 8)
     one = list(ResumableSampler(ds, seed=7, window_offset=mode))
@@ -127,7 +130,9 @@ def test_resume_with_another_batch_size_continues_at_the_windows_seen(tiny_data)
     interrupted = make(ds)  # batch size 4
     interrupted.sampler.set_epoch(2)
     batches(interrupted, 6)  # 24 windows seen
-    resumed = ResumableLoader(ds, batch_size=8, sampler=ResumableSampler(ds, seed=7), drop_last=True)
+    resumed = ResumableLoader(
+        ds, batch_size=8, sampler=ResumableSampler(ds, seed=7), drop_last=True, collate_fn=collate_windows
+    )
     with pytest.warns(UserWarning, match=r"continues approximately \(at window 24 of epoch 2\)"):
         resumed.load_state_dict(interrupted.state_dict())
     resumed.sampler.set_epoch(2)

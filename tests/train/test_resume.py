@@ -24,6 +24,7 @@ from conftest import attribute_docstrings_off, callbacks_args, cli_env, scalars_
 from gptmini.callbacks.fault_guard import resume_command
 from gptmini.cli import main
 from gptmini.core.checkpoint import load_model, read_checkpoint
+from gptmini.train import run_folder
 
 MAX_STEPS = 16
 EVERY = 4
@@ -185,7 +186,12 @@ def test_exact_resume_after_interrupt(
         assert line.startswith(f"{what}: saved {last} at step {resumed_from}; resume with: python -m gptmini.cli fit")
         assert line.endswith("--data.num_workers=2 --ckpt_path last")
     assert read_checkpoint(last)["global_step"] == resumed_from
-    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and "events" not in p.name}
+    # The run files, not the stale run.lock a SIGKILLed run leaves: the resume takes it over and removes it.
+    before = {
+        p: p.read_bytes()
+        for p in first.rglob("*")
+        if p.is_file() and "events" not in p.name and p.name != run_folder.LOCK_FILE
+    }
 
     with attribute_docstrings_off():
         main(run_args(tmp_path, corpus_file, data_cache) + ["--ckpt_path=last"])

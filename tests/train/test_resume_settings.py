@@ -277,3 +277,37 @@ def test_a_resume_with_the_runs_own_settings_reads_the_arguments_once(base, tmp_
     own = ["--model.arch.mlp_ratio=2", f"--ckpt_path={base['ckpt']}"]
     main(args(tmp_path, corpus_file, data_cache, max_steps=BASE_STEPS + 1) + own)
     assert RecordStart.seen["step"] == BASE_STEPS
+
+
+def test_ckpt_path_last_is_the_highest_step_of_the_run_folder_written_last(tmp_path):
+    """The rule, on files made here: in a folder, the step inside each file decides (a kill while
+    last.ckpt was overwritten left an older one beside step=4); across version folders, the one
+    written last (a new run of the same name restarts at step 0); unreadable files are skipped."""
+    import os
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from gptmini.train.resume import resolve_ckpt_path
+
+    def save(path: Path, step: int, mtime: float) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {}, "global_step": step}, path)
+        os.utime(path, (mtime, mtime))
+        return path
+
+    logger = TensorBoardLogger(save_dir=str(tmp_path / "runs"), name="tiny")
+    trainer = pl.Trainer(logger=logger, enable_checkpointing=False, enable_progress_bar=False)
+    run0 = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    save(run0 / "epoch=0-step=2.ckpt", 2, 100)
+    save(run0 / "last.ckpt", 2, 101)  # the kill: last.ckpt not rewritten at step 4
+    step4 = save(run0 / "epoch=0-step=4.ckpt", 4, 102)
+    assert resolve_ckpt_path("last", trainer) == str(step4)
+    save(run0 / "last.ckpt", 4, 103)  # same step: last.ckpt
+    assert resolve_ckpt_path("last", trainer) == str(run0 / "last.ckpt")
+    run1 = tmp_path / "runs" / "tiny" / "version_1" / "checkpoints"  # a new run of the name, later
+    new = save(run1 / "last.ckpt", 1, 200)
+    assert resolve_ckpt_path("last", trainer) == str(new)
+    (run1 / "epoch=0-step=3.ckpt").write_bytes(b"truncated")
+    os.utime(run1 / "epoch=0-step=3.ckpt", (201, 201))
+    with pytest.warns(UserWarning, match="step=3.ckpt cannot be read .*; using .*version_1/checkpoints/last.ckpt"):
+        assert resolve_ckpt_path("last", trainer) == str(new)
