@@ -14,11 +14,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
-from gptmini.commands.shared import COMMANDS, run_command, user_errors
 from gptmini.core.config import load_yaml_unique
 from gptmini.core.model import count_params
 from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
+from gptmini.entry import COMMANDS, run_command, user_errors
 from gptmini.train import compat, launcher, ranks, resume, run_folder, setting_checks
 from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
@@ -157,7 +157,7 @@ class GPTMiniCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
-    a plain command (``generate ...``, gptmini.commands.shared.COMMANDS) or fit/validate."""
+    a plain command (``generate ...``, gptmini.entry.COMMANDS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
     launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
     if not run_command(argv):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gptmini.commands.shared import command_main
 from gptmini.core.atomic import unwritable, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
@@ -28,6 +27,7 @@ from gptmini.core.prepare import encode_sources, has_val_split
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources
 from gptmini.core.tokenizer import load_tokenizer, token_byte_lengths
 from gptmini.core.tokens import TextSeen
+from gptmini.entry import command_main
 
 # The corpus readers' messages name these flags, not fit's data.* settings.
 EVAL_NAMES = SettingNames(data="--data", text_field="--text_field", skip_bad_records="--skip_bad_records", split="--split")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptmini.commands.shared import command_main
 from gptmini.core.export_folder import export_model
+from gptmini.entry import command_main
 
 
 def export(checkpoint: str, out_dir: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:

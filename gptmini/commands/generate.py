@@ -12,11 +12,11 @@ before it did). ``--help`` lists every option.
 
 from __future__ import annotations
 
-from gptmini.commands.shared import command_main
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
 from gptmini.core.device import resolve_device
 from gptmini.core.sampling import SampleConfig, sample
+from gptmini.entry import command_main
 
 
 def generate(

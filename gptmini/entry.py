@@ -1,5 +1,5 @@
-"""What the commands share: the table of plain commands (run without Lightning) and their dispatch,
-used by both entry points (the ``gptmini`` script, gptmini.commands, and ``python -m gptmini.cli``);
+"""What the commands share: the table of plain commands (gptmini/commands/, run without Lightning)
+and their dispatch, used by the console script (gptmini.__main__.main) and ``python -m gptmini.cli``;
 :func:`command_main`, the one ``main`` of each plain command; how a user's error ends a command.
 Imports no Lightning.
 """
@@ -59,3 +59,4 @@ def command_main(fn: Callable[..., T], args: list[str] | None, prog: str) -> T:
 
     with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
         return CLI(fn, args=args, prog=prog)
+
