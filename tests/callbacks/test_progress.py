@@ -140,7 +140,7 @@ def test_no_host_sync_between_logging_steps(cli_args, monkeypatch, captured):
     # The step-0 checks read on purpose, at the first batch's start, before the first update.
     checks = ("first_batch.py", "checklist.py", "recipe_checks.py", "lr_curve.py", "checks_shared.py")
     state["reads"] = [r for r in state["reads"] if not (r[0] == 1 and r[2].endswith(checks))]
-    guard = ("callbacks/fault_guard.py", "core/guard.py")  # FaultGuard, and the counters it reads
+    guard = ("callbacks/fault_guard.py", "callbacks/nonfinite.py", "core/guard.py")  # FaultGuard's guard, its counters
     guard_steps = {r[0] for r in state["reads"] if r[2].endswith(guard)}
     assert len(guard_steps) <= 3, guard_steps
     steps = {step for step, _, caller in state["reads"] if not caller.endswith(guard)}

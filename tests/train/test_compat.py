@@ -244,6 +244,18 @@ SCANNED = ("gptmini", "scripts", "tests")
 STDLIB_PUBLIC = {"_exit", "_getframe", "_current_frames", "_replace", "_asdict", "_fields", "_make"}
 
 
+THIRD_PARTY = ("lightning", "pytorch_lightning", "lightning_fabric", "jsonargparse")
+
+
+def _root(node) -> str:
+    """The first name of a dotted expression (``pl.Callback`` -> ``pl``)."""
+    import ast
+
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -309,6 +321,18 @@ def private_uses(root, third_party: set[str]) -> list[str]:
         and any(isinstance(t, ast.Name) and t.id.endswith("_HOOK") for t in n.targets)
     }
     allowed = own | STDLIB_PUBLIC
+    # Per file: the names bound to Lightning/jsonargparse modules or classes (a class deriving from
+    # one of them can override their private methods).
+    third_party_names = {
+        p: {
+            (a.asname or a.name).split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in n.names
+            if ((n.module if isinstance(n, ast.ImportFrom) else a.name) or "").split(".")[0] in THIRD_PARTY
+        }
+        for p, tree in trees.items()
+    }
 
     found = []
     for path, tree in trees.items():
@@ -334,7 +358,7 @@ def private_uses(root, third_party: set[str]) -> list[str]:
                 and _is_private(n.args[1].value) and n.args[1].value not in allowed
             ):
                 hit = f"{n.func.id}(..., {n.args[1].value!r})"
-            elif isinstance(n, ast.ClassDef) and n.bases:
+            elif isinstance(n, ast.ClassDef) and any(_root(b) in third_party_names[path] for b in n.bases):
                 hit = ", ".join(
                     f"def {d.name} (overrides a private method)"
                     for d in n.body
@@ -366,7 +390,7 @@ def test_the_private_name_scan_finds_each_kind(tmp_path):
         "torch._dynamo.config\nos._exit(0)\n"
     )
     (tmp_path / "tests" / "t.py").write_text(
-        "class C(Base):\n    def _overridden(self):\n        self._mine = 1\n    def _declared(self):\n        pass\n"
+        "from lightning.pytorch import Base\nclass C(Base):\n    def _overridden(self):\n        self._mine = 1\n    def _declared(self):\n        pass\n"
         "getattr(m, '_compiled_call_impl')\nx._mine\n"
     )
     found = private_uses(tmp_path, {"_overridden", "_declared"})
