@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptmini import generate as gen
 from gptmini.callbacks.samples import TextSamples
+from gptmini.commands import generate as gen
 from gptmini.core import sampling
 from gptmini.core.config import ConfigError
 from gptmini.core.model import GPTMini
