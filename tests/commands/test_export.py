@@ -75,6 +75,8 @@ def run_block(block: str, blocked: list[str], where: Path) -> object:
     res = subprocess.run(
         [sys.executable, "-I", "-c", _RUN_BLOCK, str(script), ",".join(blocked), str(result)],
         cwd=where, capture_output=True, text=True, timeout=300,
+        # This process's thread count: the same float summation order, so logits compare bit for bit.
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     assert res.returncode == 0, res.stderr
     return torch.load(result, weights_only=True)
