@@ -318,7 +318,8 @@ class Check:
             if "mark.gpu" in p.read_text()
         )
         # -v: each test's outcome is in the log as it ends, in case a kill leaves no JUnit file.
-        cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "gpu",
+        # -o addopts: not the suite's `-n 2` workers (one GPU; pytest-xdist may be absent there).
+        cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=-ra", "-m", "gpu",
                f"--junitxml={self.out / 'gpu_tests.xml'}", *files]  # fmt: skip
         self.run("gpu_tests", cmd)
 

@@ -22,7 +22,16 @@ TINY_VOCAB = 384
 TINY_BLOCK = 32
 
 
+# Tests sharing an expensive session fixture run on one pytest-xdist worker (``--dist loadgroup``),
+# so each fixture is built once per session, not once per worker; without xdist the mark is inert.
+_SHARED_FIXTURES = ("ddp_reference", "fitted_run")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [f for f in _SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
