@@ -181,3 +181,23 @@ def test_compiled_module_checkpoint_has_no_orig_mod(cli_args, tmp_path, monkeypa
     assert not [k for k in state if "_orig_mod" in k]
     bare = GPTMini(cli.model.model_cfg)
     bare.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+
+
+def test_per_step_attributes_are_plain_and_others_still_register(tiny_model_cfg):
+    """GPTMiniModule sets its per-step attributes (and Lightning's hook name) without nn.Module's registry
+    checks: they stay plain attributes, out of the state dict; any other name still registers as before."""
+    from gptmini.train.compat import CURRENT_FX_NAME
+    from gptmini.train.module import PLAIN_STEP_ATTRS
+
+    module = GPTMiniModule(arch=tiny_model_cfg)
+    keys = set(module.state_dict())
+    assert CURRENT_FX_NAME in PLAIN_STEP_ATTRS
+    for name in PLAIN_STEP_ATTRS:
+        setattr(module, name, torch.ones(1))
+        assert torch.equal(getattr(module, name), torch.ones(1)) and name in vars(module)
+    assert set(module.state_dict()) == keys
+    module.extra = torch.nn.Linear(2, 2)  # not a per-step name: nn.Module's rules apply
+    module.register_buffer("buf", torch.zeros(1))
+    module.buf = torch.ones(1)
+    assert "extra" in module._modules and "extra.weight" in module.state_dict()
+    assert torch.equal(module.state_dict()["buf"], torch.ones(1))

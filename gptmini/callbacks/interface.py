@@ -40,16 +40,18 @@ class RecipeModule(Protocol):
 
 # The protocol's members, listed once: ``isinstance(x, RecipeModule)`` collects them from the class
 # on every call (~60 Python calls; FaultGuard asks a few times per step).
-MEMBERS = (
-    *RecipeModule.__annotations__,
-    *(n for n, v in vars(RecipeModule).items() if callable(v) and not n.startswith("_")),
-)
+DATA_MEMBERS = tuple(RecipeModule.__annotations__)
+METHODS = tuple(n for n, v in vars(RecipeModule).items() if callable(v) and not n.startswith("_"))
+MEMBERS = (*DATA_MEMBERS, *METHODS)
 
 
 def recipe_module(pl_module: object) -> RecipeModule | None:
-    """``pl_module`` when it provides :class:`RecipeModule`, else None: ``isinstance(pl_module,
-    RecipeModule)``'s rule (every member present), checked against :data:`MEMBERS`."""
-    for name in MEMBERS:
+    """``pl_module`` when it provides :class:`RecipeModule`, else None: the rule of ``isinstance(pl_module,
+    RecipeModule)`` (every member present; a method set to None blocks), without its per-call walk."""
+    for name in DATA_MEMBERS:
         if not hasattr(pl_module, name):
+            return None
+    for name in METHODS:
+        if getattr(pl_module, name, None) is None:
             return None
     return pl_module  # type: ignore[return-value]
