@@ -45,13 +45,12 @@ METHODS = tuple(n for n, v in vars(RecipeModule).items() if callable(v) and not 
 MEMBERS = (*DATA_MEMBERS, *METHODS)
 
 
-def recipe_module(pl_module: object) -> RecipeModule | None:
-    """``pl_module`` when it provides :class:`RecipeModule`, else None: the rule of ``isinstance(pl_module,
-    RecipeModule)`` (every member present; a method set to None blocks), without its per-call walk."""
+def recipe_module(obj: object) -> RecipeModule | None:
+    """``obj`` (a LightningModule) when it provides :class:`RecipeModule`, else None: the rule of ``isinstance(obj, RecipeModule)`` (every member present; a method set to None blocks), without its per-call walk."""
     for name in DATA_MEMBERS:
-        if not hasattr(pl_module, name):
+        if not hasattr(obj, name):
             return None
     for name in METHODS:
-        if getattr(pl_module, name, None) is None:
+        if getattr(obj, name, None) is None:
             return None
-    return pl_module  # type: ignore[return-value]
+    return obj  # type: ignore[return-value]
