@@ -46,7 +46,9 @@ MEMBERS = (*DATA_MEMBERS, *METHODS)
 
 
 def recipe_module(obj: object) -> RecipeModule | None:
-    """``obj`` (a LightningModule) when it provides :class:`RecipeModule`, else None: the rule of ``isinstance(obj, RecipeModule)`` (every member present; a method set to None blocks), without its per-call walk."""
+    """``obj`` (a LightningModule) when it provides :class:`RecipeModule`, else None: the rule of
+    ``isinstance(obj, RecipeModule)`` (every member present; a method set to None blocks), without
+    its per-call walk."""
     for name in DATA_MEMBERS:
         if not hasattr(obj, name):
             return None
