@@ -10,6 +10,7 @@ norm for clipping and the non-finite guard (:class:`gptmini.core.guard.NonFinite
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict
 from typing import Any
 
@@ -170,6 +171,7 @@ class GPTMiniModule(pl.LightningModule):
         # One grad norm per step for clipping and FaultGuard; device state, built at fit start.
         self.nonfinite_guard: NonFiniteGuard | None = None
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
+        self._clip_route: str | None = None  # who clips by norm in this fit (_choose_clip_route)
         self._lrs: list[torch.Tensor] = []
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
@@ -311,6 +313,7 @@ class GPTMiniModule(pl.LightningModule):
         rank_zero_info(self.step_path.line())
         self.nonfinite_guard = NonFiniteGuard(optimizer) if optimizer is not None else None
         self._runner = None
+        self._clip_route = self._choose_clip_route(trainer)  # once, not on every step
 
     def on_train_start(self) -> None:
         # Here, after a checkpoint restore: the graph holds the restored weights, moments and lr.
@@ -337,6 +340,7 @@ class GPTMiniModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._runner = None  # frees the graph and its memory pool
+        self._clip_route = None
 
     def optimizer_step(
         self,
@@ -380,6 +384,14 @@ class GPTMiniModule(pl.LightningModule):
         state.update(_runner=None, nonfinite_guard=None, _lrs=[])
         return state
 
+    @staticmethod
+    def _choose_clip_route(trainer: pl.Trainer) -> str:
+        """Who clips by norm: Lightning under a grad scaler (it unscales first), FSDP's own method
+        (sharded grads), else the non-finite guard's norm (configure_gradient_clipping)."""
+        if grad_scaler(trainer) is not None:
+            return "lightning"
+        return "fsdp" if uses_fsdp(trainer) else "guard"
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -394,15 +406,14 @@ class GPTMiniModule(pl.LightningModule):
         ``clip_grad_norm_`` is correct. With a scaler (fp16) we defer to Lightning, which
         unscales first.
         """
-        algorithm = gradient_clip_algorithm or "norm"
-        if grad_scaler(self.trainer) is not None or algorithm != "norm":
+        route = self._clip_route or self._choose_clip_route(self.trainer)
+        if route == "lightning" or (gradient_clip_algorithm or "norm") != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        wrapped = self.trainer.model
-        if uses_fsdp(self.trainer):
+        if route == "fsdp":
             # FSDP(1) shards flat grads: only its own method computes the global norm (Lightning's
             # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
-            norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
+            norm = self.trainer.model.clip_grad_norm_(gradient_clip_val or float("inf"))
         else:
             # The norm FaultGuard's check already measured this step (or measures now): one per step.
             guard = self.nonfinite_guard
@@ -435,3 +446,10 @@ class GPTMiniModule(pl.LightningModule):
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.val_history = list(state.get("val", []))
         self.corpus = dict(state.get("corpus") or self.corpus)
+
+
+# Lightning reads the step methods' signatures on every batch (is_param_in_hook_signature: "does it take
+# batch_idx?"), ~40 Python calls of inspect each time; inspect returns a function's ``__signature__``
+# when it has one (PEP 362), so it is built once here. A subclass's override is read as before.
+for _step in (GPTMiniModule.training_step, GPTMiniModule.validation_step):
+    _step.__signature__ = inspect.signature(_step)
