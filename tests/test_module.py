@@ -201,3 +201,26 @@ def test_per_step_attributes_are_plain_and_others_still_register(tiny_model_cfg)
     module.buf = torch.ones(1)
     assert "extra" in module._modules and "extra.weight" in module.state_dict()
     assert torch.equal(module.state_dict()["buf"], torch.ones(1))
+
+
+def test_step_signatures_built_once_are_the_methods_own(tiny_model_cfg):
+    """inspect (and so Lightning's per-batch "does training_step take batch_idx?") reads the signature
+    built at import; it is the method's own, and a subclass's override is read afresh."""
+    import inspect
+    import types
+
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+
+    module = GPTMiniModule(arch=tiny_model_cfg)
+    for name in ("training_step", "validation_step"):
+        fn = getattr(GPTMiniModule, name)
+        bare = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        assert "__signature__" in vars(fn) and inspect.signature(fn) == inspect.signature(bare)
+        assert inspect.getfullargspec(getattr(module, name)) == inspect.getfullargspec(bare)
+        assert is_param_in_hook_signature(getattr(module, name), "batch_idx", min_args=2)
+
+    class OneArg(GPTMiniModule):
+        def training_step(self, batch):
+            return super().training_step(batch, 0)
+
+    assert inspect.getfullargspec(OneArg(arch=tiny_model_cfg).training_step).args == ["self", "batch"]
