@@ -6,21 +6,24 @@ import os
 import sys
 from typing import Any
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import set_loader, set_parsing_settings
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.progress import LossProgressBar
-from gptmini.core.formats import CKPT_RUN_CONFIG
+from gptmini.core.config import load_yaml_unique
+from gptmini.core.model import count_params
 from gptmini.core.step import use_tf32_matmuls
 from gptmini.core.tokenizer import vocab_of
-from gptmini.entry import TOOLS, run_tool, user_errors
-from gptmini.train import before_fit, compat, launcher, ranks, resume, run_folder
+from gptmini.entry import COMMANDS, run_command, user_errors
+from gptmini.train import compat, launcher, ranks, resume, run_folder, setting_checks
+from gptmini.train.checkpoint_contents import RunConfigSource
 from gptmini.train.checkpoint_io import use_atomic_checkpoint_io
 from gptmini.train.datamodule import GPTMiniData
+from gptmini.train.logs import quiet_adverts
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
 from gptmini.train.profiler import NoProfiler
@@ -30,12 +33,19 @@ from gptmini.train.step_hooks import SkipUnusedStepHooks
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+# The parser mode of every gptmini parser: YAML that refuses a key given twice (gptmini.core.config).
+PARSER_MODE = "gptmini_yaml"
+
+
 class GPTMiniParser(LightningArgumentParser):
-    """Adds a did-you-mean to unknown-key errors and turns off argparse's prefix matching (which
-    would silently take ``--trainer.max_step`` for ``--trainer.max_steps``)."""
+    """Adds a did-you-mean to unknown-key errors, refuses a config that gives a key twice, and turns
+    off argparse's prefix matching (which would silently take ``--trainer.max_step`` for
+    ``--trainer.max_steps``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        set_loader(PARSER_MODE, load_yaml_unique)  # idempotent; here, not at import time
+        kwargs.setdefault("parser_mode", PARSER_MODE)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
@@ -63,21 +73,6 @@ def _keys(parser: Any) -> list[str]:
     return keys
 
 
-class SaveConfigToCheckpoint(SaveConfigCallback):
-    """LightningCLI's config.yaml in the log folder, and the same resolved config in every checkpoint."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        # validate logs into its run's validate/ folder, again at each validation: the latest config.
-        self.overwrite = self.overwrite or stage == "validate"
-        super().setup(trainer, pl_module, stage)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # Dumped once: the config is fixed once fit starts, and each dump takes ~0.2 s of host time.
-        if getattr(self, "_dumped", None) is None:
-            self._dumped = self.parser.dump(self.config, skip_none=False)
-        checkpoint[CKPT_RUN_CONFIG] = self._dumped
-
-
 class GPTMiniCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -86,21 +81,21 @@ class GPTMiniCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def before_fit(self) -> None:
-        """Fail on bad settings now, before data preparation or any step (see gptmini.train.before_fit)."""
-        before_fit.check_writable(self.trainer, self.datamodule)
+        """Fail on bad settings now, before data preparation or any step (see gptmini.train.setting_checks)."""
+        setting_checks.check_writable(self.trainer, self.datamodule)
         ckpt_path = resume.start_run(self, self._args, self.trainer.max_steps)
         if rank_zero_only.rank == 0 and ckpt_path and ckpt_path.endswith(".ckpt"):
             # Before any folder is claimed: a second resume of a live run stops here (one line).
             run_folder.lock_run(run_folder.run_folder_of(ckpt_path), f"fit --ckpt_path {ckpt_path}")
-        before_fit.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
-        before_fit.check_data_matches_model(self.datamodule, self.model.model_cfg)
+        setting_checks.check_trainer(self.trainer, self.model.schedule_cfg.warmup_steps)
+        setting_checks.check_data_matches_model(self.datamodule, self.model.model_cfg)
         self._claim_log_dir()
         if rank_zero_only.rank == 0:
             run_folder.remove_stale_temps(self.trainer)  # of saves a hard kill interrupted
-            run_folder.warn_if_disk_too_small(self.trainer, sum(p.numel() for p in self.model.parameters()))
+            run_folder.warn_if_disk_too_small(self.trainer, count_params(self.model))
 
     def before_validate(self) -> None:
-        before_fit.check_writable(self.trainer, self.datamodule)
+        setting_checks.check_writable(self.trainer, self.datamodule)
         ckpt_path = resume.start_run(self, self._args, max_steps=None, need_weights=True)
         # Logs go beside the run the checkpoint belongs to (run/validate/), not into a new run folder.
         why = run_folder.log_validation_beside(self.trainer, ckpt_path or self.config[self.subcommand].get("init_from"))
@@ -141,7 +136,7 @@ class GPTMiniCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
-        before_fit.check_strategy(config.get("strategy"), config.get("accelerator"))
+        setting_checks.check_strategy(config.get("strategy"), config.get("accelerator"))
         trainer = super().instantiate_trainer(**kwargs)
         # Before fit sets up the device: TF32 matmuls on CUDA (and no Lightning advice line about it).
         use_tf32_matmuls(trainer.strategy.root_device)
@@ -167,16 +162,17 @@ class GPTMiniCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
-    a plain tool (``generate ...``, gptmini.entry.TOOLS) or fit/validate."""
+    a plain command (``generate ...``, gptmini.entry.COMMANDS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
     launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
-    if not run_tool(argv):
+    if not run_command(argv):
         make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
     return 0
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
     """The Python entry: the CLI object after running its subcommand (or only built: run=False)."""
+    quiet_adverts()
     with user_errors(), run_folder.owned_folders():
         return GPTMiniCLI(
             GPTMiniModule,
@@ -186,10 +182,10 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GPTMiniCLI:
             auto_configure_optimizers=False,
             seed_everything_default=1337,
             parser_class=GPTMiniParser,
-            save_config_callback=SaveConfigToCheckpoint,
-            # `gptmini --help` names the tools dispatched before this parser (see TOOLS).
+            save_config_callback=RunConfigSource,
+            # `gptmini --help` names the plain commands dispatched before this parser (see COMMANDS).
             parser_kwargs={"description": "Pretrain GPTMini models (fit, validate). Also: "
-                           + ", ".join(f"gptmini {t}" for t in TOOLS) + " (each with --help)."},
+                           + ", ".join(f"gptmini {t}" for t in COMMANDS) + " (each with --help)."},
             args=args,
             run=run,
         )

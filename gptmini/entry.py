@@ -1,5 +1,7 @@
-"""What both entry points share (the ``gptmini`` script, gptmini.commands, and ``python -m gptmini.cli``):
-the table of plain tools, their dispatch, and how a user's error ends a command. Imports no Lightning.
+"""What the commands share: the table of plain commands (gptmini/commands/, run without Lightning)
+and their dispatch, used by the console script (gptmini.__main__.main) and ``python -m gptmini.cli``;
+:func:`command_main`, the one ``main`` of each plain command; how a user's error ends a command.
+Imports no Lightning.
 """
 
 from __future__ import annotations
@@ -7,16 +9,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import ConfigError
 
-TOOLS = {
-    "generate": "gptmini.generate",
-    "export": "gptmini.export",
-    "eval": "gptmini.evaluate",
+T = TypeVar("T")
+
+# The plain commands: name -> module with a main(argv). Not Lightning's fit/validate.
+COMMANDS = {
+    "generate": "gptmini.commands.generate",
+    "export": "gptmini.commands.export",
+    "eval": "gptmini.commands.eval",
     "exercises": "gptmini.tools.exercises",
 }
 
@@ -37,10 +43,20 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(getattr(e, "exit_status", 2)) from None
 
 
-def run_tool(argv: list[str]) -> bool:
-    """Run ``argv`` when it names a plain tool (``generate ...``); False when it does not (fit, validate)."""
-    if not argv or argv[0] not in TOOLS:
+def run_command(argv: list[str]) -> bool:
+    """Run ``argv`` when it names a plain command (``generate ...``); False when it does not (fit, validate)."""
+    if not argv or argv[0] not in COMMANDS:
         return False
     with user_errors():
-        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     return True
+
+
+def command_main(fn: Callable[..., T], args: list[str] | None, prog: str) -> T:
+    """The ``main`` of a plain command: ``fn``'s signature and docstring are its options and help
+    (jsonargparse's CLI); a user's error is one ``error:`` line (:func:`user_errors`)."""
+    from jsonargparse import CLI
+
+    with user_errors():  # a ConfigError (CheckpointError included): one error line, exit 2
+        return CLI(fn, args=args, prog=prog)
+

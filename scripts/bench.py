@@ -48,13 +48,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lightning.pytorch import Callback, seed_everything  # noqa: E402
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype  # noqa: E402
 
 from gptmini.cli import make_cli  # noqa: E402
 from gptmini.core.flops import device_peak_flops, flops_per_token, measure_matmul_flops  # noqa: E402
 from gptmini.core.model import GPTMini  # noqa: E402
 from gptmini.core.plainloop import train_plain  # noqa: E402
 from gptmini.core.step import compile_by_default  # noqa: E402
+from gptmini.train.compat import compute_dtype, raise_recompile_limit  # noqa: E402
 
 PATHS = ("lightning", "plain")
 # Named shapes (CLI overrides). micro: so small that a step is nearly all fixed host cost, which
@@ -321,7 +321,7 @@ def probe_rss(argv: list[str], path: str, variant: int) -> float | None:
 
 def summarize(bench: Bench, results: dict[str, list[dict]], ceiling: float, mem: dict) -> dict:
     fpt = flops_per_token(bench.model_cfg, bench.dm.block_size)
-    dtype = _plugin_to_compute_dtype(bench.trainer.precision_plugin)
+    dtype = compute_dtype(bench.trainer)
     peak = device_peak_flops(bench.device, dtype)
     paths = {}
     for path, runs in results.items():
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         torch.set_num_threads(args.threads)
     # Every run compiles a fresh model instance: do not let Dynamo fall back to eager after its
     # default 8 recompiles of the same code within this one process.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    raise_recompile_limit(256)
     if args.probe:  # one short run in a fresh process, for its peak RSS
         args.steps = args.window
         bench = Bench(args, *args.variants[args.probe_variant])
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     benches = [Bench(args, name, sets) for name, sets in args.variants]
     paths = args.paths.split(",")
-    dtypes = {b.name: _plugin_to_compute_dtype(b.trainer.precision_plugin) for b in benches}
+    dtypes = {b.name: compute_dtype(b.trainer) for b in benches}
     ceilings: dict[torch.dtype, float] = {}
 
     def measure_ceilings() -> None:

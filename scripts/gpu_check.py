@@ -38,7 +38,7 @@ and XML, the fit's event file and config; no checkpoints, no token cache), rewri
 Only torch, Lightning, TensorBoard, tokenizers and safetensors need be installed with it (jsonargparse
 & co. as wheels); gptmini itself is imported from this checkout (no install). ``--cpu-smoke`` shrinks
 every size and gives no verdicts (toy CPU figures say nothing about the targets);
-``tests/test_gpu_check.py`` runs it.
+``tests/scripts/test_gpu_check.py`` runs it.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ class Check:
     def gpu_tests(self) -> None:
         files = sorted(
             str(p.relative_to(REPO))
-            for p in (REPO / "tests").glob("test_*.py")
+            for p in (REPO / "tests").rglob("test_*.py")
             if "mark.gpu" in p.read_text()
         )
         # -v: each test's outcome is in the log as it ends, in case a kill leaves no JUnit file.
@@ -377,7 +377,7 @@ class Check:
         if ckpt is None or not val:
             return self.skip("eval", "no checkpoint from the fit" if ckpt is None else "no val.bin in data_cache")
         code = (
-            "import json, sys, time, torch; from gptmini.evaluate import evaluate; "
+            "import json, sys, time, torch; from gptmini.commands.eval import evaluate; "
             "ckpt, data, out, n = sys.argv[1:5]; "
             "evaluate(ckpt, data=data, max_tokens=1024, progress=False); "
             "torch.cuda.synchronize() if torch.cuda.is_available() else None; "
@@ -636,7 +636,7 @@ class Check:
             "",
             f"{n['passed']} passed, {bad} failed or errors, {n['skipped']} skipped — {self.verdict(ok)}"
             + ("" if (self.out / "gpu_tests.xml").is_file() else " (from the log: the run was cut short)"),
-            f"- resume exactness on CUDA (tests/test_gpu.py): {resume[0] if resume else 'not run'}",
+            f"- resume exactness on CUDA (tests/cross_cutting/test_gpu.py): {resume[0] if resume else 'not run'}",
             "",
         ]
         lines += [f"- {name}: {v}" for name, v in outcomes.items()]

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +31,7 @@ from gptmini.callbacks.first_batch import OverfitCheck  # noqa: E402
 from gptmini.core.model import ModelConfig  # noqa: E402
 from gptmini.core.optim import OptimConfig  # noqa: E402
 from gptmini.core.schedule import ScheduleConfig  # noqa: E402
+from gptmini.core.step import use_tf32_matmuls  # noqa: E402
 from gptmini.train.datamodule import GPTMiniData  # noqa: E402
 from gptmini.train.module import GPTMiniModule  # noqa: E402
 
@@ -48,6 +48,7 @@ def measure(args: argparse.Namespace, data: GPTMiniData, precision: str) -> dict
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[check],
     )  # fmt: skip
+    use_tf32_matmuls(trainer.strategy.root_device)  # as a fit does: TF32 on CUDA only
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data)
@@ -84,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="token cache folder (default: a temporary one)")
     p.add_argument("--json", type=Path, default=None, help="also append the lines to this file")
     args = p.parse_args(argv)
-    torch.set_float32_matmul_precision("high")
     vocab = args.vocab or yaml.safe_load(args.config.read_text())["data"]["vocab_size"]
     with tempfile.TemporaryDirectory() as tmp:
         data = GPTMiniData(

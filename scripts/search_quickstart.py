@@ -34,7 +34,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_POINT = "v1"  # the preset the budget is measured on: the quickstart as it was before this search
 BUDGET_STEPS = 600
-WARMUP_FRACTION = 0.05  # v1: 30 warmup steps of 600
 
 
 @dataclass(frozen=True)
@@ -125,60 +124,50 @@ def calibrate(names: list[str], cache_dir: Path, steps: int, rounds: int) -> dic
 def val_bytes(cache_dir: Path) -> tuple[int, int]:
     """(target tokens, their UTF-8 bytes) of the val split: every token after the first."""
     import numpy as np
-    from tokenizers import Tokenizer
+
+    from gptmini.core.formats import TOKEN_DTYPE, split_file
 
     dm, _ = _setup(V1, cache_dir, 0)
-    tokens = np.memmap(dm.cache_path / "val.bin", dtype=np.uint16, mode="r")
-    tok = Tokenizer.from_file(str(dm.tokenizer_path))
-    text = tok.decode(tokens[1:].tolist(), skip_special_tokens=False)
-    return len(tokens) - 1, len(text.encode("utf-8"))
+    tokens = np.memmap(dm.cache_path / split_file("val"), dtype=TOKEN_DTYPE, mode="r")
+    table = dm.token_byte_table()  # the same per-token byte counts fit's val/bpb uses
+    return len(tokens) - 1, int(table[np.asarray(tokens[1:], dtype=np.int64)].sum())
 
 
 def evaluate(model, val_path: Path, block_size: int, batch: int = 32) -> tuple[float, int]:
-    """(summed nats, targets) over every val token after the first, windows of block_size, stride block_size."""
+    """(summed nats, targets) over every val token after the first, windows of block_size, stride
+    block_size: gptmini.core.evaluate.score_tokens, the scorer of `gptmini eval` (fit's val windows)."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
 
-    tokens = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))
-    n = len(tokens) - 1  # targets
-    starts = list(range(0, n, block_size))
-    total, count = 0.0, 0
+    from gptmini.core.evaluate import score_tokens
+    from gptmini.core.formats import TOKEN_DTYPE
+
+    assert block_size == model.cfg.block_size, (block_size, model.cfg.block_size)
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(starts), batch):
-            group = starts[i : i + batch]
-            lengths = {min(block_size, n - s) for s in group}
-            for length in lengths:  # the last window may be shorter
-                sel = [s for s in group if min(block_size, n - s) == length]
-                x = torch.stack([tokens[s : s + length] for s in sel])
-                y = torch.stack([tokens[s + 1 : s + 1 + length] for s in sel])
-                logits, _ = model(x)
-                total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-                count += y.numel()
-    assert count == n, (count, n)
-    return total, count
+    score = score_tokens(model, np.fromfile(val_path, dtype=TOKEN_DTYPE), batch_size=batch)
+    return score.nats, score.tokens
 
 
 def run_one(name: str, seed: int, steps: int, cache_dir: Path, out: Path) -> dict:
     """Train one (point, seed) in this process (one thread) and score it; writes out/<name>-s<seed>.json."""
     import torch
 
+    from gptmini.core.formats import split_file
     from gptmini.core.optim import OptimConfig
     from gptmini.core.plainloop import train_plain
+    from gptmini.core.recipe import WARMUP_FRACTION
     from gptmini.core.schedule import ScheduleConfig
 
     torch.set_num_threads(1)
     point = POINTS[name]
     dm, model = _setup(point, cache_dir, seed)
-    warmup = max(1, round(WARMUP_FRACTION * steps))
+    warmup = max(1, round(WARMUP_FRACTION[1] * steps))  # the recipe's upper end: v1's 30 of 600
     t0, c0 = time.perf_counter(), time.process_time()
     losses = train_plain(
         model, dm.train_dataloader(), OptimConfig(lr=point.lr), ScheduleConfig(warmup_steps=warmup),
         steps, gradient_clip_val=1.0,
     )
     train_cpu, train_wall = time.process_time() - c0, time.perf_counter() - t0
-    nats, targets = evaluate(model, dm.cache_path / "val.bin", point.block_size)
+    nats, targets = evaluate(model, dm.cache_path / split_file("val"), point.block_size)
     n_tok, n_bytes = val_bytes(cache_dir)
     assert n_tok == targets
     result = {

@@ -124,7 +124,8 @@ def cli_args(tmp_path, corpus_file, data_cache):
 def cli_env() -> dict[str, str]:
     """Environment for a CLI subprocess: this checkout and tests/ (for test-only callbacks) first."""
     tests = Path(__file__).parent
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]), "OMP_NUM_THREADS": "1"}
+    folders = [tests, *sorted(p for p in tests.iterdir() if p.is_dir() and p.name not in ("fixtures", "__pycache__"))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, folders), str(tests.parent)]), "OMP_NUM_THREADS": "1"}
 
 
 def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:

@@ -1,6 +1,6 @@
 """The multi-process tests' runs: configs/*.yaml as shipped (every callback on), only sizes and steps
 set on the command line, on the session's prepared data cache; and the helpers to launch, signal
-and read them (tests/test_ddp.py, tests/test_cluster.py)."""
+and read them (tests/cross_cutting/test_ddp.py, tests/cross_cutting/test_cluster.py)."""
 
 from __future__ import annotations
 

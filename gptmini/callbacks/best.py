@@ -16,7 +16,7 @@ class BestCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` monitoring ``val/loss`` (lowest kept, ``best-step=N.ckpt``).
 
     A subclass only for the defaults and the closing line: ``ModelCheckpoint`` keeps the best file
-    but never tells the user which one it is. Use it with ``gptmini.generate`` (lowest held-out
+    but never tells the user which one it is. Use it with ``gptmini.commands.generate`` (lowest held-out
     loss); resume from ``last.ckpt`` (``--ckpt_path last``), which has the latest optimizer state.
     """
 

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
 from gptmini.callbacks.interface import recipe_module
 
@@ -114,7 +113,3 @@ def vocab_size_of(trainer: pl.Trainer, module: pl.LightningModule) -> int | None
     if recipe is not None and recipe.model_cfg.vocab_size:
         return int(recipe.model_cfg.vocab_size)
     return getattr(trainer.datamodule, "vocab_size", None)
-
-
-def unique_params(module: nn.Module) -> list[nn.Parameter]:
-    return list({id(p): p for p in module.parameters()}.values())  # tied weights once

@@ -1,6 +1,6 @@
 """What the callbacks read from the LightningModule beyond Lightning's own API, declared once.
 
-:class:`gptmini.train.module.GPTMiniModule` provides it (``tests/test_interface.py``). With another
+:class:`gptmini.train.module.GPTMiniModule` provides it (``tests/callbacks/test_interface.py``). With another
 module the callbacks skip what needs it (no MFU, no text samples, the logged loss instead of the
 step's, ln(V) from the datamodule) rather than reach for attributes by name.
 """

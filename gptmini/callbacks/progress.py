@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from tqdm import tqdm
 
+from gptmini.train.compat import set_refresh_rate
+
 # Steps between redraws (and loss reads) when refresh_rate is null: every step on CPU, where reading
 # a tensor costs nothing, and every 25 on GPUs, where each read waits for the queued work.
 AUTO_REFRESH = {"cpu": 1, "cuda": 25}
@@ -69,7 +71,7 @@ class LossProgressBar(TQDMProgressBar):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self._auto_refresh:
-            self._refresh_rate = AUTO_REFRESH.get(trainer.strategy.root_device.type, 25)
+            set_refresh_rate(self, AUTO_REFRESH.get(trainer.strategy.root_device.type, 25))
 
     @staticmethod
     def run_total(trainer: pl.Trainer) -> int | None:

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gptmini.callbacks.checks_shared import CheckItem, human_count, unique_params
+from gptmini.callbacks.checks_shared import CheckItem, human_count
 from gptmini.callbacks.lr_curve import curve_shape, starts_near_zero, warmup_unfinished_problem
+from gptmini.core.model import count_params
 from gptmini.core.recipe import BETAS, warmup_advice
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def betas_item(optimizer: torch.optim.Optimizer) -> CheckItem:
 def peak_lr_item(module: nn.Module, optimizer: torch.optim.Optimizer, limit: float, small: int) -> CheckItem:
     key, title = "peak_lr", "peak lr"
     peak = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
-    n = sum(p.numel() for p in unique_params(module))
+    n = count_params(module)
     detail = f"{peak:.2e} for {human_count(n)} parameters"
     if n <= small and peak > limit:
         return CheckItem(

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from gptmini.train.compat import (
+    mix_into_signal_connector,
     route_sigterm_handler,
-    signal_connector,
+    several_processes,
+    sigterm_notifier,
     skip_sigterm_broadcast,
     window_continues,
 )
@@ -69,7 +70,7 @@ class StopConnector:
     def received_sigterm(self, value: bool) -> None:
         self._stop_requested = value
 
-    def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:
+    def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:  # compat.SIGTERM_NOTIFIER_HOOK
         """Lightning's SIGTERM handler without its collective (see the class docstring)."""
         rank_zero_info(f"Received SIGTERM: {signum}")
         launcher = self.trainer.strategy.launcher
@@ -78,22 +79,13 @@ class StopConnector:
         self._stop_requested = True
 
 
-def several_processes(trainer: pl.Trainer) -> bool:
-    # Lightning's condition for its per-batch broadcast.
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1
-
-
 def install_stop_rules(trainer: pl.Trainer, check_every_n_steps: int = 1) -> None:
     """Swap the connector's class (state kept), route the SIGTERM handler Lightning registered at
     fit start (it holds the old bound method) to StopConnector, and drop the per-batch broadcast.
     Several processes agree on a stop every ``check_every_n_steps`` optimizer steps."""
-    connector = signal_connector(trainer)
-    if not isinstance(connector, StopConnector):
-        requested = connector.received_sigterm
-        connector.__class__ = type("StopConnector", (StopConnector, type(connector)), {})
-        connector._stop_requested = requested
+    connector = mix_into_signal_connector(trainer, StopConnector)
     connector._agreed = False
     connector._checked_at = None
     connector.check_every_n_steps = check_every_n_steps
-    route_sigterm_handler(connector._sigterm_notifier_fn)
+    route_sigterm_handler(sigterm_notifier(connector))
     skip_sigterm_broadcast(trainer)  # decided by the flag

@@ -1,6 +1,6 @@
 """The core: config errors and range types, model, AdamW groups, schedule, the training step, data sources, tokenizer, token files, checkpoints and the export folder, sampling, FLOPs.
 
-Nothing here imports Lightning (tests/test_layers.py checks it), so inference and reuse elsewhere
+Nothing here imports Lightning (tests/cross_cutting/test_layers.py checks it), so inference and reuse elsewhere
 need only torch, tokenizers, numpy, safetensors (export folders) and jsonargparse (its range types,
 in gptmini.core.config).
 """

@@ -6,14 +6,21 @@ Both need only torch, safetensors and tokenizers: no Lightning, no data cache.
 
 A Lightning checkpoint of :class:`gptmini.train.module.GPTMiniModule` holds the module's ``state_dict``
 (keys ``model.<param>``) and ``gptmini_model_config`` (the :class:`ModelConfig` as a dict), which is
-all a bare model needs (every key and file name: :mod:`gptmini.core.formats`). Keys from a ``torch.compile``d model (``_orig_mod.``) are stripped here too,
-so checkpoints written before that was fixed upstream still load.
+all a bare model needs (every key and file name: :mod:`gptmini.core.formats`). Keys from a
+``torch.compile``d model (``_orig_mod.``) are stripped here too, so checkpoints written before that was
+fixed upstream still load.
+
+The one home of a checkpoint's gptmini contents: :func:`write_gptmini_keys` fills them (called by the one
+writer hook, gptmini.train.checkpoint_contents), :func:`read_checkpoint` reads a file once
+(memory-mapped), and :func:`upgrade_hparams` is the one rename path for keys earlier versions wrote
+(:data:`RENAMED_KEYS`), used by every loader.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,8 @@ from gptmini.core.formats import (
     CKPT_FORMAT_VERSION,
     CKPT_HPARAMS,
     CKPT_MODEL_CONFIG,
+    CKPT_RUN_CONFIG,
+    CKPT_RUN_STATE,
     CKPT_STATE_DICT,
     CKPT_TOKENIZER,
     COMPILED_PREFIX,
@@ -32,6 +41,7 @@ from gptmini.core.formats import (
     MODEL_PREFIX,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
+    RunRecord,
 )
 from gptmini.core.model import GPTMini, ModelConfig
 from gptmini.core.tokenizer import load_tokenizer, tokenizer_from_json
@@ -41,13 +51,80 @@ class CheckpointError(ConfigError):
     """A checkpoint file that is missing, truncated, corrupt or not a gptmini checkpoint."""
 
 
+# Key prefixes earlier versions used -> today's (CHANGELOG.md): hyper-parameters under `model.`
+# (upgrade_hparams) and CLI keys (gptmini.train.names' did-you-mean).
+RENAMED_KEYS = {
+    "model.model.": "model.arch.",
+    "guard.": "fault_guard.",
+}
+
+
+def renamed_key(old: str) -> str | None:
+    """Today's name for a key an earlier version used, else None."""
+    for before, after in RENAMED_KEYS.items():
+        if old.startswith(before):
+            return after + old[len(before) :]
+    return None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``, for dicts and anything with ``as_dict()``
+    (jsonargparse's Namespace). An empty dict is a leaf."""
+    if hasattr(tree, "as_dict"):
+        tree = tree.as_dict()
+    if not isinstance(tree, dict) or (not tree and prefix):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored module arguments (``hyper_parameters``, the keys under ``model:``) with
+    today's names, through :data:`RENAMED_KEYS` (``model.model.*`` -> ``model.arch.*``), so
+    checkpoints of earlier versions load, resume and validate. Where both names are stored, today's wins."""
+    leaves = flatten(hparams, "model.")
+    renamed = [(renamed_key(k), v) for k, v in leaves.items() if renamed_key(k)]
+    current = [(k, v) for k, v in leaves.items() if not renamed_key(k)]
+    out: dict[str, Any] = {}
+    for key, value in renamed + current:  # today's names last: they win
+        *groups, leaf = key.split(".")[1:]
+        node = out
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = value
+    return out
+
+
+def write_gptmini_keys(
+    checkpoint: dict[str, Any],
+    model_cfg: ModelConfig,
+    record: RunRecord,
+    tokenizer_json: str | None,
+    run_config: str | None,
+) -> None:
+    """Every ``gptmini_*`` key of a checkpoint (gptmini.core.formats), filled in one place."""
+    checkpoint[CKPT_FORMAT] = CKPT_FORMAT_VERSION
+    checkpoint[CKPT_MODEL_CONFIG] = asdict(model_cfg)  # enough to rebuild a bare GPTMini
+    checkpoint[CKPT_RUN_STATE] = record.as_dict()
+    # The tokenizer JSON itself (tens to hundreds of KB): generation needs only the checkpoint.
+    if tokenizer_json is not None:
+        checkpoint[CKPT_TOKENIZER] = tokenizer_json
+    if run_config is not None:
+        checkpoint[CKPT_RUN_CONFIG] = run_config
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and an error naming the file when it cannot be read."""
+    """``torch.load`` with ``weights_only=True``, memory-mapped (tensor data is read when used, so a
+    caller that needs only some of it, or hands the dict on, reads the file once), and an error naming
+    the file when it cannot be read."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap needs torch.save's zip format (torch.load refuses it for the legacy one).
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch.load raises many types on bad bytes (RuntimeError, KeyError, ...)
         first = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -108,8 +185,7 @@ def model_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> Mod
     """The ``ModelConfig`` stored by ``GPTMiniModule.on_save_checkpoint`` (or its hparams)."""
     cfg = ckpt.get(CKPT_MODEL_CONFIG)
     if cfg is None:
-        hparams = ckpt.get(CKPT_HPARAMS, {})
-        cfg = hparams.get("arch", hparams.get("model"))  # "model" before the model.arch rename
+        cfg = upgrade_hparams(ckpt.get(CKPT_HPARAMS) or {}).get("arch")  # before gptmini_model_config
     if cfg is None:
         raise CheckpointError(f"checkpoint {path} holds no model config; it is not a gptmini checkpoint.")
     return ModelConfig(**cfg)
@@ -166,7 +242,17 @@ def load_model_and_tokenizer(
     ``tokenizer`` (a tokenizers JSON file) overrides the stored one, e.g. for checkpoints written
     before gptmini stored it.
     """
+    model, tok, _ = load_with_checkpoint(path, tokenizer, map_location)
+    return model, tok
+
+
+def load_with_checkpoint(
+    path: str | Path, tokenizer: str | Path | None = None, map_location: str | torch.device = "cpu"
+):
+    """:func:`load_model_and_tokenizer` and the checkpoint dict it read (None for an export folder):
+    a caller that needs more of the checkpoint (the export's model card) reads the file once."""
     path = Path(path).expanduser()
+    ckpt = None
     if path.is_dir():
         model = _model_from_folder(path)
         stored = path / TOKENIZER_FILE
@@ -189,4 +275,4 @@ def load_model_and_tokenizer(
             f"the tokenizer has {tok.get_vocab_size()} tokens but the model in {path} has "
             f"vocab_size {model.cfg.vocab_size}; use the tokenizer the model was trained with."
         )
-    return model.to(map_location).eval(), tok
+    return model.to(map_location).eval(), tok, ckpt

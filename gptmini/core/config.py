@@ -9,10 +9,13 @@ stay in the dataclass's ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any
 
+import yaml
+from jsonargparse import get_loader
 from jsonargparse.typing import (
     ClosedUnitInterval,
     NonNegativeFloat,
@@ -36,6 +39,8 @@ __all__ = [
     "check_args",
     "check_fields",
     "check_value",
+    "find_duplicate_key",
+    "load_yaml_unique",
 ]
 
 UnitIntervalRightOpen = restricted_number_type(
@@ -99,3 +104,46 @@ def check_args(fn: Any, prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     their range types, as plain values."""
     hints = typing.get_type_hints(fn)
     return {k: check_value(f"{prefix}.{k}", hints[k], v) for k, v in values.items() if k in hints}
+
+
+def find_duplicate_key(text: str) -> tuple[str, int, int] | None:
+    """The first mapping key given twice in YAML ``text``, as (dotted key, first line, second line),
+    or None. YAML itself keeps the last value silently, which hides a mistake in a config."""
+
+    def walk(node: yaml.Node, prefix: str) -> tuple[str, int, int] | None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                if name == "<<":  # a merge key: its mapping is checked where it is defined
+                    continue
+                line = key.start_mark.line + 1
+                if name in seen:
+                    return f"{prefix}{name}", seen[name], line
+                seen[name] = line
+                if found := walk(value, f"{prefix}{name}."):
+                    return found
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                if found := walk(item, f"{prefix[:-1]}[{i}]." if prefix else f"[{i}]."):
+                    return found
+        return None
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None  # not YAML: the loader below reports it as jsonargparse always has
+    return walk(root, "") if root is not None else None
+
+
+def load_yaml_unique(stream: str, path: str = "") -> Any:
+    """jsonargparse's YAML loader, refusing a key given twice (registered for the CLI's parsers with
+    jsonargparse's public ``set_loader``: neither Lightning nor PyYAML has a duplicate-key option)."""
+    if found := find_duplicate_key(stream):
+        key, first, second = found
+        where = f"{os.path.abspath(path)}: " if path else ""  # jsonargparse reads it from its folder
+        raise ConfigError(
+            f"{where}'{key}' is given twice (lines {first} and {second}); YAML would keep the last silently: "
+            "remove one."
+        )
+    return get_loader("yaml")(stream)

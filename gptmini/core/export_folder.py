@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptmini.core import atomic
-from gptmini.core.checkpoint import load_model_and_tokenizer, read_checkpoint
+from gptmini.core.checkpoint import load_with_checkpoint
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import (
     CARD_FILE,
@@ -84,14 +84,15 @@ def export_model(
     """Export a ``.ckpt`` (or another export folder) to ``out_dir``; refuses to mix with other files."""
     out = Path(out_dir).expanduser()
     _check_target(out, overwrite)  # before the checkpoint is read
-    model, tok = load_model_and_tokenizer(source, tokenizer)  # checks the weights against the config
+    # Checks the weights against the config; the checkpoint, read once, also feeds the card.
+    model, tok, ckpt = load_with_checkpoint(source, tokenizer)
     src = Path(source).expanduser()
     if src.is_dir():  # another export folder: its card, if it has one, still describes the model
         card = (src / CARD_FILE).read_text(encoding="utf-8") if (src / CARD_FILE).is_file() else None
         if card is None:
-            card = model_card(out.name, asdict(model.cfg), _n_params(model), None, str(source))
+            card = model_card(out.name, asdict(model.cfg), model.num_params(), None, str(source))
     else:
-        card = model_card(out.name, asdict(model.cfg), _n_params(model), read_checkpoint(src), str(source))
+        card = model_card(out.name, asdict(model.cfg), model.num_params(), ckpt, str(source))
     atomic.remove_stale_temps(out.parent)  # temp folders of killed exports
     tmp = atomic.temp_path(out)
     try:
@@ -127,7 +128,3 @@ def _write_error(e: Exception, out: Path, model: GPTMini, tok, card: str) -> Exc
             f"writable filesystem."
         )
     return e
-
-
-def _n_params(model: GPTMini) -> int:
-    return sum(p.numel() for p in model.parameters())  # the tied matrix counted once

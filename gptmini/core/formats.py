@@ -1,7 +1,7 @@
 """The files gptmini writes and reads back: every key and file name in one place. No Lightning.
 
 Writer and reader import the names from here, so they cannot drift apart;
-``tests/test_formats.py`` checks that the keys a checkpoint holds are the keys the loaders read.
+``tests/core/test_formats.py`` checks that the keys a checkpoint holds are the keys the loaders read.
 
 Checkpoint (``.ckpt``, written by Lightning for :class:`gptmini.train.module.GPTMiniModule`):
 Lightning's own keys (``state_dict``, ``hyper_parameters``, ``global_step``, ...) plus the
@@ -16,6 +16,9 @@ Export folder (``gptmini export``): the names Hugging Face tools look for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
 # -- checkpoint --------------------------------------------------------------------------------
@@ -25,11 +28,11 @@ CKPT_FORMAT = "gptmini_format"
 CKPT_MODEL_CONFIG = "gptmini_model_config"  # the ModelConfig as a dict: enough to rebuild a bare GPTMini
 CKPT_TOKENIZER = "gptmini_tokenizer"  # tokenizer.json's text: generation works without the data cache
 CKPT_RUN_CONFIG = "gptmini_config"  # the run's resolved config (config.yaml's text)
-# The module's run record: {"tokens_seen": int, "val": [{"step", "val/loss", "val/bpb"}, ...],
-# "corpus": meta.json's CORPUS_KEYS} (restored on resume; the export's model card reads it).
-CKPT_RUN_STATE = "gptmini_run"
+CKPT_RUN_STATE = "gptmini_run"  # the run record, RunRecord.as_dict() (below)
 # Every gptmini key a checkpoint written today holds (the tokenizer only when the data had one).
 CKPT_GPTMINI_KEYS = (CKPT_FORMAT, CKPT_MODEL_CONFIG, CKPT_TOKENIZER, CKPT_RUN_CONFIG, CKPT_RUN_STATE)
+# One writer fills them all (gptmini.train.checkpoint_contents.CheckpointContents, through
+# gptmini.core.checkpoint.write_gptmini_keys); gptmini.core.checkpoint reads them.
 # Lightning's keys that gptmini reads.
 CKPT_STATE_DICT = "state_dict"
 CKPT_HPARAMS = "hyper_parameters"
@@ -38,6 +41,27 @@ CKPT_STEP = "global_step"
 MODEL_ATTR = "model"
 MODEL_PREFIX = MODEL_ATTR + "."
 COMPILED_PREFIX = "_orig_mod."  # inserted by torch.compile wrappers; stripped on load
+
+
+
+@dataclass
+class RunRecord:
+    """What a run has done, kept in every checkpoint (``CKPT_RUN_STATE``), restored on resume; the
+    export's model card reads it."""
+
+    tokens_seen: int = 0  # training tokens over all processes
+    val: list[dict[str, float]] = field(default_factory=list)  # {"step", "val/loss", "val/bpb"} per validation
+    corpus: dict[str, Any] = field(default_factory=dict)  # meta.json's META_CORPUS_KEYS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tokens_seen": int(self.tokens_seen), "val": list(self.val), "corpus": dict(self.corpus)}
+
+    @classmethod
+    def of(cls, ckpt: dict[str, Any]) -> RunRecord:
+        """The record a checkpoint holds (an empty one for checkpoints written before it existed)."""
+        state = ckpt.get(CKPT_RUN_STATE) or {}
+        return cls(int(state.get("tokens_seen", 0)), list(state.get("val", [])), dict(state.get("corpus") or {}))
+
 
 # -- run folder (logger's version_N) -----------------------------------------------------------
 RUN_CONFIG_FILE = "config.yaml"  # LightningCLI's SaveConfigCallback

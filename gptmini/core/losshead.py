@@ -10,7 +10,7 @@ most one chunk's logits are alive at a time.
 
 Why our own: torch's ``F.linear_cross_entropy(options=LinearCrossEntropyOptions())`` first ships in
 torch 2.13, and the GPUs we measure on run 2.11; swap it in once 2.13 is the floor (the test
-``tests/test_losshead.py`` holds either to the plain loss and gradients).
+``tests/core/test_losshead.py`` holds either to the plain loss and gradients).
 
 Autocast: the matmuls run under the caller's autocast (bf16 inside ``bf16-mixed``) exactly as
 ``nn.Linear`` would; the log-softmax and the gradient of the logits are fp32, as ``F.cross_entropy``

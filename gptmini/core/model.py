@@ -32,7 +32,6 @@ from gptmini.core.config import (
     check_fields,
 )
 from gptmini.core.losshead import linear_cross_entropy
-from gptmini.core.sampling import SampleConfig, generate_ids
 
 
 @dataclass
@@ -247,6 +246,11 @@ class Block(nn.Module):
         return x
 
 
+
+def count_params(module: nn.Module) -> int:
+    """The one parameter count: each parameter once (``parameters()`` skips a tied one's second name)."""
+    return sum(p.numel() for p in module.parameters())
+
 class GPTMini(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None) -> None:
         super().__init__()
@@ -281,7 +285,7 @@ class GPTMini(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; the tied head is counted once. non_embedding drops the token table."""
-        n = sum(p.numel() for p in self.parameters())
+        n = count_params(self)
         if non_embedding:
             n -= self.tok_emb.weight.numel()
         return n
@@ -343,21 +347,3 @@ class GPTMini(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, layer, at)  # (B, 1, C)
         return self.lm_head(self.norm_out(x))[:, -1]  # (B, V)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-        kv_cache: bool = True,
-    ) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T); see :func:`gptmini.core.sampling.generate_ids`."""
-        cfg = SampleConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            stop_at_eot=False, kv_cache=kv_cache,
-        )
-        return generate_ids(self, idx, cfg, generator)

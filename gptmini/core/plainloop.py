@@ -7,7 +7,7 @@ module decides (:func:`gptmini.core.optim.build_adamw`), the same per-step Lambd
 the non-finite guard), captured in a CUDA graph where the module's is (the same rule,
 :func:`gptmini.core.captured.choose_step_path`). No host sync per step: losses stay on the device
 until the caller reads them. ``scripts/bench.py`` times it
-against the Lightning path; ``tests/test_plainloop.py`` checks that both train to the same losses.
+against the Lightning path; ``tests/core/test_plainloop.py`` checks that both train to the same losses.
 Lightning-free on purpose.
 """
 

@@ -49,6 +49,26 @@ def _bar(desc: str, total: int | None, show: bool) -> Iterator:
         yield bar.update
 
 
+def encode_sources(
+    tok,
+    sources: list[Source],
+    opts: ReadOptions,
+    split: str | None,
+    path: Path,
+    desc: str,
+    show: bool,
+    seen: TextSeen,
+    bad: BadRecords | None = None,
+    limit: int | None = None,
+) -> int:
+    """The sources' text (``split``; None: all of it) -> a token file at ``path``, each record ending
+    with the end-of-text token, under a progress bar: the one encoding of preparation and of
+    ``gptmini eval``. ``seen`` counts the text; with ``limit``, reading stops at that many tokens."""
+    with _bar(desc, _total(sources) if split is None else None, show) as up:
+        texts = itertools.chain.from_iterable(stream(s, opts, split, up, bad) for s in sources)
+        return encode_to_file(tok, pieces(seen.watch(texts), record_separator(tok)), path, limit)
+
+
 def has_val_split(sources: list[Source], opts: ReadOptions) -> bool:
     """A single Hugging Face dataset with a ``validation`` split: that split is the validation set."""
     if len(sources) != 1 or sources[0].kind not in ("hf", "hf_disk") or opts.hf_split == VAL_SPLIT:
@@ -99,7 +119,6 @@ def prepare_tokens(
                 pieces(sample_stream(sources, opts, bpe_sample_chars, up), sep=None), vocab_size
             )
     tok.save(str(out / CACHE_TOKENIZER))
-    sep = record_separator(tok)
     separate_val = has_val_split(sources, opts)
     seen = TextSeen()
 
@@ -107,12 +126,10 @@ def prepare_tokens(
     bad = BadRecords(opts.skip_bad_records, opts.names)
 
     def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
-        with _bar(desc, _total(srcs) if split is None else None, show_progress) as up:
-            texts = itertools.chain.from_iterable(stream(s, opts, split, up, bad) for s in srcs)
-            before = seen.bytes
-            n = encode_to_file(tok, pieces(seen.watch(texts), sep), path)
-            text_bytes.append(seen.bytes - before)
-            return n
+        before = seen.bytes
+        n = encode_sources(tok, srcs, opts, split, path, desc, show_progress, seen, bad)
+        text_bytes.append(seen.bytes - before)
+        return n
 
     train_path, val_path = out / split_file("train"), out / split_file("val")
     if separate_val:

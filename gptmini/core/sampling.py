@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from gptmini.core.config import ConfigError
+from gptmini.core.model import GPTMini, KVCache
 from gptmini.core.tokens import EOT
-
-if TYPE_CHECKING:  # annotations only: gptmini.core.model imports this module (GPTMini.generate)
-    from gptmini.core.model import GPTMini, KVCache
 
 DECODE_PATHS = ("dynamic", "static", "compiled", "cuda-graph", "compiled-graph")
 COMPILE_BACKEND = "inductor"  # of the compiled decode paths (tests trace with aot_eager: seconds, not minutes)

@@ -35,7 +35,21 @@ def _local(path: Any) -> Path | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves are atomic: a reader sees the old file or the new one."""
+    """``TorchCheckpointIO`` whose local saves are atomic: a reader sees the old file or the new one.
+
+    Its load takes a checkpoint the resume checks already read (:func:`hand_over`), so a resume
+    reads the file once (memory-mapped, gptmini.core.checkpoint.read_checkpoint), not twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed: tuple[Path, dict[str, Any]] | None = None
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        handed, self._handed = self._handed, None  # used once: a later load reads the file
+        local = _local(path)
+        if handed is not None and local is not None and local.resolve() == handed[0]:
+            return handed[1]
+        return super().load_checkpoint(path, *args, **kwargs)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -61,6 +75,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def write_data(self, f: IO, data: memoryview) -> None:
         """Write the serialized checkpoint into the open temp file (tests slow or fail this)."""
         f.write(data)
+
+
+def hand_over(strategy: Any, path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Give ``checkpoint``, already read from ``path`` (CPU tensors), to the strategy's next load of
+    that file; a no-op with a CheckpointIO plugin of the user's own, which then reads it itself."""
+    io_plugin = strategy.checkpoint_io
+    if isinstance(io_plugin, AtomicCheckpointIO):
+        io_plugin._handed = (Path(path).expanduser().resolve(), checkpoint)
 
 
 def use_atomic_checkpoint_io(strategy: Any) -> None:

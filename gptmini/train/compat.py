@@ -1,8 +1,11 @@
-"""Every use of Lightning's and jsonargparse's private API, in one place, and the questions about a
-trainer that more than one module asks (grad scaler, FSDP), answered once.
+"""Every use of Lightning's, torch's and jsonargparse's private API, in one place, and the questions
+about a trainer that more than one module asks (grad scaler, FSDP), answered once.
 
-Each private name is used only here (and overridden, for ``LightningCLI._parse_ckpt_path``, in
-gptmini.cli); ``tests/test_compat.py`` fails naming the API when a release moves one. Tested with
+Each private name is used only here, in gptmini/, scripts/ and tests/ alike (a private method that
+gptmini overrides is declared here as a ``*_HOOK`` name: ``LightningCLI._parse_ckpt_path`` in
+gptmini.cli, ``_SignalConnector._sigterm_notifier_fn`` in gptmini.callbacks.stop_rules);
+``tests/train/test_compat.py`` tests each one, failing naming the API when a release moves it, and its
+scan (``test_private_names_go_through_compat``) fails naming any private use elsewhere. Tested with
 Lightning 2.6 and jsonargparse 4.53; pyproject's bounds say which releases these were checked
 against. Why each is needed is said where it is wrapped: mostly a rule Lightning has but does not
 expose, which gptmini must follow exactly (e.g. "this batch ends an accumulation window").
@@ -35,30 +38,20 @@ def grad_scaler(trainer: pl.Trainer | None) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
-def is_fsdp(strategy: object) -> bool:
+def is_fsdp(strategy: object, exact: bool = False) -> bool:
     """Whether ``strategy`` (an instance, or a name as ``trainer.strategy`` takes it: "fsdp",
-    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass."""
+    "fsdp_cpu_offload", ...) is Lightning's FSDPStrategy or a subclass; with ``exact``, a name or
+    exactly FSDPStrategy: what Lightning refuses without a GPU (``_check_strategy_and_fallback``)."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     if isinstance(strategy, str):
         return strategy.lower() in FSDPStrategy.get_registered_strategies()
-    return isinstance(strategy, FSDPStrategy)
+    return type(strategy) is FSDPStrategy if exact else isinstance(strategy, FSDPStrategy)
 
 
 def uses_fsdp(trainer: pl.Trainer | None) -> bool:
     """Whether the run shards its weights with FSDP."""
     return trainer is not None and is_fsdp(trainer.strategy)
-
-
-def names_fsdp(strategy: object) -> bool:
-    """Whether a ``trainer.strategy`` setting (a name or an instance, before the Trainer exists) is
-    one Lightning refuses without a GPU (``_check_strategy_and_fallback``: the registered FSDP
-    names, or exactly FSDPStrategy)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(strategy, str):
-        return strategy.lower() in FSDPStrategy.get_registered_strategies()
-    return type(strategy) is FSDPStrategy
 
 
 # -- Lightning, private ----------------------------------------------------------------------------
@@ -103,8 +96,8 @@ def signal_connector(trainer: pl.Trainer) -> Any:
     return trainer._signal_connector
 
 
-# gptmini.callbacks.fault_guard mixes a class into the connector's that overrides this method of
-# Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/test_compat.py checks it still exists.
+# gptmini.callbacks.stop_rules.StopConnector (mixed in by mix_into_signal_connector) overrides this
+# method of Lightning's ``_SignalConnector`` (its SIGTERM handler): tests/train/test_compat.py checks it still exists.
 SIGTERM_NOTIFIER_HOOK = "_sigterm_notifier_fn"
 
 
@@ -120,6 +113,30 @@ def route_sigterm_handler(handler: Any) -> None:
         registered.signal_handlers = [
             handler if getattr(h, "__func__", None) is notifier else h for h in registered.signal_handlers
         ]
+
+
+def mix_into_signal_connector(trainer: pl.Trainer, mixin: type) -> Any:
+    """The trainer's signal connector with ``mixin`` put first in its class (state kept), so the mixin's
+    ``received_sigterm`` property and its SIGTERM notifier (named :data:`SIGTERM_NOTIFIER_HOOK`) replace
+    Lightning's. Private: ``Trainer._signal_connector`` and its class, ``_SignalConnector``."""
+    connector = signal_connector(trainer)
+    if not isinstance(connector, mixin):
+        requested = connector.received_sigterm
+        connector.__class__ = type(mixin.__name__, (mixin, type(connector)), {})
+        connector.received_sigterm = requested
+    return connector
+
+
+def sigterm_notifier(connector: Any) -> Any:
+    """The connector's SIGTERM notifier (bound method; a mixed-in class's override when there is one)."""
+    return getattr(connector, SIGTERM_NOTIFIER_HOOK)
+
+
+def several_processes(trainer: pl.Trainer) -> bool:
+    """Lightning's condition for its per-batch SIGTERM broadcast (an initialized process group of more
+    than one process): the stop rules take the same collective path exactly when Lightning would.
+    Private: the check inside ``_TrainingEpochLoop._broadcast_sigterm_tensor``."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1
 
 
 def skip_sigterm_broadcast(trainer: pl.Trainer) -> None:
@@ -144,6 +161,38 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     Private: ``Trainer._logger_connector.should_update_logs``."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
+
+
+def validation_progress(trainer: pl.Trainer) -> dict[str, Any]:
+    """A copy of the fit loop's validation batch counters (``ready``/``started``/... under ``total`` and
+    ``current``). Private: ``fit_loop.epoch_loop.val_loop.batch_progress``."""
+    import copy
+
+    return copy.deepcopy(trainer.fit_loop.epoch_loop.val_loop.batch_progress.state_dict())
+
+
+# Where a checkpoint holds those counters (Lightning's loop state layout, private).
+VAL_PROGRESS_KEYS = ("loops", "fit_loop", "epoch_loop.val_loop.batch_progress")
+
+
+def set_validation_progress(checkpoint: dict[str, Any], progress: dict[str, Any]) -> None:
+    """Put validation counters (as :func:`validation_progress` gives them) into a checkpoint being saved."""
+    loops, fit_loop, key = VAL_PROGRESS_KEYS
+    checkpoint[loops][fit_loop][key] = progress
+
+
+def set_refresh_rate(bar: Any, rate: int) -> None:
+    """Change a TQDMProgressBar's refresh rate after construction (its setting is read-only).
+    Private: ``TQDMProgressBar._refresh_rate``."""
+    bar._refresh_rate = rate
+
+
+def raise_recompile_limit(limit: int) -> None:
+    """Let Dynamo recompile the same code up to ``limit`` times in one process (a benchmark compiles
+    many fresh models) before it falls back to eager. Private (torch): ``torch._dynamo.config.cache_size_limit``."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, limit)
 
 
 def log_step_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -237,7 +286,7 @@ def skips_callback_hook(callback: Any, hook: str) -> bool:
 
 
 # LightningCLI._parse_ckpt_path: overridden (turned off) by gptmini.cli.GPTMiniCLI; see
-# gptmini.train.resume. tests/test_compat.py checks that LightningCLI.__init__ still calls it.
+# gptmini.train.resume. tests/train/test_compat.py checks that LightningCLI.__init__ still calls it.
 PARSE_CKPT_PATH_HOOK = "_parse_ckpt_path"
 
 # -- jsonargparse, private -------------------------------------------------------------------------
@@ -266,7 +315,7 @@ def attribute_docstrings_on() -> bool:
     Private: ``jsonargparse._optionals.get_docstring_parse_options``."""
     try:
         from jsonargparse._optionals import get_docstring_parse_options
-    except ImportError:  # moved (tests/test_compat.py says so): gptmini.cli's setting
+    except ImportError:  # moved (tests/train/test_compat.py says so): gptmini.cli's setting
         return True
     return bool(get_docstring_parse_options().get("attribute_docstrings", False))
 

@@ -21,7 +21,6 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, Metric
 
-from gptmini.core import formats
 from gptmini.core.captured import (
     CapturedStep,
     StepPath,
@@ -36,7 +35,7 @@ from gptmini.core.model import GPTMini, KernelConfig, ModelConfig
 from gptmini.core.optim import OptimConfig, build_adamw
 from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, compile_by_default, guarded_step
-from gptmini.train.before_fit import check_data_matches_model
+from gptmini.train.checkpoint_contents import CheckpointContents
 from gptmini.train.compat import (
     CURRENT_FX_NAME,
     attached_trainer,
@@ -47,6 +46,7 @@ from gptmini.train.compat import (
     uses_fsdp,
     writes_step_metrics,
 )
+from gptmini.train.setting_checks import check_data_matches_model
 
 # Step values each rank computes on its own shard, logged as their mean. train/grad_norm is not here:
 # DDP's all-reduce has made the gradients, and so their norm, the same on every rank.
@@ -173,7 +173,7 @@ class GPTMiniModule(pl.LightningModule):
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
         self._clip_route: str | None = None  # who clips by norm in this fit (_choose_clip_route)
         self._lrs: list[torch.Tensor] = []
-        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/test_formats.py).
+        # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/core/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
         self._step_values: dict[str, torch.Tensor] = {}
@@ -186,10 +186,6 @@ class GPTMiniModule(pl.LightningModule):
         # a tokenizer that is not byte-level, or validation without GPTMiniData). Not saved.
         self.register_buffer("token_bytes", None, persistent=False)
         self.val_bpb = BitsPerByte()
-        # What the export's model card reports; saved in checkpoints (formats.CKPT_RUN_STATE).
-        self.tokens_seen = 0
-        self.corpus: dict[str, Any] = {}
-        self.val_history: list[dict[str, float]] = []
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in PLAIN_STEP_ATTRS:
@@ -202,9 +198,6 @@ class GPTMiniModule(pl.LightningModule):
         # The CLI runs this in before_fit already; here for a Trainer driven without the CLI.
         check_data_matches_model(dm, self.model_cfg)
         table = dm.token_byte_table() if hasattr(dm, "token_byte_table") else None
-        if hasattr(dm, "meta"):  # the corpus, for the export's model card
-            meta = dm.meta()
-            self.corpus = {k: meta.get(k) for k in formats.META_CORPUS_KEYS}
         self.token_bytes = None if table is None else torch.as_tensor(table, device=self.device)
         if self._should_compile() and not is_compiled(self.model):
             # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay clean.
@@ -252,8 +245,6 @@ class GPTMiniModule(pl.LightningModule):
             self._runner.load_batch(batch)  # into the graph's static buffers, on the device
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Here, not in training_step: the step-0 checks call training_step outside the loop.
-        self.tokens_seen += batch[0].numel() * self.trainer.world_size
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
         if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
@@ -274,12 +265,6 @@ class GPTMiniModule(pl.LightningModule):
         # compute() is cached until Lightning resets the metric, so val/loss and val/ppl see one value.
         loss = self.val_loss.compute()
         self.log("val/ppl", loss.exp(), sync_dist=True)
-        if attached_trainer(self) is not None and self.trainer.sanity_checking:
-            return
-        entry = {"step": self.global_step, "val/loss": float(loss)}
-        if self.token_bytes is not None:
-            entry["val/bpb"] = float(self.val_bpb.compute())
-        self.val_history.append(entry)
 
     def configure_optimizers(self) -> dict:
         trainer = attached_trainer(self)
@@ -424,28 +409,10 @@ class GPTMiniModule(pl.LightningModule):
                 guard.clip(gradient_clip_val)
         self._log_step("train/grad_norm", norm)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild a bare GPTMini without Lightning (keys: gptmini.core.formats).
-        checkpoint[formats.CKPT_FORMAT] = formats.CKPT_FORMAT_VERSION
-        checkpoint[formats.CKPT_MODEL_CONFIG] = asdict(self.model_cfg)
-        # Tokens seen and every validation result: the export's model card reads them.
-        checkpoint[formats.CKPT_RUN_STATE] = {
-            "tokens_seen": self.tokens_seen,
-            "val": list(self.val_history),
-            "corpus": dict(self.corpus),
-        }
-        # The tokenizer JSON itself (tens to hundreds of KB), so `gptmini.generate` needs only the
-        # checkpoint, even after the data cache is deleted or moved.
-        dm = getattr(attached_trainer(self), "datamodule", None)
-        tok_path = getattr(dm, "tokenizer_path", None)
-        if tok_path is not None and tok_path.is_file():
-            checkpoint[formats.CKPT_TOKENIZER] = tok_path.read_text(encoding="utf-8")
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(formats.CKPT_RUN_STATE) or {}
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.val_history = list(state.get("val", []))
-        self.corpus = dict(state.get("corpus") or self.corpus)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # The one writer of the checkpoint's gptmini keys and the run record, in every run (CLI or a
+        # plain Trainer): gptmini.train.checkpoint_contents.
+        return [CheckpointContents()]
 
 
 # Lightning reads the step methods' signatures on every batch (is_param_in_hook_signature: "does it take

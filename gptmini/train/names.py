@@ -1,7 +1,8 @@
 """Names: what gptmini calls its settings and classes now, and what users may call them instead.
 
 The one rename table: settings other trainers name differently (``ALIASES``), and the keys and class
-paths earlier gptmini versions used (``RENAMED_KEYS``, ``MOVED``; CHANGELOG.md).
+paths earlier gptmini versions used (``MOVED``; the keys: ``gptmini.core.checkpoint.RENAMED_KEYS``;
+CHANGELOG.md).
 :func:`did_you_mean` turns an unknown-key or unknown-class error into one that names the new name.
 """
 
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any
+
+# The key renames live in core, beside the one checkpoint loader that applies them.
+from gptmini.core.checkpoint import RENAMED_KEYS, upgrade_hparams
+
+__all__ = ["ALIASES", "MOVED", "RENAMED_KEYS", "did_you_mean", "new_name", "upgrade_hparams"]
 
 _KEY = re.compile(r"--([A-Za-z_][\w.]*)|'([A-Za-z_][\w.]*)'")
 # Names other trainers use for our settings: a typo check cannot find these by spelling.
@@ -34,12 +39,6 @@ ALIASES = {
 }
 
 
-# Key prefixes earlier versions used -> today's (CHANGELOG.md).
-RENAMED_KEYS = {
-    "model.model.": "model.arch.",
-    "guard.": "fault_guard.",
-}
-
 # Class paths of the flat layout (gptmini/<module>.py) -> today's. Modules that were split list each
 # class; whole-module moves map the module prefix.
 MOVED = {
@@ -54,7 +53,7 @@ MOVED = {
     "gptmini.samples.": "gptmini.callbacks.samples.",
     "gptmini.progress.": "gptmini.callbacks.progress.",
     "gptmini.module.": "gptmini.train.module.",
-    "gptmini.preflight.": "gptmini.train.before_fit.",  # its checks; the checkpoint/folder parts moved on (train.resume, train.run_folder)
+    "gptmini.preflight.": "gptmini.train.setting_checks.",  # its checks; the checkpoint/folder parts moved on (train.resume, train.run_folder)
     "gptmini.model.": "gptmini.core.model.",
     "gptmini.optim.": "gptmini.core.optim.",
     "gptmini.schedule.": "gptmini.core.schedule.",
@@ -75,32 +74,6 @@ def new_name(old: str) -> str | None:
             if before.endswith(".") and old.startswith(before):
                 return after + old[len(before) :]
     return None
-
-
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's stored module arguments (``hyper_parameters``, the keys under ``model:``) with
-    today's names, through :data:`RENAMED_KEYS` (``model.model.*`` -> ``model.arch.*``), so
-    checkpoints of earlier versions resume and validate. Where both names are stored, today's wins."""
-    leaves: list[tuple[str, Any]] = []
-
-    def walk(tree: dict[str, Any], prefix: str) -> None:
-        for key, value in tree.items():
-            if isinstance(value, dict) and value:
-                walk(value, f"{prefix}{key}.")
-            else:
-                leaves.append((f"{prefix}{key}", value))
-
-    walk(hparams, "model.")
-    out: dict[str, Any] = {}
-    renamed = [(new_name(k), v) for k, v in leaves if new_name(k)]
-    current = [(k, v) for k, v in leaves if not new_name(k)]
-    for key, value in renamed + current:  # today's names last: they win
-        *groups, leaf = key.split(".")[1:]
-        node = out
-        for g in groups:
-            node = node.setdefault(g, {})
-        node[leaf] = value
-    return out
 
 
 def _suggest(word: str, known: list[str]) -> str | None:

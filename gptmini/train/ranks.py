@@ -15,7 +15,7 @@ this round: ``LRCurveCheck`` read ``trainer.log_dir`` inside ``if trainer.is_glo
 3. Before ``trainer.fit`` starts (the CLI's ``before_fit``) there is no process group yet: rank 0
    may read its own folder with :func:`own_log_dir`, which is never a collective.
 
-``tests/test_ranks.py`` holds the rule in the code (no collective inside a rank-0-only branch) and
+``tests/train/test_ranks.py`` holds the rule in the code (no collective inside a rank-0-only branch) and
 runs every shipped callback under two processes; why each callback is safe is listed there.
 """
 

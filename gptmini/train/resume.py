@@ -27,7 +27,14 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from gptmini.core.checkpoint import model_config, model_state_dict, peek_checkpoint, read_checkpoint
+from gptmini.core.checkpoint import (
+    flatten,
+    model_config,
+    model_state_dict,
+    peek_checkpoint,
+    read_checkpoint,
+    upgrade_hparams,
+)
 from gptmini.core.config import ConfigError
 from gptmini.core.formats import (
     CKPT_HPARAMS,
@@ -37,8 +44,8 @@ from gptmini.core.formats import (
     LAST_CKPT_GLOB,
     RUN_CONFIG_FILE,
 )
+from gptmini.train.checkpoint_io import hand_over
 from gptmini.train.compat import parse_given
-from gptmini.train.names import upgrade_hparams
 from gptmini.train.run_folder import checkpoint_dir_globs, checkpoint_dirs
 
 # Under `model.`: the user's value applies on resume (same math, other kernels or compilation).
@@ -93,6 +100,7 @@ def _resume(cli: Any, args: Any, path: str, max_steps: int | None, init_from: st
     validate: :func:`_validate_as_trained`."""
     sub = cli.subcommand
     ckpt = read_resume_checkpoint(path, max_steps)
+    hand_over(cli.trainer.strategy, path, ckpt)  # Lightning's restore takes it: the file is read once
     hparams = ckpt[CKPT_HPARAMS]
     if sub != "fit":
         _validate_as_trained(cli, args, path, ckpt)
@@ -188,18 +196,6 @@ def given_values(parser: ArgumentParser, args: Any) -> Namespace:
     ``defaults=False`` and links off tells a given value from a default (even one that equals it).
     """
     return parse_given(parser, args)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` for dicts and Namespaces."""
-    if isinstance(tree, Namespace):
-        tree = tree.as_dict()
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def _same(a: Any, b: Any) -> bool:
