@@ -200,7 +200,7 @@ def test_per_step_attributes_are_plain_and_others_still_register(tiny_model_cfg)
     module.extra = torch.nn.Linear(2, 2)  # not a per-step name: nn.Module's rules apply
     module.register_buffer("buf", torch.zeros(1))
     module.buf = torch.ones(1)
-    assert "extra" in module._modules and "extra.weight" in module.state_dict()
+    assert dict(module.named_children())["extra"] is module.extra and "extra.weight" in module.state_dict()
     assert torch.equal(module.state_dict()["buf"], torch.ones(1))
 
 
