@@ -27,6 +27,7 @@ from gptmini.train.logs import quiet_adverts
 from gptmini.train.module import GPTMiniModule
 from gptmini.train.names import did_you_mean
 from gptmini.train.profiler import NoProfiler
+from gptmini.train.step_hooks import SkipUnusedStepHooks
 
 # Show each dataclass field's docstring in --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -152,6 +153,10 @@ class GPTMiniCLI(LightningCLI):
         # The default no-op profiler, minus its cost on every hook call (gptmini.train.profiler).
         if type(trainer.profiler) is PassThroughProfiler:
             trainer.profiler = NoProfiler()
+        # Lightning dispatches every per-step hook to every callback, defined or not: skip the empty
+        # ones from train start to teardown (gptmini.train.step_hooks).
+        if not any(isinstance(cb, SkipUnusedStepHooks) for cb in callbacks):
+            callbacks.append(SkipUnusedStepHooks())
         return trainer
 
 

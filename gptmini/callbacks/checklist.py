@@ -52,6 +52,7 @@ from gptmini.core.config import ConfigError
 from gptmini.core.recipe import START_TOLERANCE, WARMUP_FRACTION
 from gptmini.train.compat import every_n_train_steps
 from gptmini.train.ranks import failed_on_any_rank
+from gptmini.train.step_hooks import restore_step_hooks, retire_step_hooks
 
 
 class Checklist(Callback):
@@ -122,6 +123,7 @@ class Checklist(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.items, self.text, self._started = {}, "", False
+        restore_step_hooks(self)
         start = time.perf_counter()
         items = self.recipe_items(trainer, pl_module)
         self.recipe_seconds = time.perf_counter() - start
@@ -162,6 +164,7 @@ class Checklist(Callback):
         if self._started:
             return
         self._started = True
+        retire_step_hooks(self)  # done after this batch: Lightning stops dispatching to us each step
         checks = [cb for cb in trainer.callbacks if isinstance(cb, FirstBatchCheck)]
         checks.sort(key=lambda cb: not isinstance(cb, InitialLossCheck))  # cheapest first
         results: dict[str, CheckItem] = {}

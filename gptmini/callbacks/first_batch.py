@@ -29,6 +29,7 @@ from gptmini.core.schedule import lr_multiplier
 from gptmini.core.step import NoGradientError, train_step
 from gptmini.train.compat import grad_scaler, init_optimizers
 from gptmini.train.ranks import failed_on_any_rank
+from gptmini.train.step_hooks import restore_step_hooks, retire_step_hooks
 
 # --------------------------------------------------------------------------------------------------
 # Batch checks: run at the first training batch, before step 0.
@@ -66,6 +67,7 @@ class FirstBatchCheck(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.result, self._started = None, False
+        restore_step_hooks(self)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -73,6 +75,7 @@ class FirstBatchCheck(Callback):
         if self._started:
             return
         self._started = True
+        retire_step_hooks(self)  # done after this batch: Lightning stops dispatching to us each step
         if any(getattr(cb, "runs_first_batch_checks", False) for cb in trainer.callbacks):
             return  # the checklist runs us, prints, then raises
         item = self.ensure_run(trainer, pl_module, batch)

@@ -259,6 +259,32 @@ def cluster_environment(trainer: pl.Trainer) -> Any:
     ``Trainer._accelerator_connector.cluster_environment`` (no public accessor in Lightning 2.6)."""
     return trainer._accelerator_connector.cluster_environment
 
+# -- Lightning's hook dispatch (private rules) ------------------------------------------------------
+
+# LightningModule._current_fx_name: the hook Lightning is running, set on the module around every
+# hook it dispatches (module, callbacks, strategy: ~50 times per training step). A plain string,
+# never a parameter, buffer or submodule (gptmini.train.module sets it without nn.Module's checks).
+CURRENT_FX_NAME = "_current_fx_name"
+
+
+def skip_callback_hook(callback: Any, hook: str) -> None:
+    """Make Lightning pass over ``callback``'s ``hook``: its dispatcher calls a callback's hook only
+    when ``getattr(callback, hook)`` is callable, and a None instance attribute shadows the method.
+    Private rule: ``lightning.pytorch.trainer.call._call_callback_hooks``."""
+    setattr(callback, hook, None)
+
+
+def unskip_callback_hook(callback: Any, hook: str) -> None:
+    """Undo :func:`skip_callback_hook`: the class's method is seen again."""
+    if vars(callback).get(hook, False) is None:
+        delattr(callback, hook)
+
+
+def skips_callback_hook(callback: Any, hook: str) -> bool:
+    """Whether :func:`skip_callback_hook` hides ``callback``'s ``hook``."""
+    return vars(callback).get(hook, False) is None
+
+
 # LightningCLI._parse_ckpt_path: overridden (turned off) by gptmini.cli.GPTMiniCLI; see
 # gptmini.train.resume. tests/train/test_compat.py checks that LightningCLI.__init__ still calls it.
 PARSE_CKPT_PATH_HOOK = "_parse_ckpt_path"

@@ -10,6 +10,7 @@ norm for clipping and the non-finite guard (:class:`gptmini.core.guard.NonFinite
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict
 from typing import Any
 
@@ -36,6 +37,7 @@ from gptmini.core.schedule import ScheduleConfig, build_scheduler
 from gptmini.core.step import autocast_for, compile_by_default, guarded_step
 from gptmini.train.checkpoint_contents import CheckpointContents
 from gptmini.train.compat import (
+    CURRENT_FX_NAME,
     attached_trainer,
     grad_scaler,
     is_compiled,
@@ -49,6 +51,11 @@ from gptmini.train.setting_checks import check_data_matches_model
 # Step values each rank computes on its own shard, logged as their mean. train/grad_norm is not here:
 # DDP's all-reduce has made the gradients, and so their norm, the same on every rank.
 MEAN_OVER_RANKS = ("train/loss",)
+
+# Attributes set on every step: Lightning's hook name around each of ~50 hook calls, and ours. Plain
+# values, never a parameter, buffer or submodule: nn.Module.__setattr__'s registry checks (~10 Python
+# calls each, ~0.15 ms per step on a CPU core) are skipped for them (GPTMiniModule.__setattr__).
+PLAIN_STEP_ATTRS = frozenset({CURRENT_FX_NAME, "last_loss", "_step_values", "_writes_at_start", "tokens_seen"})
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -164,6 +171,7 @@ class GPTMiniModule(pl.LightningModule):
         # One grad norm per step for clipping and FaultGuard; device state, built at fit start.
         self.nonfinite_guard: NonFiniteGuard | None = None
         self._runner: CapturedStep | None = None  # the captured step (its eager twin on a CPU)
+        self._clip_route: str | None = None  # who clips by norm in this fit (_choose_clip_route)
         self._lrs: list[torch.Tensor] = []
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/core/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
@@ -178,6 +186,12 @@ class GPTMiniModule(pl.LightningModule):
         # a tokenizer that is not byte-level, or validation without GPTMiniData). Not saved.
         self.register_buffer("token_bytes", None, persistent=False)
         self.val_bpb = BitsPerByte()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PLAIN_STEP_ATTRS:
+            object.__setattr__(self, name, value)  # what nn.Module ends with for a plain value
+        else:
+            super().__setattr__(name, value)
 
     def setup(self, stage: str) -> None:
         dm = getattr(attached_trainer(self), "datamodule", None)
@@ -284,6 +298,7 @@ class GPTMiniModule(pl.LightningModule):
         rank_zero_info(self.step_path.line())
         self.nonfinite_guard = NonFiniteGuard(optimizer) if optimizer is not None else None
         self._runner = None
+        self._clip_route = self._choose_clip_route(trainer)  # once, not on every step
 
     def on_train_start(self) -> None:
         # Here, after a checkpoint restore: the graph holds the restored weights, moments and lr.
@@ -310,6 +325,7 @@ class GPTMiniModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._runner = None  # frees the graph and its memory pool
+        self._clip_route = None
 
     def optimizer_step(
         self,
@@ -353,6 +369,14 @@ class GPTMiniModule(pl.LightningModule):
         state.update(_runner=None, nonfinite_guard=None, _lrs=[])
         return state
 
+    @staticmethod
+    def _choose_clip_route(trainer: pl.Trainer) -> str:
+        """Who clips by norm: Lightning under a grad scaler (it unscales first), FSDP's own method
+        (sharded grads), else the non-finite guard's norm (configure_gradient_clipping)."""
+        if grad_scaler(trainer) is not None:
+            return "lightning"
+        return "fsdp" if uses_fsdp(trainer) else "guard"
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -367,15 +391,14 @@ class GPTMiniModule(pl.LightningModule):
         ``clip_grad_norm_`` is correct. With a scaler (fp16) we defer to Lightning, which
         unscales first.
         """
-        algorithm = gradient_clip_algorithm or "norm"
-        if grad_scaler(self.trainer) is not None or algorithm != "norm":
+        route = self._clip_route or self._choose_clip_route(self.trainer)
+        if route == "lightning" or (gradient_clip_algorithm or "norm") != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        wrapped = self.trainer.model
-        if uses_fsdp(self.trainer):
+        if route == "fsdp":
             # FSDP(1) shards flat grads: only its own method computes the global norm (Lightning's
             # FSDP plugin refuses norm clipping altogether). Untested here: needs several GPUs.
-            norm = wrapped.clip_grad_norm_(gradient_clip_val or float("inf"))
+            norm = self.trainer.model.clip_grad_norm_(gradient_clip_val or float("inf"))
         else:
             # The norm FaultGuard's check already measured this step (or measures now): one per step.
             guard = self.nonfinite_guard
@@ -390,3 +413,10 @@ class GPTMiniModule(pl.LightningModule):
         # The one writer of the checkpoint's gptmini keys and the run record, in every run (CLI or a
         # plain Trainer): gptmini.train.checkpoint_contents.
         return [CheckpointContents()]
+
+
+# Lightning reads the step methods' signatures on every batch (is_param_in_hook_signature: "does it take
+# batch_idx?"), ~40 Python calls of inspect each time; inspect returns a function's ``__signature__``
+# when it has one (PEP 362), so it is built once here. A subclass's override is read as before.
+for _step in (GPTMiniModule.training_step, GPTMiniModule.validation_step):
+    _step.__signature__ = inspect.signature(_step)

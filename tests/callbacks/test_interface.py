@@ -36,3 +36,18 @@ def test_callbacks_read_no_module_attribute_by_name():
                 assert target not in ("pl_module", "module"), f"{path.name}: {ast.unparse(node)}"
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pl_module":
                 assert node.attr in lightning_api, f"{path.name}: pl_module.{node.attr} (use callbacks.interface)"
+
+
+def test_recipe_module_is_isinstance_of_the_protocol_member_by_member(tiny_model_cfg):
+    """recipe_module lists the members once (no typing walk per call) and answers as isinstance does."""
+    from types import SimpleNamespace
+
+    from gptmini.callbacks.interface import MEMBERS
+
+    assert set(MEMBERS) == {"model", "model_cfg", "schedule_cfg", "last_loss", "nonfinite_guard", "runs_own_step"}
+    full = {**dict.fromkeys(MEMBERS), "runs_own_step": lambda: False}  # data members may be None
+    for missing in (None, *MEMBERS):
+        obj = SimpleNamespace(**{k: v for k, v in full.items() if k != missing})
+        assert (recipe_module(obj) is obj) == isinstance(obj, RecipeModule) == (missing is None), missing
+    blocked = SimpleNamespace(**{**full, "runs_own_step": None})  # typing's rule: a method set to None
+    assert recipe_module(blocked) is None and not isinstance(blocked, RecipeModule)

@@ -478,3 +478,37 @@ def test_dynamo_recompile_limit():
         assert torch._dynamo.config.cache_size_limit == before + 5
     finally:
         torch._dynamo.config.cache_size_limit = before
+
+
+def test_lightning_passes_over_a_callback_hook_that_is_not_callable_and_names_the_running_hook(
+    tmp_path, tiny_model_cfg, tiny_data
+):
+    """trainer.call._call_callback_hooks calls a callback's hook only when it is callable
+    (compat.skip_callback_hook); LightningModule._current_fx_name (compat.CURRENT_FX_NAME) is the hook
+    Lightning is running, set on the module around each one."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Counter(Callback):
+        def __init__(self):
+            self.starts = self.ends = 0
+
+        def on_train_batch_start(self, *args):
+            self.starts += 1
+
+        def on_train_batch_end(self, *args):
+            self.ends += 1
+
+    class Named(GPTMiniModule):
+        def training_step(self, batch, batch_idx):
+            self.seen = getattr(self, compat.CURRENT_FX_NAME)
+            return super().training_step(batch, batch_idx)
+
+    cb = Counter()
+    compat.skip_callback_hook(cb, "on_train_batch_end")
+    assert compat.skips_callback_hook(cb, "on_train_batch_end")
+    module = Named(arch=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=1))
+    trainer(tmp_path, max_steps=2, callbacks=[cb]).fit(module, datamodule=tiny_data)
+    assert (cb.starts, cb.ends) == (2, 0) and module.seen == "training_step"
+    compat.unskip_callback_hook(cb, "on_train_batch_end")
+    cb.on_train_batch_end()
+    assert cb.ends == 1 and not compat.skips_callback_hook(cb, "on_train_batch_end")

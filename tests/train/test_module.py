@@ -182,3 +182,47 @@ def test_compiled_module_checkpoint_has_no_orig_mod(cli_args, tmp_path, monkeypa
     assert not [k for k in state if "_orig_mod" in k]
     bare = GPTMini(cli.model.model_cfg)
     bare.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+
+
+def test_per_step_attributes_are_plain_and_others_still_register(tiny_model_cfg):
+    """GPTMiniModule sets its per-step attributes (and Lightning's hook name) without nn.Module's registry
+    checks: they stay plain attributes, out of the state dict; any other name still registers as before."""
+    from gptmini.train.compat import CURRENT_FX_NAME
+    from gptmini.train.module import PLAIN_STEP_ATTRS
+
+    module = GPTMiniModule(arch=tiny_model_cfg)
+    keys = set(module.state_dict())
+    assert CURRENT_FX_NAME in PLAIN_STEP_ATTRS
+    for name in PLAIN_STEP_ATTRS:
+        setattr(module, name, torch.ones(1))
+        assert torch.equal(getattr(module, name), torch.ones(1)) and name in vars(module)
+    assert set(module.state_dict()) == keys
+    module.extra = torch.nn.Linear(2, 2)  # not a per-step name: nn.Module's rules apply
+    module.register_buffer("buf", torch.zeros(1))
+    module.buf = torch.ones(1)
+    assert dict(module.named_children())["extra"] is module.extra and "extra.weight" in module.state_dict()
+    assert torch.equal(module.state_dict()["buf"], torch.ones(1))
+
+
+def test_step_signatures_built_once_are_the_methods_own(tiny_model_cfg):
+    """inspect (and so Lightning's per-batch "does training_step take batch_idx?") reads the signature
+    built at import; it is the method's own, and a subclass's override is read afresh."""
+    import inspect
+    import types
+
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+
+    module = GPTMiniModule(arch=tiny_model_cfg)
+    for name in ("training_step", "validation_step"):
+        fn = getattr(GPTMiniModule, name)
+        bare = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        bare.__annotations__, bare.__kwdefaults__ = fn.__annotations__, fn.__kwdefaults__  # no __signature__
+        assert "__signature__" in vars(fn) and inspect.signature(fn) == inspect.signature(bare)
+        assert inspect.getfullargspec(getattr(module, name)) == inspect.getfullargspec(bare)
+        assert is_param_in_hook_signature(getattr(module, name), "batch_idx", min_args=2)
+
+    class OneArg(GPTMiniModule):
+        def training_step(self, batch):
+            return super().training_step(batch, 0)
+
+    assert inspect.getfullargspec(OneArg(arch=tiny_model_cfg).training_step).args == ["self", "batch"]
