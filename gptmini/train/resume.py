@@ -59,6 +59,12 @@ VALIDATE_DATA_KEYS = (
 )
 
 
+
+def _own_config(ckpt_path: str | Path) -> str:
+    """How to repeat a run's own settings: its saved config.yaml when it is beside the checkpoints."""
+    config = Path(ckpt_path).parent.parent / RUN_CONFIG_FILE
+    return f"--config {config}" if config.is_file() else "the run's own config"
+
 def start_run(cli: Any, args: Any, max_steps: int | None, need_weights: bool = False) -> str | None:
     """Decide how the run of ``cli`` (a LightningCLI after building trainer, model and data) starts.
 
@@ -148,8 +154,7 @@ def _validate_as_trained(cli: Any, args: Any, path: str, ckpt: dict[str, Any]) -
         given = flatten(given_values(cli.parser, args).get(sub) or {})
         diffs = [f"{k}: checkpoint {_show(saved[k])}, given {_show(given[k])}" for k in differ if k in given]
         if diffs:
-            config = Path(path).parent.parent / RUN_CONFIG_FILE
-            own = f"--config {config}" if config.is_file() else "the run's own config"
+            own = _own_config(path)
             raise ConfigError(
                 f"{sub} --ckpt_path {path} scores the checkpoint on the model and data it was trained "
                 f"with, but {len(diffs)} given setting(s) differ: {'; '.join(diffs)}. Drop them "
@@ -245,8 +250,7 @@ def resume_settings(
         elif key in given and not _same(given[key], value):
             diffs.append(f"model.{key}: checkpoint {_show(value)}, given {_show(given[key])}")
     if diffs:
-        config = Path(path).parent.parent / RUN_CONFIG_FILE
-        own = f"--config {config}" if config.is_file() else "the run's own config"
+        own = _own_config(path)
         raise ConfigError(
             f"--ckpt_path {path} resumes a run exactly, with its own settings, but {len(diffs)} "
             f"differ: {'; '.join(diffs)}. Drop them (resume with {own}), or start a new run from "
