@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 from pathlib import Path
@@ -16,6 +17,10 @@ from gptmini.tools.curves import read_scalars
 from gptmini.train import compat
 from gptmini.train.datamodule import GPTMiniData
 
+# The suite's processes keep what they imported: frozen, the collector no longer rescans it (~2 s of
+# CPU per xdist worker; gptmini.core.startup does the same for the gptmini programs).
+gc.freeze()
+
 # Small enough that tokenizer training + encoding take about a second.
 CORPUS_CHARS = 120_000
 TINY_VOCAB = 384
@@ -27,6 +32,9 @@ TINY_BLOCK = 32
 _SHARED_FIXTURES = ("ddp_reference", "fitted_run")
 
 
+# tryfirst: pytest-xdist reads the marks in its own collection hook (suffixing the node ids with
+# the group); a mark added after it is silently ignored and the fixture is built on both workers.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         shared = [f for f in _SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]

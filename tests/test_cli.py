@@ -169,3 +169,13 @@ def test_a_second_resume_of_a_live_run_is_refused_and_a_dead_ones_lock_is_not(
     assert "train:  75%" in bar and "6/8 [" in bar and "8/8 [" in bar and "<00:00" in bar, bar[-2000:]
     assert all(" 0/" in x for x in bar.splitlines() if "Training" in x), bar[-2000:]  # only as created
     assert not lock.exists()  # the third run's lock (it took over the stale one), released at its end
+
+
+def test_field_docstrings_are_read_only_for_help():
+    from gptmini.cli import shows_help
+
+    assert shows_help(["fit", "--help"]) and shows_help(["validate", "-h"])
+    assert shows_help(["fit", "--trainer.callbacks.help", "FaultGuard"])
+    assert shows_help(["fit", "--config", "c.yaml", "--print_config=comments"])
+    assert not shows_help(["fit", "--config", "c.yaml", "--trainer.max_steps=5"])
+    assert not shows_help(["fit", "--data.data=help.txt"])

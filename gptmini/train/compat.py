@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -321,13 +321,19 @@ def attribute_docstrings_on() -> bool:
 
 
 @contextmanager
-def attribute_docstrings_off() -> Iterator[None]:
-    """Parse without reading attribute docstrings (seconds of CPU per parser), restoring the setting."""
+def attribute_docstrings(on: bool) -> Iterator[None]:
+    """Parse with (or without) reading attribute docstrings, restoring the setting: they are only
+    help text, and reading them costs ~0.5 s of CPU per parser built."""
     from jsonargparse import set_parsing_settings
 
     before = attribute_docstrings_on()
-    set_parsing_settings(docstring_parse_attribute_docstrings=False)
+    set_parsing_settings(docstring_parse_attribute_docstrings=on)
     try:
         yield
     finally:
         set_parsing_settings(docstring_parse_attribute_docstrings=before)
+
+
+def attribute_docstrings_off() -> AbstractContextManager[None]:
+    """Parse without reading attribute docstrings (parsers built outside gptmini.cli.make_cli)."""
+    return attribute_docstrings(False)

@@ -1,0 +1,53 @@
+"""gptmini.core.startup: the collector paused while torch and Lightning are imported, restored for a
+program that imports gptmini, and the imports frozen only in a process started as a gptmini program."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+from conftest import cli_env
+
+from gptmini.core.startup import collector_paused
+
+
+def test_collector_paused_restores_either_state():
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            with collector_paused():
+                assert not gc.isenabled()
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+
+
+def run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_importing_gptmini_changes_nothing_in_the_importing_program():
+    # The collector as the program left it, nothing frozen: a library import has no lasting effect.
+    assert run("import gc, gptmini.cli; print(gc.isenabled(), gc.get_freeze_count())") == ["True", "0"]
+    assert run("import gc; gc.disable(); import gptmini.cli; print(gc.isenabled())") == ["False"]
+
+
+def test_a_gptmini_program_freezes_its_imports_and_a_call_from_python_does_not():
+    code = (
+        "import contextlib, gc, io, sys\n"
+        "from gptmini.cli import main\n"
+        "def ran(args):\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(io.StringIO()):\n"
+        "            main(args)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    return gc.get_freeze_count()\n"
+        "print(ran(['generate', '--help']))\n"  # called from Python: nothing frozen
+        "sys.argv = ['gptmini', 'generate', '--help']\n"
+        "print(ran(None) > 100_000)\n"  # started as the program: torch's objects frozen
+    )
+    assert run(code) == ["0", "True"]
