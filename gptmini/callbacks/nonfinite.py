@@ -22,11 +22,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gptmini.callbacks.interface import recipe_module
+from gptmini.callbacks.interface import RecipeModule, recipe_module
 from gptmini.core.config import NonNegativeInt, PositiveInt, check_args
 from gptmini.core.formats import CKPT_STATE_DICT
 from gptmini.core.guard import NonFiniteGuard
 from gptmini.train.compat import grad_scaler
+from gptmini.train.step_hooks import restore_step_hooks, retire_step_hooks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,9 +46,9 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 
-def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
-    """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one."""
-    module = recipe_module(pl_module)
+def _step_loss(trainer: pl.Trainer, module: RecipeModule | None) -> torch.Tensor | None:
+    """This step's loss: GPTMiniModule keeps it (it logs only on writing steps); else the logged one.
+    ``module``: ``recipe_module(pl_module)``."""
     loss = module.last_loss if module is not None else None
     return loss if loss is not None else trainer.callback_metrics.get("train/loss")
 
@@ -69,6 +70,13 @@ class NonFiniteStop(Callback):
         self._guard: NonFiniteGuard | None = None  # device counters, read every n steps
         self._counts_on_device = False  # self.skipped comes from the guard's counter
 
+    # The batch hooks below have work in some fits only (a captured step; a module without the
+    # recipe interface): the first call of each decides for the fit and retires the hook when idle.
+    BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        restore_step_hooks(self, self.BATCH_HOOKS)  # retired in an earlier fit: this fit decides anew
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = recipe_module(pl_module)
         module_guard = module.nonfinite_guard if module is not None else None
@@ -76,9 +84,9 @@ class NonFiniteStop(Callback):
             module_guard.reset_counts(self.skipped, trainer.global_step)
 
     # -- non-finite ------------------------------------------------------------------------
-    def _guard_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> NonFiniteGuard:
-        """The module's guard for ``optimizer`` (the norm clipping also uses), else one of our own."""
-        module = recipe_module(pl_module)
+    def _guard_for(self, trainer: pl.Trainer, module: RecipeModule | None, optimizer: Any) -> NonFiniteGuard:
+        """The module's guard for ``optimizer`` (the norm clipping also uses), else one of our own.
+        ``module``: ``recipe_module(pl_module)``."""
         module_guard = module.nonfinite_guard if module is not None else None
         if module_guard is not None and module_guard.optimizer is optimizer:
             self._guard = module_guard
@@ -93,6 +101,9 @@ class NonFiniteStop(Callback):
         # its counters at the start of every n-th step (the steps before it are checked).
         module = recipe_module(pl_module)
         if module is None or not module.runs_own_step():
+            # Fixed for the fit (the module's runner is built at train start, before any batch):
+            # Lightning stops dispatching this hook until the next fit.
+            retire_step_hooks(self, ("on_train_batch_start",))
             return
         if trainer.global_step % self.check_every_n_steps == 0:
             self._read_device_verdict(trainer, module.nonfinite_guard)
@@ -100,7 +111,10 @@ class NonFiniteStop(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._guard is not None and recipe_module(pl_module) is None:
+        if recipe_module(pl_module) is not None:
+            # The module ends its own guard's step, for the whole fit: nothing to do here until the next.
+            retire_step_hooks(self, ("on_train_batch_end",))
+        elif self._guard is not None:
             self._guard.done()  # our own guard: the module does it for its own
 
     def on_before_optimizer_step(
@@ -108,15 +122,16 @@ class NonFiniteStop(Callback):
     ) -> None:
         step = trainer.global_step
         no_scaler = grad_scaler(trainer) is None
+        module = recipe_module(pl_module)  # once per step: each lookup walks the interface's members
         if no_scaler and optimizer.defaults.get("fused"):
-            self._flag_on_device(trainer, pl_module, optimizer, step)
+            self._flag_on_device(trainer, module, optimizer, step)
             return
         if step % self.check_every_n_steps:
             return
-        loss = _step_loss(trainer, pl_module)
+        loss = _step_loss(trainer, module)
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
-            guard = self._guard_for(trainer, pl_module, optimizer)
+            guard = self._guard_for(trainer, module, optimizer)
             if not guard.grads() and loss is None:
                 return
             guard.measure(loss)  # the step's one grad norm: clipping reuses it
@@ -142,7 +157,7 @@ class NonFiniteStop(Callback):
     def _flag_on_device(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        module: RecipeModule | None,
         optimizer: torch.optim.Optimizer,
         step: int,
     ) -> None:
@@ -152,10 +167,10 @@ class NonFiniteStop(Callback):
         kernel leaves weights, moments and step count alone. So every step is guarded without a
         host sync, and only every ``check_every_n_steps`` the counters are read to stop or warn.
         """
-        guard = self._guard_for(trainer, pl_module, optimizer)
+        guard = self._guard_for(trainer, module, optimizer)
         if not guard.grads():
             return
-        guard.measure(_step_loss(trainer, pl_module))  # writes found_inf, which fused AdamW reads
+        guard.measure(_step_loss(trainer, module))  # writes found_inf, which fused AdamW reads
         if step % self.check_every_n_steps:
             return
         self._read_device_verdict(trainer, guard)

@@ -8,9 +8,9 @@ not callable is passed over (``gptmini.train.compat.skip_callback_hook``). So, f
 
 - :class:`SkipUnusedStepHooks` (put in by ``gptmini.cli``) hides every per-step hook a callback
   inherits from Lightning's empty ``Callback`` at train start, and shows them again at teardown;
-- a callback whose per-step work is done for this fit (the step-0 checks after step 0) hides its
-  own with :func:`retire_step_hooks` and shows them again at its next fit start
-  (:func:`restore_step_hooks`).
+- a callback whose per-step work is done for this fit (the step-0 checks after step 0; FaultGuard's
+  batch start/end when the module runs no captured step) hides its own with :func:`retire_step_hooks`
+  and shows them again at its next fit start (:func:`restore_step_hooks`).
 
 Why not remove finished callbacks from ``trainer.callbacks``: their state would leave the
 checkpoints (Lightning saves the state of the callbacks in the list, and warns at resume about
@@ -52,16 +52,17 @@ def skip_unused_step_hooks(callbacks: list[Any]) -> None:
                 skip_callback_hook(cb, hook)
 
 
-def retire_step_hooks(callback: Any) -> None:
-    """``callback``'s per-step work is done for this fit: Lightning stops calling its per-step hooks.
-    Its other hooks, its ``state_dict`` and its place in ``trainer.callbacks`` stay."""
-    for hook in STEP_HOOKS:
+def retire_step_hooks(callback: Any, hooks: tuple[str, ...] = STEP_HOOKS) -> None:
+    """``callback``'s per-step work (in ``hooks``, default all) is done for this fit: Lightning stops
+    calling those hooks. Its other hooks, its ``state_dict`` and its place in ``trainer.callbacks`` stay."""
+    for hook in hooks:
+        assert hook in STEP_HOOKS, hook
         skip_callback_hook(callback, hook)
 
 
-def restore_step_hooks(callback: Any) -> None:
-    """Undo :func:`retire_step_hooks` / :func:`skip_unused_step_hooks` for ``callback``."""
-    for hook in STEP_HOOKS:
+def restore_step_hooks(callback: Any, hooks: tuple[str, ...] = STEP_HOOKS) -> None:
+    """Undo :func:`retire_step_hooks` / :func:`skip_unused_step_hooks` for ``callback`` (``hooks``, default all)."""
+    for hook in hooks:
         unskip_callback_hook(callback, hook)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from check_helpers import all_checks, fit, make_module
@@ -12,7 +13,12 @@ from conftest import fit_cli
 from lightning.pytorch.callbacks import Callback
 
 from gptmini.callbacks.checklist import Checklist
+from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.first_batch import FirstBatchCheck
+from gptmini.callbacks.nonfinite import NonFiniteStop
+from gptmini.core.guard import NonFiniteGuard
+from gptmini.core.schedule import ScheduleConfig
+from gptmini.train.module import GPTMiniModule
 from gptmini.train.step_hooks import STEP_HOOKS, SkipUnusedStepHooks, skipped_step_hooks
 
 
@@ -114,3 +120,47 @@ def test_hidden_hooks_come_back_after_a_fit_that_raised(tiny_data, tiny_model_cf
     assert seen[0] == [h for h in STEP_HOOKS if h != "on_train_batch_end"]  # hidden during the fit
     assert skipped_step_hooks(spy) == [] and skipped_step_hooks(fail) == []
     assert callable(spy.on_before_backward) and callable(fail.on_train_batch_start)
+
+
+class NotRecipe(GPTMiniModule):
+    runs_own_step = None  # blocks the recipe interface: FaultGuard keeps and ends its own guard
+
+
+def count_guard_batch_hooks(monkeypatch) -> Counter:
+    calls: Counter = Counter()
+    for hook in NonFiniteStop.BATCH_HOOKS:
+        original = getattr(NonFiniteStop, hook)
+
+        def wrapper(self, *args, _hook=hook, _original=original, **kwargs):
+            calls[_hook] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(NonFiniteStop, hook, wrapper)
+    return calls
+
+
+def test_fault_guard_batch_hooks_retire_for_a_fit_where_they_have_no_work(
+    tiny_data, tiny_model_cfg, tmp_path, monkeypatch
+):
+    # An eager step of GPTMiniModule: batch start (reads a captured step's verdict) and batch end (ends
+    # a guard of its own) have nothing to do; each is called at step 0 only, and again in the next fit.
+    calls = count_guard_batch_hooks(monkeypatch)
+    guard = FaultGuard()
+    fit(make_module(tiny_model_cfg), tiny_data, [guard], tmp_path, max_steps=4)
+    assert calls == {"on_train_batch_start": 1, "on_train_batch_end": 1}
+    assert skipped_step_hooks(guard) == list(NonFiniteStop.BATCH_HOOKS)
+    calls.clear()
+    fit(make_module(tiny_model_cfg), tiny_data, [guard], tmp_path, max_steps=4)
+    assert calls == {"on_train_batch_start": 1, "on_train_batch_end": 1}  # shown again at fit start
+    # A module without the recipe interface: the guard is FaultGuard's own, ended after every batch.
+    calls.clear()
+    ends = Counter()
+    monkeypatch.setattr(NonFiniteGuard, "done", lambda self: ends.update([self is guard._guard]))
+    pl.seed_everything(1234, verbose=False)
+    fit(NotRecipe(arch=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=2)), tiny_data, [guard], tmp_path, max_steps=4)
+    assert calls == {"on_train_batch_start": 1, "on_train_batch_end": 4} and ends[True] == 4
+    # A module running its own (captured) step: its verdict is read at the start of every batch.
+    calls.clear()
+    monkeypatch.setattr(GPTMiniModule, "runs_own_step", lambda self: True)
+    fit(make_module(tiny_model_cfg), tiny_data, [guard], tmp_path, max_steps=4)
+    assert calls == {"on_train_batch_start": 4, "on_train_batch_end": 1}
