@@ -207,6 +207,14 @@ def every_n_train_steps(callback: ModelCheckpoint) -> int:
     return callback._every_n_train_steps or 0
 
 
+def saves_at_batch_end(callback: ModelCheckpoint) -> bool:
+    """Whether a ModelCheckpoint's own ``on_train_batch_end`` can save (or defer a save) in a fit: only
+    with ``every_n_train_steps`` or ``train_time_interval`` set; otherwise it returns before reading any
+    metric, every batch (Lightning 2.6's rule, checked in tests/train/test_compat.py). Private:
+    ``_every_n_train_steps``, ``_train_time_interval``."""
+    return every_n_train_steps(callback) > 0 or callback._train_time_interval is not None
+
+
 def logger_version_unset(logger: Any) -> bool:
     """Whether the logger will pick ``version_N`` itself (no fixed version, none picked yet): asking
     through ``logger.version`` would pick one. Private: ``_version`` (TensorBoardLogger, CSVLogger)."""

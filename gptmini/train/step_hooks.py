@@ -7,7 +7,8 @@ shipped configs of which ~10 do work. There is no switch for it; a callback whos
 not callable is passed over (``gptmini.train.compat.skip_callback_hook``). So, for one fit:
 
 - :class:`SkipUnusedStepHooks` (put in by ``gptmini.cli``) hides every per-step hook a callback
-  inherits from Lightning's empty ``Callback`` at train start, and shows them again at teardown;
+  inherits from Lightning's empty ``Callback``, and a ModelCheckpoint's batch end that cannot save in
+  this fit, at train start, and shows them again at teardown;
 - a callback whose per-step work is done for this fit (the step-0 checks after step 0; FaultGuard's
   batch start/end when the module runs no captured step) hides its own with :func:`retire_step_hooks`
   and shows them again at its next fit start (:func:`restore_step_hooks`).
@@ -23,9 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from gptmini.train.compat import skip_callback_hook, skips_callback_hook, unskip_callback_hook
+from gptmini.train.compat import (
+    saves_at_batch_end,
+    skip_callback_hook,
+    skips_callback_hook,
+    unskip_callback_hook,
+)
 
 # The callback hooks Lightning dispatches on every training step (automatic optimization).
 STEP_HOOKS = (
@@ -44,11 +50,24 @@ def inherits_empty(callback: Any, hook: str) -> bool:
     return getattr(getattr(callback, hook, None), "__func__", None) is getattr(Callback, hook)
 
 
+def idle_checkpoint_batch_end(callback: Any, hook: str) -> bool:
+    """Whether ``hook`` is a ModelCheckpoint's own ``on_train_batch_end`` that can never save in this
+    fit (no ``every_n_train_steps``, no ``train_time_interval``: e.g. BestCheckpoint, which saves at
+    validation): it would return at once on every batch."""
+    return (
+        hook == "on_train_batch_end"
+        and isinstance(callback, ModelCheckpoint)
+        and getattr(type(callback), hook) is ModelCheckpoint.on_train_batch_end
+        and not saves_at_batch_end(callback)
+    )
+
+
 def skip_unused_step_hooks(callbacks: list[Any]) -> None:
-    """Hide the per-step hooks each callback does not define from Lightning's dispatch."""
+    """Hide from Lightning's dispatch the per-step hooks each callback does not define, and those that
+    cannot do anything in this fit (:func:`idle_checkpoint_batch_end`)."""
     for cb in callbacks:
         for hook in STEP_HOOKS:
-            if inherits_empty(cb, hook):
+            if inherits_empty(cb, hook) or idle_checkpoint_batch_end(cb, hook):
                 skip_callback_hook(cb, hook)
 
 
@@ -72,9 +91,10 @@ def skipped_step_hooks(callback: Any) -> list[str]:
 
 
 class SkipUnusedStepHooks(Callback):
-    """For each fit: the callbacks' per-step hooks that are Lightning's empty defaults are not
-    dispatched (from train start, after every other callback's setup and a checkpoint restore, to
-    teardown). Behaviour is unchanged: only calls of empty methods are left out."""
+    """For each fit: the callbacks' per-step hooks that are Lightning's empty defaults, or a
+    ModelCheckpoint's batch end that cannot save, are not dispatched (from train start, after every
+    other callback's setup and a checkpoint restore, to teardown). Behaviour is unchanged: only calls
+    that do nothing are left out."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         skip_unused_step_hooks(trainer.callbacks)

@@ -123,6 +123,44 @@ def test_model_checkpoint_interval():
     assert compat.every_n_train_steps(ModelCheckpoint()) == 0
 
 
+def test_model_checkpoint_batch_end_rule(tmp_path, tiny_model_cfg, tiny_data, monkeypatch):
+    """compat.saves_at_batch_end: without every_n_train_steps or train_time_interval, ModelCheckpoint's
+    on_train_batch_end returns on every batch before it reads a metric (the first step of any save or
+    deferred save); with either, it goes on to read them."""
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    reads: dict[int, int] = {}
+    inside: list[int] = []
+    original_end, original_read = ModelCheckpoint.on_train_batch_end, ModelCheckpoint._monitor_candidates
+
+    def end(self, *args, **kwargs):
+        inside.append(id(self))
+        try:
+            return original_end(self, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    def read(self, trainer):
+        if inside and inside[-1] == id(self):
+            reads[id(self)] = reads.get(id(self), 0) + 1
+        return original_read(self, trainer)
+
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", end)
+    monkeypatch.setattr(ModelCheckpoint, "_monitor_candidates", read)
+    idle = [ModelCheckpoint(dirpath=tmp_path / "a"), ModelCheckpoint(dirpath=tmp_path / "b", monitor="val/loss")]
+    busy = [
+        ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2),
+        ModelCheckpoint(dirpath=tmp_path / "d", train_time_interval=timedelta(0)),
+    ]
+    t = trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[*idle, *busy], enable_checkpointing=True,
+                num_sanity_val_steps=0, enable_model_summary=False)
+    t.fit(GPTMiniModule(arch=tiny_model_cfg, schedule=ScheduleConfig(warmup_steps=1)), datamodule=tiny_data)
+    assert [compat.saves_at_batch_end(cb) for cb in idle + busy] == [False, False, True, True]
+    assert [reads.get(id(cb), 0) for cb in idle] == [0, 0]
+    assert all(reads.get(id(cb), 0) > 0 for cb in busy)
+
+
 @pytest.mark.parametrize("logger_class", [TensorBoardLogger, CSVLogger])
 def test_logger_version(tmp_path, logger_class):
     """TensorBoardLogger/CSVLogger._version: None until picked; setting it fixes ``version``."""

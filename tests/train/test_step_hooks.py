@@ -10,8 +10,9 @@ import pytest
 import torch
 from check_helpers import all_checks, fit, make_module
 from conftest import fit_cli
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from gptmini.callbacks.best import BestCheckpoint
 from gptmini.callbacks.checklist import Checklist
 from gptmini.callbacks.fault_guard import FaultGuard
 from gptmini.callbacks.first_batch import FirstBatchCheck
@@ -164,3 +165,26 @@ def test_fault_guard_batch_hooks_retire_for_a_fit_where_they_have_no_work(
     monkeypatch.setattr(GPTMiniModule, "runs_own_step", lambda self: True)
     fit(make_module(tiny_model_cfg), tiny_data, [guard], tmp_path, max_steps=4)
     assert calls == {"on_train_batch_start": 4, "on_train_batch_end": 1}
+
+
+def test_a_checkpoint_that_cannot_save_at_batch_end_is_not_dispatched_there(
+    tiny_data, tiny_model_cfg, tmp_path, monkeypatch
+):
+    # BestCheckpoint saves at validation only (no every_n_train_steps / train_time_interval): its
+    # batch end returns at once every step, so Lightning is not asked to call it; a ModelCheckpoint
+    # saving every 2 steps is called every step and saves as before.
+    calls: Counter = Counter()
+    original = ModelCheckpoint.on_train_batch_end
+
+    def counting(self, *args, **kwargs):
+        calls[type(self).__name__] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", counting)
+    best = BestCheckpoint(dirpath=tmp_path / "best")
+    every = ModelCheckpoint(dirpath=tmp_path / "every", every_n_train_steps=2, save_top_k=-1)
+    hide = SkipUnusedStepHooks()
+    fit(make_module(tiny_model_cfg), tiny_data, [hide, best, every], tmp_path, max_steps=4, enable_checkpointing=True)
+    assert calls == {"ModelCheckpoint": 4}
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    assert skipped_step_hooks(best) == []  # shown again at teardown
