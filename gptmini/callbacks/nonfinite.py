@@ -120,19 +120,19 @@ class NonFiniteStop(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        step = trainer.global_step
         no_scaler = grad_scaler(trainer) is None
         module = recipe_module(pl_module)  # once per step: each lookup walks the interface's members
         if no_scaler and optimizer.defaults.get("fused"):
-            self._flag_on_device(trainer, module, optimizer, step)
+            self._flag_on_device(trainer, module, optimizer, trainer.global_step)
             return
-        if step % self.check_every_n_steps:
+        # At n = 1 every step is checked: the step is read (~6 calls) only to skip one, or to report.
+        if self.check_every_n_steps > 1 and trainer.global_step % self.check_every_n_steps:
             return
         loss = _step_loss(trainer, module)
         # With an fp16 grad scaler, inf gradients are routine (the scaler skips those steps itself).
         if no_scaler:
             guard = self._guard_for(trainer, module, optimizer)
-            if not guard.grads() and loss is None:
+            if loss is None and not guard.grads():  # the grads are listed only without a loss
                 return
             guard.measure(loss)  # the step's one grad norm: clipping reuses it
             finite = not bool(guard.found_inf)  # the one host sync
@@ -144,6 +144,7 @@ class NonFiniteStop(Callback):
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
         loss_text = f"{loss.item():.4g}" if loss is not None else "n/a"
+        step = trainer.global_step
         if self.skipped < self.max_skipped_steps:
             self.skipped += 1
             optimizer.zero_grad(set_to_none=True)  # AdamW skips params without grads entirely
