@@ -27,10 +27,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from lightning.pytorch import Callback
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
+import bench  # noqa: E402  (first: it imports torch and Lightning with the collector paused)
+from lightning.pytorch import Callback  # noqa: E402
+
+from gptmini.core.startup import freeze_imported  # noqa: E402
 
 SHARED = "shared: "
 # (component, substring of the frame's file path, function name or None for any), innermost match wins.
@@ -269,4 +270,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    freeze_imported()
     main()

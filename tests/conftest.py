@@ -27,9 +27,21 @@ TINY_VOCAB = 384
 TINY_BLOCK = 32
 
 
-# Tests sharing an expensive session fixture run on one pytest-xdist worker (``--dist loadgroup``),
-# so each fixture is built once per session, not once per worker; without xdist the mark is inert.
-_SHARED_FIXTURES = ("ddp_reference", "fitted_run")
+# Tests sharing an expensive fixture (a training run, a wheel) run on one pytest-xdist worker
+# (``--dist loadgroup``), so it is built once per session (or module), not once per worker; without
+# xdist the mark is inert. Name -> its scope; a module fixture groups only its own module's tests.
+SHARED_FIXTURES = {
+    "ddp_reference": "session",
+    "fitted_run": "session",
+    "reference": "module",  # tests/train/test_resume.py, tests/callbacks/test_stops.py
+    "base": "module",  # tests/train/test_resume_settings.py
+    "run_ckpt": "module",  # tests/core/test_formats.py
+    "trained_run": "module",  # tests/commands/test_generate.py
+    "one_process_reference": "module",  # tests/cross_cutting/test_cluster.py
+    "pd_english": "module",  # tests/callbacks/test_first_batch.py
+    "unicode_corpus": "module",  # tests/cross_cutting/test_bpb.py
+    "wheel": "module",  # tests/cross_cutting/test_packaging.py
+}
 
 
 # tryfirst: pytest-xdist reads the marks in its own collection hook (suffixing the node ids with
@@ -37,9 +49,14 @@ _SHARED_FIXTURES = ("ddp_reference", "fitted_run")
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        shared = [f for f in _SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        shared = [f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
         if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+            name = shared[0]
+            group = name if SHARED_FIXTURES[name] == "session" else f"{item.module.__name__}::{name}"
+            item.add_marker(pytest.mark.xdist_group(group))
+    # xdist hands out the shared groups first (largest first), then single tests in this order: the
+    # slow ones first, so that no long test starts last while the other worker sits idle.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

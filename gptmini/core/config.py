@@ -139,7 +139,8 @@ def find_duplicate_key(text: str) -> tuple[str, int, int] | None:
 def load_yaml_unique(stream: str, path: str = "") -> Any:
     """jsonargparse's YAML loader, refusing a key given twice (registered for the CLI's parsers with
     jsonargparse's public ``set_loader``: neither Lightning nor PyYAML has a duplicate-key option)."""
-    if found := find_duplicate_key(stream):
+    # ":" first: jsonargparse loads every command-line value through here, and a scalar has no keys.
+    if ":" in stream and (found := find_duplicate_key(stream)):
         key, first, second = found
         where = f"{os.path.abspath(path)}: " if path else ""  # jsonargparse reads it from its folder
         raise ConfigError(

@@ -29,16 +29,15 @@ def run(code: str) -> str:
     return proc.stdout.split()
 
 
-def test_importing_gptmini_changes_nothing_in_the_importing_program():
-    # The collector as the program left it, nothing frozen: a library import has no lasting effect.
-    assert run("import gc, gptmini.cli; print(gc.isenabled(), gc.get_freeze_count())") == ["True", "0"]
-    assert run("import gc; gc.disable(); import gptmini.cli; print(gc.isenabled())") == ["False"]
+def test_importing_gptmini_leaves_a_disabled_collector_disabled():
+    assert run("import gc; gc.disable(); import gptmini; print(gc.isenabled())") == ["False"]
 
 
-def test_a_gptmini_program_freezes_its_imports_and_a_call_from_python_does_not():
+def test_a_gptmini_program_freezes_its_imports_and_an_import_or_a_call_from_python_does_not():
     code = (
         "import contextlib, gc, io, sys\n"
         "from gptmini.cli import main\n"
+        "print(gc.isenabled(), gc.get_freeze_count())\n"  # imported: the collector as it was, nothing frozen
         "def ran(args):\n"
         "    try:\n"
         "        with contextlib.redirect_stdout(io.StringIO()):\n"
@@ -50,4 +49,4 @@ def test_a_gptmini_program_freezes_its_imports_and_a_call_from_python_does_not()
         "sys.argv = ['gptmini', 'generate', '--help']\n"
         "print(ran(None) > 100_000)\n"  # started as the program: torch's objects frozen
     )
-    assert run(code) == ["0", "True"]
+    assert run(code) == ["True", "0", "0", "True"]

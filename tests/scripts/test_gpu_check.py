@@ -13,12 +13,15 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     """From another folder, with another gptmini ahead on the path: the script imports gptmini from
     its own checkout (a GPU machine has none installed), and its bundle is what a device machine
