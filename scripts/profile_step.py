@@ -185,8 +185,8 @@ def profile_run(b: bench.Bench, path: str, interval: float, sampler: str = "auto
     return dict(per)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """profile_step's own arguments (before ``--``) and the ones passed on to scripts/bench.py (after it)."""
     own, _, bench_argv = (
         (argv[: argv.index("--")], None, argv[argv.index("--") + 1 :]) if "--" in argv else (argv, None, [])
     )
@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="profile the config's own shape (e.g. 10m on CUDA: where a host-bound step's time goes) "
         "instead of the micro preset",
     )
-    args = p.parse_args(own)
+    return p.parse_args(own), bench_argv
+
+
+def make_bench(args: argparse.Namespace, bench_argv: list[str]) -> bench.Bench:
+    """The Bench both paths run on: the micro preset (or the config's shape) with our step counts."""
     bargs = bench.parse_args(
         [
             *([] if args.config_shape else ["--preset=micro"]),
@@ -227,11 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if bargs.threads:
         bench.torch.set_num_threads(bargs.threads)
-    b = bench.Bench(bargs)
-    runs: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
-    for r in range(args.rounds):
-        for path in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
-            runs[path].append(profile_run(b, path, args.interval, args.sampler))
+    return bench.Bench(bargs)
+
+
+def summarize(runs: dict[str, list[dict[str, float]]]) -> tuple[dict, dict[str, float], dict[str, float]]:
+    """Medians over the rounds: (component -> path -> ms, path -> total ms, path -> ms not shared)."""
     names = sorted({c for rs in runs.values() for run in rs for c in run})
     table = {
         c: {path: statistics.median(run.get(c, 0.0) for run in rs) for path, rs in runs.items()}
@@ -242,17 +246,38 @@ def main(argv: list[str] | None = None) -> dict:
         path: statistics.median(sum(v for c, v in run.items() if not c.startswith(SHARED)) for run in rs)
         for path, rs in runs.items()
     }
+    return table, total, own_ms
+
+
+def table_rows(table: dict, total: dict[str, float], own_ms: dict[str, float]) -> list[str]:
+    """The printed table: each path's own components first (largest first), then the shared ones and totals."""
     rows = [f"{'component (wall ms/step, median of rounds)':<46} {'lightning':>10} {'plain':>8}"]
-    for c in sorted(names, key=lambda c: (c.startswith(SHARED), -table[c]["lightning"])):
+    for c in sorted(table, key=lambda c: (c.startswith(SHARED), -table[c]["lightning"])):
         rows.append(f"{c:<46} {table[c]['lightning']:>10.3f} {table[c]['plain']:>8.3f}")
     rows.append(f"{'not shared (each path own)':<46} {own_ms['lightning']:>10.3f} {own_ms['plain']:>8.3f}")
     rows.append(f"{'total':<46} {total['lightning']:>10.3f} {total['plain']:>8.3f}")
+    return rows
+
+
+def print_top(top: int, rounds: int) -> None:
+    """Prints the ``top`` Lightning/gptmini functions with the most inclusive time (``--top``)."""
+    print(f"top {top} Lightning/gptmini functions, inclusive wall ms/step summed over {rounds} rounds:")
+    for key, ms in sorted(INCLUSIVE.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms / rounds:8.3f}  {key}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Profiles both paths in alternating rounds; prints the table and returns it (also to --json)."""
+    args, bench_argv = parse_args(list(sys.argv[1:] if argv is None else argv))
+    b = make_bench(args, bench_argv)
+    runs: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
+    for r in range(args.rounds):
+        for path in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
+            runs[path].append(profile_run(b, path, args.interval, args.sampler))
+    table, total, own_ms = summarize(runs)
+    rows = table_rows(table, total, own_ms)
     if args.top:
-        print(
-            f"top {args.top} Lightning/gptmini functions, inclusive wall ms/step summed over {args.rounds} rounds:"
-        )
-        for key, ms in sorted(INCLUSIVE.items(), key=lambda kv: -kv[1])[: args.top]:
-            print(f"  {ms / args.rounds:8.3f}  {key}")
+        print_top(args.top, args.rounds)
     print("\n".join(rows))
     sampler = "stdlib" if isinstance(make_profiler(args.interval, args.sampler), StackSampler) else "pyinstrument"
     print(f"(sampler: {sampler}; device: {b.device})")

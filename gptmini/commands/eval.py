@@ -21,7 +21,7 @@ from gptmini.core.atomic import unwritable, write_text
 from gptmini.core.checkpoint import load_model_and_tokenizer
 from gptmini.core.config import ConfigError
 from gptmini.core.device import resolve_device
-from gptmini.core.evaluate import score_tokens
+from gptmini.core.evaluate import Score, score_tokens
 from gptmini.core.formats import CACHE_TOKENIZER, TOKEN_DTYPE, TOKEN_FILE_SUFFIX
 from gptmini.core.prepare import encode_sources, has_val_split
 from gptmini.core.sources import VAL_SPLIT, ReadOptions, SettingNames, resolve_sources
@@ -119,7 +119,27 @@ def evaluate(
         skip_bad_records: Skip records whose text is null, not a string or missing (else an error
             naming the first).
     """
-    # Every setting is checked before the model is loaded or the corpus is read.
+    _check_settings(batch_size, max_tokens, stride, json)  # before the model is loaded or the corpus read
+    model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
+    block = model.cfg.block_size
+    _check_stride(stride, block)
+    opts = ReadOptions(
+        text_field=text_field, hf_config=hf_config, hf_split=split or "train", skip_bad_records=skip_bad_records,
+        names=EVAL_NAMES,
+    )
+    with tempfile.TemporaryDirectory(prefix="gptmini-eval-") as tmp:
+        tokens = _read_tokens(data, tok, opts, split, max_tokens, Path(tmp), progress)
+        score = _score(model, tok, tokens, stride, batch_size, progress)
+        del tokens  # the memmap, before its folder goes
+    result = _result(checkpoint, data, score, block, stride)
+    _print_score(score, block, stride)
+    if json:
+        write_text(Path(json).expanduser(), jsonlib.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _check_settings(batch_size: int, max_tokens: int | None, stride: int | None, json: str | None) -> None:
+    """Raises a ConfigError for a setting that is wrong whatever the model: checked before any work."""
     if batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {batch_size}.")
     if max_tokens is not None and max_tokens < 1:
@@ -128,36 +148,47 @@ def evaluate(
         raise ConfigError(f"--stride must be >= 1 (at most the model's block_size; null = block_size), got {stride}.")
     if json:
         _check_json_path(Path(json).expanduser())
-    model, tok = load_model_and_tokenizer(checkpoint, tokenizer, resolve_device(device))
-    block = model.cfg.block_size
+
+
+def _check_stride(stride: int | None, block: int) -> None:
+    """Raises a ConfigError when --stride exceeds the model's block_size (known once it is loaded)."""
     if stride is not None and stride > block:
         raise ConfigError(
             f"--stride must be between 1 and the model's block_size {block} (null = {block}), got {stride}."
         )
-    opts = ReadOptions(
-        text_field=text_field, hf_config=hf_config, hf_split=split or "train", skip_bad_records=skip_bad_records,
-        names=EVAL_NAMES,
-    )
-    with tempfile.TemporaryDirectory(prefix="gptmini-eval-") as tmp:
-        if isinstance(data, str) and data.endswith(TOKEN_FILE_SUFFIX) and Path(data).expanduser().is_file():
-            tokens = _token_file(Path(data).expanduser(), tok)
-        else:
-            limit = None if max_tokens is None else max_tokens + 1  # + 1: the last target
-            tokens = _encode_corpus(data, tok, opts, split, Path(tmp) / "tokens.bin", progress, limit)
-        if max_tokens is not None:
-            tokens = tokens[: max_tokens + 1]
-        from tqdm.auto import tqdm
 
-        with tqdm(
-            total=len(tokens) - 1, desc="gptmini eval", unit="tok", unit_scale=True, file=sys.stderr,
-            disable=not progress,
-        ) as bar:
-            score = score_tokens(
-                model, tokens, stride=stride, batch_size=batch_size, byte_table=token_byte_lengths(tok),
-                progress=bar.update,
-            )
-        del tokens  # the memmap, before its folder goes
-    result = {
+
+def _read_tokens(
+    data, tok, opts: ReadOptions, split: str | None, max_tokens: int | None, tmp: Path, progress: bool
+) -> np.ndarray:
+    """The tokens to score: a prepared token file or the corpus encoded into ``tmp``, cut to max_tokens + 1."""
+    if isinstance(data, str) and data.endswith(TOKEN_FILE_SUFFIX) and Path(data).expanduser().is_file():
+        tokens = _token_file(Path(data).expanduser(), tok)
+    else:
+        limit = None if max_tokens is None else max_tokens + 1  # + 1: the last target
+        tokens = _encode_corpus(data, tok, opts, split, tmp / "tokens.bin", progress, limit)
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    return tokens
+
+
+def _score(model, tok, tokens: np.ndarray, stride: int | None, batch_size: int, progress: bool) -> Score:
+    """The model's score on ``tokens``, under a progress bar on stderr (in tokens)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=len(tokens) - 1, desc="gptmini eval", unit="tok", unit_scale=True, file=sys.stderr,
+        disable=not progress,
+    ) as bar:
+        return score_tokens(
+            model, tokens, stride=stride, batch_size=batch_size, byte_table=token_byte_lengths(tok),
+            progress=bar.update,
+        )
+
+
+def _result(checkpoint: str, data, score: Score, block: int, stride: int | None) -> dict:
+    """The figures evaluate returns and writes to --json."""
+    return {
         "checkpoint": str(checkpoint),
         "data": data if data is not None else "embedded corpus",
         "tokens": score.tokens,
@@ -169,14 +200,15 @@ def evaluate(
         "ppl": score.ppl,
         "bpb": score.bpb,
     }
+
+
+def _print_score(score: Score, block: int, stride: int | None) -> None:
+    """Prints the figures on stdout, one per line."""
     bpb = f"{score.bpb:.4f} bits/byte ({score.bytes:,} bytes)" if score.bpb is not None else "n/a (tokenizer not byte-level)"
     print(f"tokens  {score.tokens:,} in {score.windows:,} windows of {block} (stride {stride or block})")
     print(f"loss    {score.loss:.4f} nats/token")
     print(f"ppl     {score.ppl:.2f}")
     print(f"bpb     {bpb}")
-    if json:
-        write_text(Path(json).expanduser(), jsonlib.dumps(result, indent=2) + "\n")
-    return result
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -75,6 +75,32 @@ def model_card(
     (None when exporting from an export folder without a card)."""
     ckpt = ckpt or {}
     run = ckpt.get(CKPT_RUN_STATE) or {}
+    lines = [
+        f"# {name}",
+        "",
+        f"A GPTMini language model (decoder-only transformer, RMSNorm, RoPE) trained with gptmini, "
+        f"exported from `{source}`.",
+        "",
+        *_model_lines(cfg, n_params, ckpt, run),
+        "",
+        "## Corpus",
+        "",
+        *_corpus_lines(run.get("corpus") or {}),
+        "",
+        "## Config",
+        "",
+        _config_block(ckpt.get(CKPT_RUN_CONFIG)),
+        "",
+        *_gptmini_load_lines(name),
+        "",
+        *_standalone_load_lines(name),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_lines(cfg: dict[str, Any], n_params: int, ckpt: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """The "Model" section: shape, parameters, steps, tokens seen, final and best validation."""
     history = run.get("val") or []
     final = history[-1] if history else None
     best = min(history, key=lambda e: e["val/loss"]) if history else None  # BestCheckpoint's rule
@@ -84,19 +110,7 @@ def model_card(
         f"d{cfg['n_embd']} L{cfg['n_layer']} H{cfg['n_head']}, vocab {cfg['vocab_size']}, "
         f"context {cfg['block_size']}"
     )
-    config = ckpt.get(CKPT_RUN_CONFIG)
-    config_block = (
-        f"```yaml\n{config.rstrip()}\n```"
-        if isinstance(config, str)
-        else "The run's resolved config is not in the checkpoint (a run not started by the gptmini CLI); "
-        "the model's shape is in `config.json`."
-    )
-    lines = [
-        f"# {name}",
-        "",
-        f"A GPTMini language model (decoder-only transformer, RMSNorm, RoPE) trained with gptmini, "
-        f"exported from `{source}`.",
-        "",
+    return [
         "## Model",
         "",
         "| | |",
@@ -110,15 +124,22 @@ def model_card(
         "",
         "val/loss is in nats per token; val/bpb is bits per UTF-8 byte of the validation text, "
         "comparable across tokenizers.",
-        "",
-        "## Corpus",
-        "",
-        *_corpus_lines(run.get("corpus") or {}),
-        "",
-        "## Config",
-        "",
-        config_block,
-        "",
+    ]
+
+
+def _config_block(config: Any) -> str:
+    """The run's resolved config as a YAML block, or a line saying the checkpoint does not hold it."""
+    return (
+        f"```yaml\n{config.rstrip()}\n```"
+        if isinstance(config, str)
+        else "The run's resolved config is not in the checkpoint (a run not started by the gptmini CLI); "
+        "the model's shape is in `config.json`."
+    )
+
+
+def _gptmini_load_lines(name: str) -> list[str]:
+    """The "Load it" section's start: loading the folder with gptmini (CLI and Python)."""
+    return [
         "## Load it",
         "",
         f"With gptmini ({INSTALL}):",
@@ -133,7 +154,12 @@ def model_card(
         "",
         f'model, tok = load_model_and_tokenizer("{name}")',
         "```",
-        "",
+    ]
+
+
+def _standalone_load_lines(name: str) -> list[str]:
+    """The recipe loading the folder with torch, safetensors and tokenizers alone (its own model code)."""
+    return [
         f"With torch, safetensors and tokenizers alone (`pip install torch safetensors tokenizers`): the folder "
         f"carries the model's code, `{MODEL_CODE_FILE}` (generated from gptmini/core/model.py; no "
         f"gptmini, no Lightning). From the folder's parent:",
@@ -155,6 +181,4 @@ def model_card(
         'ids = torch.tensor([tok.encode("ROMEO:").ids])',
         "logits, _ = model.eval()(ids)  # (1, T, vocab): the next token's scores at each position",
         "```",
-        "",
     ]
-    return "\n".join(lines)

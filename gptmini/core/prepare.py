@@ -108,54 +108,14 @@ def prepare_tokens(
     show_progress: bool = True,
 ) -> dict:
     """Write tokenizer.json, train.bin, val.bin into ``out``; return the metadata (also meta.json's)."""
-    if tokenizer_file is not None:
-        tok = load_tokenizer(tokenizer_file)
-    else:
-        total = _total(sources)
-        with _bar(
-            "gptmini: tokenizer sample", min(total, bpe_sample_chars) if total else None, show_progress
-        ) as up:
-            tok = train_tokenizer(
-                pieces(sample_stream(sources, opts, bpe_sample_chars, up), sep=None), vocab_size
-            )
+    tok = _tokenizer(sources, opts, tokenizer_file, vocab_size, bpe_sample_chars, show_progress)
     tok.save(str(out / CACHE_TOKENIZER))
     separate_val = has_val_split(sources, opts)
     seen = TextSeen()
-
-    text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
     bad = BadRecords(opts.skip_bad_records, opts.names)
-
-    def encode(srcs: list[Source], split: str | None, path: Path, desc: str) -> int:
-        before = seen.bytes
-        n = encode_sources(tok, srcs, opts, split, path, desc, show_progress, seen, bad)
-        text_bytes.append(seen.bytes - before)
-        return n
-
+    n_train, n_val, text_bytes = _encode(tok, sources, opts, out, separate_val, val_fraction, show_progress, seen, bad)
+    _check_enough_text(sources, opts, seen, bad, n_train, n_val, block_size, separate_val)
     train_path, val_path = out / split_file("train"), out / split_file("val")
-    if separate_val:
-        n_train = encode(sources, opts.hf_split, train_path, f"gptmini: encoding {opts.hf_split}")
-        n_val = encode(sources, VAL_SPLIT, val_path, f"gptmini: encoding {VAL_SPLIT}")
-    else:
-        n = encode(sources, None, out / CACHE_ALL_TOKENS, "gptmini: encoding")
-        n_val = int(n * val_fraction)
-        n_train = n - n_val
-    if not seen.any:
-        names = opts.names
-        field = (
-            f" under {names.text_field}={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
-        )
-        skipped = f" ({bad.count} record(s) skipped by {names.skip_bad_records})" if bad.count else ""
-        raise ConfigError(
-            f"corpus is empty: {names.data} ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
-            f"point {names.data} at files with text (or null for the embedded corpus)."
-        )
-    need = block_size + 1
-    if n_train < need or n_val < need:
-        where = f"the {VAL_SPLIT} split" if separate_val else "data.val_fraction of the stream"
-        raise ConfigError(
-            f"corpus too short: {n_train} train / {n_val} val tokens (val = {where}), but one window "
-            f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
-        )
     if not separate_val:
         split_tail(out / CACHE_ALL_TOKENS, n_val, train_path, val_path)
     train_bytes, val_bytes = split_bytes(tok, train_path, val_path, text_bytes)
@@ -176,6 +136,66 @@ def prepare_tokens(
         "tokenizer": str(tokenizer_file) if tokenizer_file else f"trained BPE {vocab_size}",
         "skipped_records": bad.count,  # null/non-string text skipped under data.skip_bad_records
     }
+
+
+def _tokenizer(
+    sources: list[Source], opts: ReadOptions, tokenizer_file: Path | None, vocab_size: int, sample_chars: int,
+    show: bool,
+):
+    """The given tokenizer file's tokenizer, else a byte-level BPE trained on a bounded sample of the sources."""
+    if tokenizer_file is not None:
+        return load_tokenizer(tokenizer_file)
+    total = _total(sources)
+    with _bar("gptmini: tokenizer sample", min(total, sample_chars) if total else None, show) as up:
+        return train_tokenizer(pieces(sample_stream(sources, opts, sample_chars, up), sep=None), vocab_size)
+
+
+def _encode(
+    tok, sources: list[Source], opts: ReadOptions, out: Path, separate_val: bool, val_fraction: float,
+    show: bool, seen: TextSeen, bad: BadRecords,
+) -> tuple[int, int, list[int]]:
+    """Encodes the sources into ``out`` (the train and val splits, or one stream to split later); returns
+    (train tokens, val tokens, UTF-8 bytes of the text of each file written)."""
+    text_bytes: list[int] = []  # of each encode() call: one stream, or the train and val splits
+
+    def encode(split: str | None, path: Path, desc: str) -> int:
+        before = seen.bytes
+        n = encode_sources(tok, sources, opts, split, path, desc, show, seen, bad)
+        text_bytes.append(seen.bytes - before)
+        return n
+
+    if separate_val:
+        n_train = encode(opts.hf_split, out / split_file("train"), f"gptmini: encoding {opts.hf_split}")
+        n_val = encode(VAL_SPLIT, out / split_file("val"), f"gptmini: encoding {VAL_SPLIT}")
+    else:
+        n = encode(None, out / CACHE_ALL_TOKENS, "gptmini: encoding")
+        n_val = int(n * val_fraction)
+        n_train = n - n_val
+    return n_train, n_val, text_bytes
+
+
+def _check_enough_text(
+    sources: list[Source], opts: ReadOptions, seen: TextSeen, bad: BadRecords, n_train: int, n_val: int,
+    block_size: int, separate_val: bool,
+) -> None:
+    """Raises a ConfigError when the corpus held no text, or too few tokens for one window in a split."""
+    if not seen.any:
+        names = opts.names
+        field = (
+            f" under {names.text_field}={opts.text_field!r}" if any(s.kind != "text" for s in sources) else ""
+        )
+        skipped = f" ({bad.count} record(s) skipped by {names.skip_bad_records})" if bad.count else ""
+        raise ConfigError(
+            f"corpus is empty: {names.data} ({', '.join(map(str, sources))}) holds no text{field}{skipped}; "
+            f"point {names.data} at files with text (or null for the embedded corpus)."
+        )
+    need = block_size + 1
+    if n_train < need or n_val < need:
+        where = f"the {VAL_SPLIT} split" if separate_val else "data.val_fraction of the stream"
+        raise ConfigError(
+            f"corpus too short: {n_train} train / {n_val} val tokens (val = {where}), but one window "
+            f"needs data.block_size + 1 = {need} in each. Add text or lower data.block_size."
+        )
 
 
 def split_bytes(tok, train_path: Path, val_path: Path, text_bytes: list[int]) -> tuple[int | None, int | None]:

@@ -83,6 +83,38 @@ def _check_unchanged(before: dict) -> None:
         )
 
 
+def _vocab_size(vocab_size: int, tokenizer: str | None) -> int:
+    """The run's vocabulary: a given tokenizer file's (checked like data.vocab_size), else ``vocab_size``."""
+    if not tokenizer:
+        return vocab_size
+    key = f"the vocabulary of data.tokenizer {tokenizer}"  # the file decides the vocabulary
+    return check_value(key, VocabSize, vocab_of(vocab_size, tokenizer))
+
+
+def _read_options(
+    text_field: str, hf_config: str | None, hf_split: str, hf_streaming: bool, skip_bad_records: bool
+) -> ReadOptions:
+    """The settings that decide which text a source yields; a ConfigError for an empty text_field."""
+    if not text_field:
+        raise ConfigError("data.text_field is empty; give the name of the text field/column, e.g. text.")
+    return ReadOptions(
+        text_field=text_field,
+        hf_config=hf_config,
+        hf_split=hf_split,
+        hf_streaming=hf_streaming,
+        skip_bad_records=skip_bad_records,
+    )
+
+
+def _window_offset(window_offset: WindowOffset) -> WindowOffset:
+    """``window_offset``, checked to be one of WINDOW_OFFSETS (a ConfigError naming them otherwise)."""
+    if window_offset not in WINDOW_OFFSETS:  # the CLI checks the Literal; this is for Python callers
+        raise ConfigError(
+            f"data.window_offset must be one of {', '.join(WINDOW_OFFSETS)}, got {window_offset!r}."
+        )
+    return window_offset
+
+
 class GPTMiniData(pl.LightningDataModule):
     def __init__(
         self,
@@ -143,28 +175,11 @@ class GPTMiniData(pl.LightningDataModule):
         self.sources = resolve_sources(data)  # checks paths now, before any long work
         self.cache_root = Path(cache_dir).expanduser()
         self.tokenizer_file = Path(tokenizer).expanduser() if tokenizer else None
-        self.vocab_size = checked["vocab_size"]
-        if tokenizer:  # the file decides the vocabulary
-            key = f"the vocabulary of data.tokenizer {tokenizer}"
-            self.vocab_size = check_value(key, VocabSize, vocab_of(vocab_size, tokenizer))
-        self.block_size = checked["block_size"]
-        self.batch_size = checked["batch_size"]
-        self.val_fraction = checked["val_fraction"]
-        self.num_workers = checked["num_workers"]
-        if not text_field:
-            raise ConfigError("data.text_field is empty; give the name of the text field/column, e.g. text.")
-        if window_offset not in WINDOW_OFFSETS:  # the CLI checks the Literal; this is for Python callers
-            raise ConfigError(
-                f"data.window_offset must be one of {', '.join(WINDOW_OFFSETS)}, got {window_offset!r}."
-            )
-        self.window_offset = window_offset
-        self.read_options = ReadOptions(
-            text_field=text_field,
-            hf_config=hf_config,
-            hf_split=hf_split,
-            hf_streaming=hf_streaming,
-            skip_bad_records=skip_bad_records,
-        )
+        self.vocab_size = _vocab_size(checked["vocab_size"], tokenizer)
+        self.block_size, self.batch_size = checked["block_size"], checked["batch_size"]
+        self.val_fraction, self.num_workers = checked["val_fraction"], checked["num_workers"]
+        self.read_options = _read_options(text_field, hf_config, hf_split, hf_streaming, skip_bad_records)
+        self.window_offset = _window_offset(window_offset)
         self.bpe_sample_chars = checked["bpe_sample_chars"]
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_set: TokenWindows | None = None
