@@ -8,17 +8,20 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
-from gptmini.core.model import ModelConfig
-from gptmini.core.sources import default_corpus
-from gptmini.tools.curves import read_scalars
-from gptmini.train import compat
-from gptmini.train.datamodule import GPTMiniData
+from gptmini.core.startup import collector_paused
 
-# The suite's processes keep what they imported: frozen, the collector no longer rescans it (~2 s of
-# CPU per xdist worker; gptmini.core.startup does the same for the gptmini programs).
+# Each pytest process (the xdist controller and each worker) imports torch and Lightning here, as a
+# gptmini program does (gptmini.core.startup): with the collector paused, then frozen (~2 s of CPU each).
+with collector_paused():
+    import torch
+    import yaml
+
+    from gptmini.core.model import ModelConfig
+    from gptmini.core.sources import default_corpus
+    from gptmini.tools.curves import read_scalars
+    from gptmini.train import compat
+    from gptmini.train.datamodule import GPTMiniData
 gc.freeze()
 
 # Small enough that tokenizer training + encoding take about a second.
