@@ -19,6 +19,8 @@ eagerly the host's launches are the step time, replayed they are one launch. Why
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -146,7 +148,7 @@ class Decoder:
     def _run(self) -> torch.Tensor:
         # sample_ids runs under the force_eager stance (keeps a compiled training model eager);
         # the compiled decode step is ours to run compiled.
-        with torch.compiler.set_stance("default"):
+        with compile_stance("default"):
             return self.step(self.tok, self.pos, self.cache)
 
     def _capture(self) -> None:
@@ -211,6 +213,14 @@ def generate_ids(
     return idx
 
 
+def compile_stance(stance: str) -> contextlib.AbstractContextManager:
+    """``torch.compiler.set_stance(stance)``, or nothing when Dynamo was never imported: then nothing
+    in this process is compiled, and setting a stance would import it (~1 s of CPU per generate)."""
+    if "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance(stance)
+
+
 def sample_ids(
     model: GPTMini, ids: list[int], cfg: SampleConfig, num_samples: int = 1, eot_id: int | None = None
 ) -> torch.Tensor:
@@ -227,7 +237,7 @@ def sample_ids(
     try:
         # Eager even when training compiled the model in place (GPTMiniModule's `compile`): every new
         # context length would otherwise recompile, or re-capture CUDA graphs.
-        with torch.compiler.set_stance("force_eager"):
+        with compile_stance("force_eager"):
             return generate_ids(model, idx, cfg, generator, eot_id)
     finally:
         model.train(was_training)

@@ -338,6 +338,7 @@ for source in sys.argv[1:]:
     model, tok = load_model_and_tokenizer(source)
     out.append(sample(model, tok, "ROMEO:", SampleConfig(max_new_tokens=12, seed=5), num_samples=2))
 assert not [m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")]
+assert "torch._dynamo" not in sys.modules  # nothing compiled: no compiler imported (~1 s) to sample
 print(json.dumps(out))
 """
 
