@@ -41,6 +41,7 @@ from gptmini.train.compat import (
     attached_trainer,
     grad_scaler,
     is_compiled,
+    log_step_metrics,
     run_zero_grad_hooks,
     set_closure_result,
     uses_fsdp,
@@ -55,7 +56,7 @@ MEAN_OVER_RANKS = ("train/loss",)
 # Attributes set on every step: Lightning's hook name around each of ~50 hook calls, and ours. Plain
 # values, never a parameter, buffer or submodule: nn.Module.__setattr__'s registry checks (~10 Python
 # calls each, ~0.15 ms per step on a CPU core) are skipped for them (GPTMiniModule.__setattr__).
-PLAIN_STEP_ATTRS = frozenset({CURRENT_FX_NAME, "last_loss", "_step_values", "_writes_at_start", "tokens_seen"})
+PLAIN_STEP_ATTRS = frozenset({CURRENT_FX_NAME, "last_loss", "_step_values", "_stepped", "tokens_seen"})
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -176,8 +177,8 @@ class GPTMiniModule(pl.LightningModule):
         # The attribute's name is the state dict's key prefix (formats.MODEL_ATTR; tests/core/test_formats.py).
         self.model = GPTMini(self.model_cfg, self.kernel_cfg)
         self.last_loss: torch.Tensor | None = None  # this step's training loss, detached
-        self._step_values: dict[str, torch.Tensor] = {}
-        self._writes_at_start = True
+        self._step_values: dict[str, torch.Tensor] = {}  # this step's train/* values, until written
+        self._stepped = False  # the optimizer stepped in this batch (not an accumulation micro-batch)
         # Token-weighted mean validation loss; val/ppl is its exp. Not torchmetrics' Perplexity: it
         # takes probabilities in fp32 (one very confident miss underflows to inf) from another fp32
         # copy of the (B, T, V) logits, while the loss is already computed.
@@ -226,30 +227,46 @@ class GPTMiniModule(pl.LightningModule):
         return loss
 
     def _log_step(self, name: str, value: torch.Tensor) -> None:
-        """``self.log`` on the steps whose metrics Lightning writes, and only then.
-
-        Lightning writes step metrics every ``log_every_n_steps``, but each ``self.log`` costs host
-        time on every step (about 0.1 ms: it re-wraps and moves the value); the written curves and
-        the ``callback_metrics`` of those steps are the same either way. The names in
-        ``MEAN_OVER_RANKS`` are synced, so their collective also runs on the written steps only
-        (which every rank reaches together: gptmini.train.ranks).
-        """
+        """Keep one of this step's ``train/*`` values for the loggers (written in ``on_train_batch_end``)."""
         self._step_values[name] = value
-        if self._writes_at_start:
-            self.log(name, value, sync_dist=name in MEAN_OVER_RANKS)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_values: dict[str, torch.Tensor] = {}
-        self._writes_at_start = writes_step_metrics(self.trainer)
+        self._step_values, self._stepped = {}, False
         if self._runner is not None:
             self._runner.load_batch(batch)  # into the graph's static buffers, on the device
+
+    def _write_step_values(self) -> None:
+        """This step's ``train/*`` values straight to the loggers at Lightning's step for this batch and
+        into ``callback_metrics``, as ThroughputLogger writes (called on the steps Lightning writes
+        step metrics: every ``log_every_n_steps``, and a step a callback stopped).
+
+        Not ``self.log``: each call costs ~1,900 Python calls on the host (Lightning wraps the value in
+        a result entry, moves it and walks the entry again at every batch), about a fifth of Lightning's
+        whole per-step overhead at log_every_n_steps 10. The names in ``MEAN_OVER_RANKS`` are reduced to
+        their mean over the ranks here, on the written steps only, which every rank reaches together
+        (gptmini.train.ranks).
+        """
+        strategy = self.trainer.strategy
+        values = {
+            name: strategy.reduce(value, reduce_op="mean") if name in MEAN_OVER_RANKS else value
+            for name, value in self._step_values.items()
+        }
+        self._step_values = {}
+        self.trainer.callback_metrics.update(values)
+        log_step_metrics(self.trainer, {name: float(value) for name, value in values.items()})
+
+    def _after_optimizer_step(self) -> None:
+        # Written here, before any callback's on_train_batch_end (a ModelCheckpoint monitoring
+        # train/loss every n steps reads it there), on the steps Lightning writes.
+        self._stepped = True
+        if self._step_values and writes_step_metrics(self.trainer):
+            self._write_step_values()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A callback may set trainer.should_stop during the step (e.g. Timer): Lightning then writes
         # this step's metrics too, so they must be this step's values.
-        if not self._writes_at_start and self.trainer.should_stop and writes_step_metrics(self.trainer):
-            for name, value in self._step_values.items():
-                self.log(name, value, sync_dist=name in MEAN_OVER_RANKS)
+        if self._stepped and self._step_values and self.trainer.should_stop and writes_step_metrics(self.trainer):
+            self._write_step_values()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -339,6 +356,7 @@ class GPTMiniModule(pl.LightningModule):
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
             if self.nonfinite_guard is not None:
                 self.nonfinite_guard.done()
+            self._after_optimizer_step()
             return
         # Lightning's zero-grad counters and on_before_zero_grad, as its closure would run them.
         run_zero_grad_hooks(optimizer_closure)
@@ -348,6 +366,7 @@ class GPTMiniModule(pl.LightningModule):
         self.last_loss = set_closure_result(optimizer_closure, loss)
         self._log_step("train/loss", self.last_loss)  # synced by name (MEAN_OVER_RANKS), as training_step
         self._log_step("train/grad_norm", self.nonfinite_guard.norm)
+        self._after_optimizer_step()
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         # The captured step zeroes its grads in place: set to None, the graph would write elsewhere.
