@@ -23,6 +23,18 @@ def test_xdist_groups_reach_the_scheduler(request):
     )
 
 
+def test_tests_using_a_shared_fixture_are_grouped(request):
+    # conftest's hook marks them before pytest-xdist reads the marks (it suffixes the node ids).
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        pytest.skip("not run under pytest-xdist")
+    from conftest import SHARED_FIXTURES
+
+    users = [i for i in request.session.items if set(SHARED_FIXTURES) & set(getattr(i, "fixturenames", ()))]
+    if not users:
+        pytest.skip("no test using a shared fixture was collected")
+    assert all("@" in i.nodeid for i in users), [i.nodeid for i in users if "@" not in i.nodeid]
+
+
 def fixture_scopes() -> dict[str, set[str]]:
     """Every fixture the suite defines with a scope: name -> the scopes it is defined with."""
     scopes: dict[str, set[str]] = {}
