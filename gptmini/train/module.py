@@ -227,7 +227,7 @@ class GPTMiniModule(pl.LightningModule):
         return loss
 
     def _log_step(self, name: str, value: torch.Tensor) -> None:
-        """Keep one of this step's ``train/*`` values for the loggers (written in ``on_train_batch_end``)."""
+        """Keep one of this step's ``train/*`` values for the loggers (written after the optimizer step)."""
         self._step_values[name] = value
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
