@@ -33,6 +33,13 @@ def test_importing_gptmini_leaves_a_disabled_collector_disabled():
     assert run("import gc; gc.disable(); import gptmini; print(gc.isenabled())") == ["False"]
 
 
+def test_the_console_script_freezes_torchs_objects_as_soon_as_they_are_imported():
+    # argv[0] as the `gptmini` console script has it: frozen at the end of gptmini/__init__'s import,
+    # so the collector's first scans skip them (no young collection walks torch's objects).
+    code = "import gc, sys; sys.argv[0] = '/venv/bin/gptmini'; import gptmini; print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
+    assert run(code) == ["True", "True"]
+
+
 def test_a_gptmini_program_freezes_its_imports_and_an_import_or_a_call_from_python_does_not():
     code = (
         "import contextlib, gc, io, sys\n"
@@ -50,3 +57,28 @@ def test_a_gptmini_program_freezes_its_imports_and_an_import_or_a_call_from_pyth
         "print(ran(None) > 100_000)\n"  # started as the program: torch's and Lightning's objects frozen
     )
     assert run(code) == ["True", "0", "0", "0", "True"]
+
+
+def test_started_as_program_reads_the_command_line(monkeypatch):
+    from gptmini.core import startup
+
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    cases = [  # (argv[0], orig_argv, __main__'s module): the console script, -m while importing, -m running
+        ("/venv/bin/gptmini", ["python", "/venv/bin/gptmini", "fit"], None, True),
+        ("-m", ["python", "-X", "importtime", "-m", "gptmini.cli", "fit"], None, True),
+        ("-m", ["python", "-m", "gptmini"], None, True),
+        ("/repo/gptmini/cli.py", ["python", "-m", "gptmini.cli"], "gptmini.cli", True),
+        ("-m", ["python", "-m", "gptmini_other"], None, False),
+        ("-m", ["python", "-m", "pytest", "-m", "gptmini.cli"], None, False),
+        ("-c", ["python", "-c", "import gptmini"], None, False),
+        ("train.py", ["python", "train.py"], None, False),
+        ("/home/me/gptmini.py", ["python", "/home/me/gptmini.py"], None, False),
+        ("/repo/scripts/bench.py", ["python", "scripts/bench.py"], "bench", False),
+    ]
+    for argv0, orig, spec_name, want in cases:
+        monkeypatch.setattr(sys, "argv", [argv0])
+        monkeypatch.setattr(sys, "orig_argv", orig)
+        spec = None if spec_name is None else type("Spec", (), {"name": spec_name})()
+        monkeypatch.setattr(main, "__spec__", spec, raising=False)
+        assert startup.started_as_program() is want, (argv0, orig, spec_name)
