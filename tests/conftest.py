@@ -6,23 +6,30 @@ import gc
 import gzip
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from gptmini.core.startup import collector_paused
-
-# Each pytest process (the xdist controller and each worker) imports torch and Lightning here, as a
-# gptmini program does (gptmini.core.startup): with the collector paused, then frozen (~2 s of CPU each).
-with collector_paused():
-    import torch
-    import yaml
-
+if TYPE_CHECKING:
     from gptmini.core.model import ModelConfig
-    from gptmini.core.sources import default_corpus
-    from gptmini.tools.curves import read_scalars
-    from gptmini.train import compat
     from gptmini.train.datamodule import GPTMiniData
-gc.freeze()
+
+
+def pytest_configure(config):
+    # Each process that runs tests imports torch and Lightning here, before collection, as a gptmini
+    # program does (gptmini.core.startup): with the collector paused, then frozen (~2 s of CPU less).
+    # Not the xdist controller: it runs no test, and its import (~3 s) came before any worker started.
+    if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+        return
+    from gptmini.core.startup import collector_paused
+
+    with collector_paused():
+        import lightning.pytorch  # noqa: F401
+
+        import gptmini.cli  # noqa: F401
+        import gptmini.tools.curves  # noqa: F401
+    gc.freeze()
+
 
 # Small enough that tokenizer training + encoding take about a second.
 CORPUS_CHARS = 120_000
@@ -60,6 +67,8 @@ def pytest_collection_modifyitems(config, items):
     # xdist hands out the shared groups first (largest first), then single tests in this order: the
     # slow ones first, so that no long test starts last while the other worker sits idle.
     items.sort(key=lambda item: "slow" not in item.keywords)
+    import torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -72,11 +81,16 @@ def pytest_collection_modifyitems(config, items):
 def _threads():
     # The test models are tiny: a second thread costs more in synchronisation than it gains, and
     # on a busy 2-core machine it makes steps 10-40x slower.
+    import torch
+
     torch.set_num_threads(1)
 
 
-# Skip jsonargparse's attribute-docstring parsing (help text only): ~1.5 s less per CLI start.
-attribute_docstrings_off = compat.attribute_docstrings_off
+def attribute_docstrings_off():
+    """Skip jsonargparse's attribute-docstring parsing (help text only): ~1.5 s less per CLI start."""
+    from gptmini.train import compat
+
+    return compat.attribute_docstrings_off()
 
 
 @pytest.fixture
@@ -88,6 +102,8 @@ def no_attribute_docstrings():
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     """The first CORPUS_CHARS of the embedded corpus as a plain .txt file."""
+    from gptmini.core.sources import default_corpus
+
     with gzip.open(default_corpus(), "rt", encoding="utf-8") as f:
         text = f.read(CORPUS_CHARS)
     path = tmp_path_factory.mktemp("corpus") / "plays.txt"
@@ -98,6 +114,8 @@ def corpus_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory, corpus_file) -> Path:
     """A cache folder already holding the prepared tiny corpus (tokenizer + token files)."""
+    from gptmini.train.datamodule import GPTMiniData
+
     cache = tmp_path_factory.mktemp("cache")
     GPTMiniData(
         data=str(corpus_file), cache_dir=str(cache), vocab_size=TINY_VOCAB, block_size=TINY_BLOCK
@@ -107,6 +125,8 @@ def data_cache(tmp_path_factory, corpus_file) -> Path:
 
 @pytest.fixture
 def tiny_data(corpus_file, data_cache) -> GPTMiniData:
+    from gptmini.train.datamodule import GPTMiniData
+
     dm = GPTMiniData(
         data=str(corpus_file),
         cache_dir=str(data_cache),
@@ -120,6 +140,8 @@ def tiny_data(corpus_file, data_cache) -> GPTMiniData:
 
 @pytest.fixture
 def tiny_model_cfg() -> ModelConfig:
+    from gptmini.core.model import ModelConfig
+
     return ModelConfig(vocab_size=TINY_VOCAB, block_size=TINY_BLOCK, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -167,6 +189,8 @@ def cli_env() -> dict[str, str]:
 
 def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:
     """CLI args that replace trainer.callbacks (lists do not merge across config files)."""
+    import yaml
+
     root.mkdir(parents=True, exist_ok=True)
     extra = root / "callbacks.yaml"
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
@@ -175,6 +199,8 @@ def callbacks_args(root: Path, callbacks: list[dict]) -> list[str]:
 
 def scalars_by_step(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar a run's event files hold, as tag -> {step: value}."""
+    from gptmini.tools.curves import read_scalars
+
     return {tag: dict(zip(steps, values)) for tag, (steps, values) in read_scalars(run_dir).items()}
 
 
