@@ -3,8 +3,7 @@
 Importing torch and Lightning creates about a million long-lived objects; the collector rescans them
 again and again while they are created, and once more when the interpreter exits. On this project's
 2-core CI machine that is ~2 s of the ~4.5 s of CPU that ``python -m gptmini.cli`` spends before and
-after any work (measured in docs/performance.md). Stdlib only: gptmini/__init__.py uses it before
-torch is imported.
+after any work (measured in docs/performance.md). Stdlib only: it runs before torch is imported.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ def collector_paused() -> Iterator[None]:
         if was_enabled:
             if started_as_program():
                 # Re-enabled as is, the collector's first young scan walks every object the block
-                # created (~0.1 s per block, two blocks per `gptmini fit`): a program freezes them now.
+                # created (~0.1-0.2 s per block): a program freezes them now.
                 freeze_imported()
             gc.enable()
 
