@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 from gptmini.core.startup import collector_paused, freeze_imported
@@ -112,7 +113,11 @@ class GPTMiniCLI(LightningCLI):
                 run_folder.lock_run(log_dir, f"fit writing {log_dir}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        with warnings.catch_warnings():
+            # make_cli(args) is the whole command line: the calling script's own sys.argv (bench.py's
+            # --rounds, gpu_check's) is not for this parser, so Lightning's both-given warning is noise.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
         self._args = args  # resume.start_run reads the given values again only when it must
 
     def _parse_ckpt_path(self) -> None:  # compat.PARSE_CKPT_PATH_HOOK

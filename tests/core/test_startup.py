@@ -51,13 +51,14 @@ def test_a_gptmini_program_freezes_its_imports_and_an_import_or_a_call_from_pyth
         "print(gc.isenabled(), gc.get_freeze_count())\n"  # imported: the collector as it was, nothing frozen
         "def ran(args):\n"
         "    try:\n"
-        "        with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
         "            main(args)\n"
         "    except SystemExit:\n"
         "        pass\n"
         "    return gc.get_freeze_count()\n"
-        "print(ran(['generate', '--help']), ran(['fit', '--help']))\n"  # called from Python: nothing frozen
-        "sys.argv = ['gptmini', 'fit', '--help']\n"
+        # A bad value ends each at its parse (exit 2): the fit path without a fit's or --help's cost.
+        "print(ran(['generate', '--help']), ran(['fit', '--trainer.max_steps=x']))\n"  # from Python: nothing frozen
+        "sys.argv = ['gptmini', 'fit', '--trainer.max_steps=x']\n"
         "print(ran(None) > 100_000)\n"  # started as the program: torch's and Lightning's objects frozen
     )
     assert run(code) == ["True", "0", "0", "0", "True"]

@@ -11,11 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def test_bench_script_writes_json(corpus_file, data_cache, tmp_path):
+def test_bench_script_writes_json(corpus_file, data_cache, tmp_path, monkeypatch, recwarn):
     """scripts/bench.py end to end on a toy shape: both paths, alternating, JSON + table."""
     sys.path.insert(0, str(REPO / "scripts"))
     import bench
 
+    # As when run as a script: its own options on the command line, the CLI's given as make_cli(args).
+    monkeypatch.setattr(sys, "argv", ["scripts/bench.py", "--rounds=2"])
     out = tmp_path / "bench.json"
     summary = bench.main(
         [
@@ -50,3 +52,5 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path):
         saved["paths"]["plain"]["last_loss"], rel=1e-4
     )
     assert summary["base"]["shape"]["n_layer"] == 1
+    # Lightning's "both args and command line arguments" warning: make_cli(args) is the whole command line.
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
