@@ -438,15 +438,11 @@ class Check:
         return "cuda (name unknown)"
 
     def summary(self) -> str:
-        import lightning
-        import torch
-
         mode = "CPU SMOKE (toy sizes: no verdicts)" if self.smoke else "CUDA"
         lines = [
             f"## gptmini GPU check — {mode}",
             "",
-            f"- device: {self.device_name()}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
-            f"lightning {lightning.__version__}; python {platform.python_version()}",
+            f"- device: {self.device_name()}; {versions()}; python {platform.python_version()}",
             f"- corpus: {self.data or 'the embedded Shakespeare (no pd_english.txt.gz found; give --data)'}",
             f"- elapsed: {time.monotonic() - self.start:.0f} s of a {self.plan.budget} s budget",
             "",
@@ -688,6 +684,25 @@ class Check:
         if (self.out / "fit.png").is_file():
             lines.append("- curves: fit.png")
         return lines
+
+
+def versions() -> str:
+    """torch's (with its CUDA) and Lightning's versions from their installed files, not by importing
+    them: this driver runs no model, and the imports would cost it ~2.5 s of CPU."""
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    spec = importlib.util.find_spec("torch")
+    torch_file = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    found = re.search(r"^cuda\b.*=\s*'([^']*)'", torch_file.read_text(), re.M) if torch_file and torch_file.is_file() else None
+    return f"torch {version('torch')} (CUDA {found.group(1) if found else None}); lightning {version('lightning')}"
 
 
 def _children_cpu() -> float:

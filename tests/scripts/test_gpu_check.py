@@ -78,6 +78,14 @@ def test_cpu_smoke_runs_every_part_and_prints_the_summary_last(tmp_path):
     assert not any(m.endswith(".ckpt") or m.startswith("data_cache") for m in members)
 
 
+def test_the_summary_names_the_versions_the_parts_import():
+    # Read from the installed files (the driver imports neither): the same as importing them says.
+    import lightning
+    import torch
+
+    assert gpu_check.versions() == f"torch {torch.__version__} (CUDA {torch.version.cuda}); lightning {lightning.__version__}"
+
+
 def test_a_part_past_its_limit_is_killed_and_the_evidence_stays(tmp_path):
     plan = gpu_check.plan_for(smoke=True)
     plan.limits["prepare"], plan.reserves["fit"] = 1, 0
