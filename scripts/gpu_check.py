@@ -97,40 +97,49 @@ class Plan:
 
 
 def plan_for(smoke: bool) -> Plan:
-    if not smoke:
-        return Plan(
-            accelerator="cuda",
-            shape=[],
-            bench=["--rounds=2", "--warmup=15", "--steps=60", "--window=20"],
-            fit_steps=300,
-            fit=[
-                "trainer.log_every_n_steps=25",
-                "trainer.val_check_interval=300",
-                "trainer.limit_val_batches=20",
-                "model.schedule.warmup_steps=30",
-            ],
-            levers=[
-                "default",
-                "cudagraphs:model.compile_mode=reduce-overhead",  # issue 22's 1.90M row
-                "chunked_ce:model.kernels.loss_chunk_tokens=4096",
-                "sdpa_flash:model.kernels.attention=flash",
-                "sdpa_efficient:model.kernels.attention=efficient",
-                "sdpa_cudnn:model.kernels.attention=cudnn",
-                "autotune:model.compile_mode=max-autotune-no-cudagraphs",
-            ],
-            generate=["--device=cuda", "--new-tokens", "512", "--repeats=3", "--decode", "dynamic", "compiled-graph"],
-            eval_tokens=2_000_000,
-            profile=["--rounds=1", "--warmup=15", "--steps=60", "--interval=0.0002"],
-            limits={
-                "prepare": 90, "bench": float("inf"), "fit": 150, "generate": 90,
-                "eval": 45, "profile": 70, "levers": 160, "gpu_tests": 220,
-            },
-            reserves={
-                "prepare": 20, "bench": 100, "fit": 100, "generate": 40,
-                "eval": 20, "profile": 40, "levers": 90, "gpu_tests": 100,
-            },
-            budget=575,  # the device call's limit is 600 s: pip install and the summary fit in the rest
-        )
+    """The CPU smoke's toy plan, or the CUDA plan (the 10m shape, issue 22's figures)."""
+    return _smoke_plan() if smoke else _cuda_plan()
+
+
+def _cuda_plan() -> Plan:
+    """One H200, <= 575 s: the 10m shape as configured, every lever."""
+    return Plan(
+        accelerator="cuda",
+        shape=[],
+        bench=["--rounds=2", "--warmup=15", "--steps=60", "--window=20"],
+        fit_steps=300,
+        fit=[
+            "trainer.log_every_n_steps=25",
+            "trainer.val_check_interval=300",
+            "trainer.limit_val_batches=20",
+            "model.schedule.warmup_steps=30",
+        ],
+        levers=[
+            "default",
+            "cudagraphs:model.compile_mode=reduce-overhead",  # issue 22's 1.90M row
+            "chunked_ce:model.kernels.loss_chunk_tokens=4096",
+            "sdpa_flash:model.kernels.attention=flash",
+            "sdpa_efficient:model.kernels.attention=efficient",
+            "sdpa_cudnn:model.kernels.attention=cudnn",
+            "autotune:model.compile_mode=max-autotune-no-cudagraphs",
+        ],
+        generate=["--device=cuda", "--new-tokens", "512", "--repeats=3", "--decode", "dynamic", "compiled-graph"],
+        eval_tokens=2_000_000,
+        profile=["--rounds=1", "--warmup=15", "--steps=60", "--interval=0.0002"],
+        limits={
+            "prepare": 90, "bench": float("inf"), "fit": 150, "generate": 90,
+            "eval": 45, "profile": 70, "levers": 160, "gpu_tests": 220,
+        },
+        reserves={
+            "prepare": 20, "bench": 100, "fit": 100, "generate": 40,
+            "eval": 20, "profile": 40, "levers": 90, "gpu_tests": 100,
+        },
+        budget=575,  # the device call's limit is 600 s: pip install and the summary fit in the rest
+    )
+
+
+def _smoke_plan() -> Plan:
+    """CPU at toy sizes: the same commands, sizes that finish in seconds."""
     return Plan(
         accelerator="cpu",
         shape=[
@@ -175,6 +184,8 @@ def plan_for(smoke: bool) -> Plan:
 
 
 class Check:
+    """Runs the parts as subprocesses with time limits; records status.json, summary.md and the bundle."""
+
     def __init__(
         self, out: Path, plan: Plan, data: Path | None, smoke: bool, bundle: Path | None = None
     ) -> None:
@@ -184,9 +195,12 @@ class Check:
         self.parts: dict[str, dict] = {}
         self.active: tuple[str, subprocess.Popen, float] | None = None  # the part running now
         self.status_path = out / "status.json"
+        # Shares self.parts (mutated in place, never rebound): the summary sees each part as it lands.
+        self.summary = Summary(out, plan, data, smoke, self.parts, self.start)
 
     # -- running ------------------------------------------------------------------------------
     def remaining(self) -> float:
+        """Seconds left of the plan's budget."""
         return self.plan.budget - (time.monotonic() - self.start)
 
     def limit(self, name: str, later: list[str]) -> float:
@@ -195,9 +209,11 @@ class Check:
         return max(1.0, min(self.plan.limits[name], self.remaining() - reserve))
 
     def later(self, name: str) -> list[str]:
+        """The parts this call runs after `name`."""
         return self.order[self.order.index(name) + 1 :] if name in self.order else []
 
     def run(self, name: str, cmd: list[str], later: list[str] | None = None) -> dict:
+        """Run one part in its own session under its limit, record it, save; its status dict."""
         timeout = self.limit(name, self.later(name) if later is None else later)
         log = self.out / f"{name}.log"
         env = {
@@ -251,12 +267,13 @@ class Check:
                 "log": f"{name}.log",
             }
         self.save()
-        print(self.summary(), flush=True)
+        print(self.summary.text(), flush=True)
         sys.exit(128 + signum)
 
     def save(self) -> None:
+        """Rewrite status.json and summary.md, and the bundle if asked for."""
         self.status_path.write_text(json.dumps({"parts": self.parts, "smoke": self.smoke}, indent=2))
-        (self.out / "summary.md").write_text(self.summary())
+        (self.out / "summary.md").write_text(self.summary.text())
         if self.bundle_dir is not None:
             self.bundle()
 
@@ -277,12 +294,20 @@ class Check:
                 tar.add(path, arcname=str(rel))
         tmp.replace(self.bundle_dir / "evidence.tar.gz")
 
+    def skip(self, name: str, why: str) -> None:
+        """Record a part that could not start (rc 1, with the reason) and save."""
+        self.parts[name] = {"rc": 1, "timed_out": False, "seconds": 0.0, "log": None, "skipped": why}
+        print(f"[gpu_check] {name}: skipped ({why})", flush=True)
+        self.save()
+
     # -- parts --------------------------------------------------------------------------------
     def sets(self) -> list[str]:
+        """KEY=VALUE overrides every part shares: the corpus, the token cache, the plan's shape."""
         data = self.data if self.data is not None else "null"
         return [f"data.data={data}", f"data.cache_dir={self.out / 'data_cache'}", *self.plan.shape]
 
     def prepare(self) -> None:
+        """Tokenizer and token cache of the corpus, through the CLI's own datamodule."""
         code = (
             "import sys; from gptmini.cli import make_cli; "
             "cli = make_cli(args=sys.argv[1:], run=False); cli.datamodule.prepare_data()"
@@ -291,6 +316,7 @@ class Check:
         self.run("prepare", cmd)
 
     def bench_cmd(self, json_name: str, variants: list[str], extra: list[str]) -> list[str]:
+        """scripts/bench.py's command line on the 10m config for these variants."""
         return [
             sys.executable,
             str(REPO / "scripts" / "bench.py"),
@@ -305,6 +331,7 @@ class Check:
         ]
 
     def bench(self) -> None:
+        """Lightning vs the plain loop, alternating: the default and nocapture variants."""
         self.run("bench", self.bench_cmd("bench.json", VARIANTS, []))
 
     def levers(self) -> None:
@@ -312,6 +339,7 @@ class Check:
         self.run("levers", self.bench_cmd("levers.json", self.plan.levers, ["--paths=lightning", "--rounds=1"]))
 
     def gpu_tests(self) -> None:
+        """The gpu-marked tests, -v into the log and JUnit into gpu_tests.xml."""
         files = sorted(
             str(p.relative_to(REPO))
             for p in (REPO / "tests").rglob("test_*.py")
@@ -324,6 +352,7 @@ class Check:
         self.run("gpu_tests", cmd)
 
     def fit_args(self, prepare_only: bool = False) -> list[str]:
+        """gptmini.cli's arguments for the fit (or, prepare_only, for building its datamodule)."""
         args = [
             "--config",
             str(REPO / "configs" / "10m.yaml"),
@@ -337,29 +366,26 @@ class Check:
         return args if prepare_only else ["fit", *args, *(f"--{kv}" for kv in self.plan.fit)]
 
     def fit(self) -> None:
+        """gptmini.cli fit on the corpus, then fit.png drawn from its event file."""
         part = self.run("fit", [sys.executable, "-m", "gptmini.cli", *self.fit_args()])
-        run_dir = self.fit_run_dir()
+        run_dir = fit_run_dir(self.out)
         if run_dir is None:
             return
         part["run_dir"] = str(run_dir.relative_to(self.out))
         try:
             from gptmini.tools.curves import plot_run
 
-            plot_run(run_dir, self.out / "fit.png", title=f"gpu_check fit ({self.device_name()})")
+            plot_run(run_dir, self.out / "fit.png", title=f"gpu_check fit ({self.summary.device_name()})")
             part["png"] = "fit.png"
         except Exception as e:  # evidence first: a failed plot must not lose the summary
             part["png_error"] = f"{type(e).__name__}: {e}"
         self.save()
 
     def checkpoint(self) -> Path | None:
-        run_dir = self.fit_run_dir()
+        """The fit's last.ckpt, if it wrote one."""
+        run_dir = fit_run_dir(self.out)
         ckpt = run_dir / "checkpoints" / "last.ckpt" if run_dir else None
         return ckpt if ckpt is not None and ckpt.is_file() else None
-
-    def skip(self, name: str, why: str) -> None:
-        self.parts[name] = {"rc": 1, "timed_out": False, "seconds": 0.0, "log": None, "skipped": why}
-        print(f"[gpu_check] {name}: skipped ({why})", flush=True)
-        self.save()
 
     def generate(self) -> None:
         """bench_generate.py on the fit's model (10m shape), batch 1: cached (captured), eager, none."""
@@ -409,12 +435,52 @@ class Check:
         ]
         self.run("profile", cmd)
 
-    def fit_run_dir(self) -> Path | None:
-        runs = sorted((self.out / "runs" / "gpu_check").glob("version_*"), key=lambda p: p.stat().st_mtime)
-        runs = [r for r in runs if any(r.glob("events.out.tfevents.*"))]
-        return runs[-1] if runs else None
 
-    # -- summary ------------------------------------------------------------------------------
+class Summary:
+    """Writes summary.md's Markdown from the files in the output folder and the parts' status."""
+
+    def __init__(
+        self, out: Path, plan: Plan, data: Path | None, smoke: bool, parts: dict[str, dict], start: float
+    ) -> None:
+        self.out, self.plan, self.data, self.smoke = out, plan, data, smoke
+        self.parts = parts  # the running Check's own dict: read, never written here
+        self.start = start  # time.monotonic() when the check started (the elapsed line)
+
+    def text(self) -> str:
+        """The whole summary: header, the parts' table, then one section per part's files."""
+        lines = [*self.header_lines(), *self.part_lines()]
+        for section in (
+            self.bench_lines, self.lever_lines, self.fit_lines, self.generate_lines,
+            self.eval_lines, self.profile_lines, self.test_lines,
+        ):  # fmt: skip
+            try:
+                lines += ["", *section()]
+            except Exception as e:  # evidence first: one unreadable file must not lose the summary
+                lines += ["", f"{section.__name__}: could not read ({type(e).__name__}: {e})"]
+        return "\n".join(lines) + "\n"
+
+    def header_lines(self) -> list[str]:
+        """Title (mode), device and versions, corpus, elapsed time against the budget."""
+        mode = "CPU SMOKE (toy sizes: no verdicts)" if self.smoke else "CUDA"
+        return [
+            f"## gptmini GPU check — {mode}",
+            "",
+            f"- device: {self.device_name()}; {versions()}; python {platform.python_version()}",
+            f"- corpus: {self.data or 'the embedded Shakespeare (no pd_english.txt.gz found; give --data)'}",
+            f"- elapsed: {time.monotonic() - self.start:.0f} s of a {self.plan.budget} s budget",
+            "",
+        ]
+
+    def part_lines(self) -> list[str]:
+        """One table row per part run so far: status, wall seconds, host CPU seconds."""
+        lines = ["| part | status | seconds | host CPU s |", "|---|---|---|---|"]
+        for name, p in self.parts.items():
+            state = "timed out" if p["timed_out"] else ("ok" if p["rc"] == 0 else f"failed (rc {p['rc']})")
+            if p.get("skipped"):
+                state = f"skipped ({p['skipped']})"
+            lines.append(f"| {name} | {state} | {p['seconds']} | {p.get('cpu_seconds', '-')} |")
+        return lines
+
     def device_name(self) -> str:
         """From the bench's JSON or nvidia-smi: this process never initialises CUDA itself (a context
         here would hold GPU memory while the parts run)."""
@@ -437,77 +503,54 @@ class Check:
             pass
         return "cuda (name unknown)"
 
-    def summary(self) -> str:
-        mode = "CPU SMOKE (toy sizes: no verdicts)" if self.smoke else "CUDA"
-        lines = [
-            f"## gptmini GPU check — {mode}",
-            "",
-            f"- device: {self.device_name()}; {versions()}; python {platform.python_version()}",
-            f"- corpus: {self.data or 'the embedded Shakespeare (no pd_english.txt.gz found; give --data)'}",
-            f"- elapsed: {time.monotonic() - self.start:.0f} s of a {self.plan.budget} s budget",
-            "",
-            "| part | status | seconds | host CPU s |",
-            "|---|---|---|---|",
-        ]
-        for name, p in self.parts.items():
-            state = "timed out" if p["timed_out"] else ("ok" if p["rc"] == 0 else f"failed (rc {p['rc']})")
-            if p.get("skipped"):
-                state = f"skipped ({p['skipped']})"
-            lines.append(f"| {name} | {state} | {p['seconds']} | {p.get('cpu_seconds', '-')} |")
-        for section in (
-            self.bench_lines, self.lever_lines, self.fit_lines, self.generate_lines,
-            self.eval_lines, self.profile_lines, self.test_lines,
-        ):  # fmt: skip
-            try:
-                lines += ["", *section()]
-            except Exception as e:  # evidence first: one unreadable file must not lose the summary
-                lines += ["", f"{section.__name__}: could not read ({type(e).__name__}: {e})"]
-        return "\n".join(lines) + "\n"
-
     def verdict(self, ok: bool) -> str:
+        """PASS/FAIL, or a dash in the CPU smoke (toy figures say nothing about the targets)."""
         return "—" if self.smoke else ("PASS" if ok else "FAIL")
 
     def bench_lines(self) -> list[str]:
+        """The Speed section: the default variant against the targets, then every variant's row."""
         path = self.out / "bench.json"
         if not path.is_file():
             return ["bench: no results (see bench.log)."]
         data = json.loads(path.read_text())
-        variants = data["variants"]
         lines = [
             f"### Speed (scripts/bench.py{'' if data.get('complete') else ', PARTIAL: rounds cut short'})",
             "",
             "| figure | value | target | verdict |",
             "|---|---|---|---|",
         ]
-        d = variants.get("default")
+        d = data["variants"].get("default")
         if d and {"lightning", "plain"} <= d["paths"].keys():
-            lt, pl_ = d["paths"]["lightning"], d["paths"]["plain"]
-            sh = d["shape"]
-            shape = (
-                f"d{sh['n_embd']} L{sh['n_layer']} B{sh['batch_size']} T{sh['block_size']} {d['precision']}"
-            )
-            tps, ratio = lt["tokens_per_sec"], d["ratio_tokens_per_sec"]
+            lines += self.target_lines(d)
+        return lines + self.variant_lines(data["variants"])
+
+    def target_lines(self, d: dict) -> list[str]:
+        """The default variant's rows: tokens/s, the goal, Lightning/plain, peak memory."""
+        lt, pl_ = d["paths"]["lightning"], d["paths"]["plain"]
+        sh = d["shape"]
+        shape = f"d{sh['n_embd']} L{sh['n_layer']} B{sh['batch_size']} T{sh['block_size']} {d['precision']}"
+        tps, ratio = lt["tokens_per_sec"], d["ratio_tokens_per_sec"]
+        lines = [
+            f"| Lightning tokens/s ({shape}) | {tps / 1e6:.3f}M | >= {TARGET_TOKENS_PER_SEC / 1e6:.1f}M "
+            f"| {self.verdict(tps >= TARGET_TOKENS_PER_SEC)} |",
+            f"| Lightning tokens/s against the project's goal | {tps / 1e6:.3f}M | {GOAL_TOKENS_PER_SEC / 1e6:.1f}M "
+            f"| {'—' if self.smoke else f'{100 * tps / GOAL_TOKENS_PER_SEC:.0f}% of it'} |",
+            f"| Lightning / plain tokens/s (same run) | {ratio:.3f} | >= {TARGET_RATIO:.2f} "
+            f"| {self.verdict(ratio >= TARGET_RATIO)} |",
+        ]
+        m_l, m_p = lt.get("peak_mem_mb"), pl_.get("peak_mem_mb")
+        if m_l and m_p:
             lines.append(
-                f"| Lightning tokens/s ({shape}) | {tps / 1e6:.3f}M | >= {TARGET_TOKENS_PER_SEC / 1e6:.1f}M "
-                f"| {self.verdict(tps >= TARGET_TOKENS_PER_SEC)} |"
+                f"| peak memory Lightning / plain | {m_l:.0f} / {m_p:.0f} MiB ({m_l / m_p:.3f}) "
+                f"| <= {1 + TARGET_MEM_SLACK:.2f} | {self.verdict(m_l <= m_p * (1 + TARGET_MEM_SLACK))} |"
             )
-            lines.append(
-                f"| Lightning tokens/s against the project's goal | {tps / 1e6:.3f}M | {GOAL_TOKENS_PER_SEC / 1e6:.1f}M "
-                f"| {'—' if self.smoke else f'{100 * tps / GOAL_TOKENS_PER_SEC:.0f}% of it'} |"
-            )
-            lines.append(
-                f"| Lightning / plain tokens/s (same run) | {ratio:.3f} | >= {TARGET_RATIO:.2f} "
-                f"| {self.verdict(ratio >= TARGET_RATIO)} |"
-            )
-            m_l, m_p = lt.get("peak_mem_mb"), pl_.get("peak_mem_mb")
-            if m_l and m_p:
-                lines.append(
-                    f"| peak memory Lightning / plain | {m_l:.0f} / {m_p:.0f} MiB ({m_l / m_p:.3f}) "
-                    f"| <= {1 + TARGET_MEM_SLACK:.2f} | {self.verdict(m_l <= m_p * (1 + TARGET_MEM_SLACK))} |"
-                )
-            else:
-                lines.append("| peak memory Lightning / plain | not measured | <= 1.10 | — |")
-        lines += [
+        else:
+            lines.append("| peak memory Lightning / plain | not measured | <= 1.10 | — |")
+        return lines
+
+    def variant_lines(self, variants: dict) -> list[str]:
+        """One row per bench variant: both paths' tokens/s, their ratio, host ms/step, MFU."""
+        lines = [
             "",
             "| variant | settings | Lightning tokens/s | plain tokens/s | ratio | Lightning host ms/step | MFU (datasheet) |",
             "|---|---|---|---|---|---|---|",
@@ -525,6 +568,7 @@ class Check:
         return lines
 
     def lever_lines(self) -> list[str]:
+        """The levers section: each lever's Lightning tokens/s against default, and the refused ones."""
         path = self.out / "levers.json"
         if not path.is_file():
             return ["### Levers", "", "no results (see levers.log)."]
@@ -550,6 +594,7 @@ class Check:
         return lines
 
     def generate_lines(self) -> list[str]:
+        """The Generate section: new tokens/s per decode path against the target."""
         path = self.out / "generate.json"
         if not path.is_file():
             return ["### Generate", "", "no results (see generate.log)."]
@@ -570,6 +615,7 @@ class Check:
         return lines
 
     def eval_lines(self) -> list[str]:
+        """The Eval section: tokens/s of the timed call, its loss and bpb."""
         path = self.out / "eval.json"
         if not path.is_file():
             return ["### Eval", "", "no results (see eval.log)."]
@@ -582,6 +628,7 @@ class Check:
         ]
 
     def profile_lines(self) -> list[str]:
+        """The host-time table: ms/step per component, Lightning vs plain, shared ones last."""
         path = self.out / "profile.json"
         if not path.is_file():
             return ["### Host time per step", "", "no results (see profile.log)."]
@@ -621,6 +668,7 @@ class Check:
         return out
 
     def test_lines(self) -> list[str]:
+        """The GPU tests section: counts and verdict, the resume test, each test's outcome."""
         outcomes = self.test_outcomes()
         if not outcomes:
             return ["### GPU tests", "", "no results (see gpu_tests.log)."]
@@ -640,7 +688,8 @@ class Check:
         return lines
 
     def fit_lines(self) -> list[str]:
-        run_dir = self.fit_run_dir()
+        """The Fit section, from the run's event file and fit.log: loss, checks, throughput, curves."""
+        run_dir = fit_run_dir(self.out)
         if run_dir is None:
             return ["### Fit", "", "no event file (see fit.log)."]
         from gptmini.tools.curves import read_scalars
@@ -654,37 +703,53 @@ class Check:
             )
         if "val/loss" in s:
             lines.append(f"- val/loss: {s['val/loss'][1][-1]:.3f} at step {s['val/loss'][0][-1]}")
-        log = self.out / "fit.log"
-        checks = [ln.strip() for ln in log.read_text(errors="replace").splitlines()] if log.is_file() else []
-        # The Checklist's lines (gptmini.callbacks.checks_shared.MARKS) and a check's stop message.
-        items = [ln for ln in checks if ln.startswith(("ok ", "FAIL ", "WARN "))]
-        failed = [ln for ln in items if ln.startswith("FAIL ")] + [ln for ln in checks if "check failed" in ln]
-        if items or failed:
-            lines.append(
-                f"- step-0 checks: {len(items) - len(failed)} ok, {len(failed)} failed "
-                f"— {self.verdict(not failed)}" + "".join(f"\n  - {ln}" for ln in failed[:3])
-            )
+        lines += self.fit_check_lines()
         if tps:
-            steady = sorted(tps[1][1:] or tps[1])
-            median = steady[len(steady) // 2]
-            lines.append(
-                f"- throughput/tokens_per_sec (ThroughputLogger): median {median / 1e6:.3f}M "
-                f"over {len(tps[1])} log points"
-            )
-            bench = self.out / "bench.json"
-            default = json.loads(bench.read_text())["variants"].get("default") if bench.is_file() else None
-            if default and "lightning" in default["paths"]:
-                ratio = median / default["paths"]["lightning"]["tokens_per_sec"]
-                lines.append(
-                    f"- fit / bench (default, Lightning) tokens/s: {ratio:.3f} (target within 10%) "
-                    f"— {self.verdict(abs(ratio - 1) <= 0.10)}"
-                )
+            lines += self.fit_throughput_lines(tps[1])
         if "throughput/mfu" in s:
             lines.append(f"- throughput/mfu: last {100 * s['throughput/mfu'][1][-1]:.1f}%")
         if (self.out / "fit.png").is_file():
             lines.append("- curves: fit.png")
         return lines
 
+    def fit_check_lines(self) -> list[str]:
+        """The step-0 checks' tally from fit.log, with the first failures."""
+        log = self.out / "fit.log"
+        checks = [ln.strip() for ln in log.read_text(errors="replace").splitlines()] if log.is_file() else []
+        # The Checklist's lines (gptmini.callbacks.checks_shared.MARKS) and a check's stop message.
+        items = [ln for ln in checks if ln.startswith(("ok ", "FAIL ", "WARN "))]
+        failed = [ln for ln in items if ln.startswith("FAIL ")] + [ln for ln in checks if "check failed" in ln]
+        if not (items or failed):
+            return []
+        return [
+            f"- step-0 checks: {len(items) - len(failed)} ok, {len(failed)} failed "
+            f"— {self.verdict(not failed)}" + "".join(f"\n  - {ln}" for ln in failed[:3])
+        ]
+
+    def fit_throughput_lines(self, values: list[float]) -> list[str]:
+        """ThroughputLogger's median tokens/s (first point dropped), and against the bench's default."""
+        steady = sorted(values[1:] or values)
+        median = steady[len(steady) // 2]
+        lines = [
+            f"- throughput/tokens_per_sec (ThroughputLogger): median {median / 1e6:.3f}M "
+            f"over {len(values)} log points"
+        ]
+        bench = self.out / "bench.json"
+        default = json.loads(bench.read_text())["variants"].get("default") if bench.is_file() else None
+        if default and "lightning" in default["paths"]:
+            ratio = median / default["paths"]["lightning"]["tokens_per_sec"]
+            lines.append(
+                f"- fit / bench (default, Lightning) tokens/s: {ratio:.3f} (target within 10%) "
+                f"— {self.verdict(abs(ratio - 1) <= 0.10)}"
+            )
+        return lines
+
+
+def fit_run_dir(out: Path) -> Path | None:
+    """The fit's newest run folder under OUT/runs/gpu_check that has an event file."""
+    runs = sorted((out / "runs" / "gpu_check").glob("version_*"), key=lambda p: p.stat().st_mtime)
+    runs = [r for r in runs if any(r.glob("events.out.tfevents.*"))]
+    return runs[-1] if runs else None
 
 def versions() -> str:
     """torch's (with its CUDA) and Lightning's versions from their installed files, not by importing
@@ -714,10 +779,12 @@ def _children_cpu() -> float:
 
 
 def _fmt(x: float | None, spec: str = ",.0f") -> str:
+    """A figure in `spec`, or a dash when missing."""
     return "-" if x is None else format(x, spec)
 
 
 def _tail(path: Path, n: int = 25) -> str:
+    """The last n lines of a log, indented (printed after a failed part)."""
     lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
     return "\n".join("    " + ln for ln in lines[-n:])
 
@@ -744,6 +811,7 @@ def find_data(given: str | None, smoke: bool, out: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the chosen parts in order, print the summary last; 1 if any failed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output folder (created; results are written as each part finishes)")
     p.add_argument("--cpu-smoke", action="store_true", help="CPU, toy sizes: proves the path, no verdicts")
@@ -777,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         getattr(check, part)()
     check.save()
-    print(check.summary(), flush=True)  # the last thing printed
+    print(check.summary.text(), flush=True)  # the last thing printed
     failed = [n for n, p in check.parts.items() if p["rc"] != 0]
     return 1 if failed else 0
 
