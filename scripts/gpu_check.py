@@ -486,10 +486,11 @@ class Summary:
         here would hold GPU memory while the parts run)."""
         if self.plan.accelerator != "cuda":
             return f"cpu ({platform.processor() or platform.machine()})"
-        bench = self.out / "bench.json"
-        if bench.is_file():
-            for v in json.loads(bench.read_text())["variants"].values():
+        try:  # a bench killed mid-write leaves no device to read: nvidia-smi then
+            for v in json.loads((self.out / "bench.json").read_text())["variants"].values():
                 return v["device"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         try:
             res = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],

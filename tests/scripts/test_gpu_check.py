@@ -86,6 +86,14 @@ def test_the_summary_names_the_versions_the_parts_import():
     assert gpu_check.versions() == f"torch {torch.__version__} (CUDA {torch.version.cuda}); lightning {lightning.__version__}"
 
 
+def test_a_cuda_summary_of_a_half_written_bench_json_still_renders(tmp_path, monkeypatch):
+    # A bench killed mid-write: the header's device falls back to nvidia-smi (absent here).
+    (tmp_path / "bench.json").write_text('{"variants": {"default": {"dev')
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    summary = gpu_check.Summary(tmp_path, gpu_check.plan_for(False), None, False, {}, time.monotonic())
+    assert "- device: cuda (name unknown);" in summary.text()
+
+
 def test_a_part_past_its_limit_is_killed_and_the_evidence_stays(tmp_path):
     plan = gpu_check.plan_for(smoke=True)
     plan.limits["prepare"], plan.reserves["fit"] = 1, 0
