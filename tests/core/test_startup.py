@@ -4,9 +4,12 @@ program that imports gptmini, and the imports frozen only in a process started a
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import cli_env
 
 from gptmini.core.startup import collector_paused
@@ -30,18 +33,38 @@ def run(code: str) -> str:
 
 
 def test_importing_gptmini_leaves_a_disabled_collector_disabled():
-    assert run("import gc; gc.disable(); from gptmini import GPTMini; print(gc.isenabled())") == ["False"]
+    # `import gptmini` alone imports no torch (GPTMini is imported on first use, with the collector paused).
+    code = "import gc, sys; gc.disable(); import gptmini; print('torch' in sys.modules); gptmini.GPTMini; print(gc.isenabled())"
+    assert run(code) == ["False", "False"]
 
 
-def test_the_console_script_freezes_torchs_objects_as_soon_as_they_are_imported():
-    # argv[0] as the `gptmini` console script has it: frozen as the paused import ends, so the
-    # collector's first scans skip them (no young collection walks torch's objects). A plain
-    # `import gptmini` imports no torch at all (gptmini.GPTMini is imported on first use).
-    code = (
-        "import gc, sys; sys.argv[0] = '/venv/bin/gptmini'; import gptmini; print('torch' in sys.modules)\n"
-        "gptmini.GPTMini; print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
-    )
-    assert run(code) == ["False", "True", "True"]
+# Loaded by every Python process on PYTHONPATH: at the start of each collection, whether Lightning is
+# imported and how many objects are frozen; the first such collection is written at exit.
+WATCH = """
+import atexit, gc, os, sys
+seen = []
+def watch(phase, info):
+    if phase == "start" and not seen and "lightning.pytorch" in sys.modules:
+        seen.append(gc.get_freeze_count())
+gc.callbacks.append(watch)
+atexit.register(lambda: open(os.environ["WATCH_OUT"], "w").write(repr(seen)))
+"""
+
+
+@pytest.mark.parametrize("command", [["{python}", "-m", "gptmini.cli"], ["{gptmini}"]], ids=["python -m", "console script"])
+def test_a_real_command_freezes_its_imports_before_any_collection_walks_them(command, tmp_path):
+    # The commands as a user types them (a bad value ends each at its parse, exit 2): no collection
+    # may start after Lightning's import with its objects still young (gptmini.core.startup).
+    (tmp_path / "sitecustomize.py").write_text(WATCH)
+    env = cli_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    env["WATCH_OUT"] = str(tmp_path / "seen")
+    exe = {"python": sys.executable, "gptmini": str(Path(sys.executable).with_name("gptmini"))}
+    argv = [a.format(**exe) for a in command] + ["fit", "--trainer.max_steps=x"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (first,) = eval((tmp_path / "seen").read_text())  # a collection did run after the import
+    assert first > 100_000
 
 
 def test_a_gptmini_program_freezes_its_imports_and_an_import_or_a_call_from_python_does_not():
