@@ -10,7 +10,7 @@ from gptmini.entry import run_command
 def main(args: list[str] | None = None) -> int:
     """Run one command; returns 0 when it finished (other statuses leave through SystemExit)."""
     argv = sys.argv[1:] if args is None else list(args)
-    if run_command(argv, own_process=args is None):  # before anything imports Lightning
+    if run_command(argv):  # before anything imports Lightning
         return 0
     from gptmini.cli import main as cli_main  # Lightning is imported only for fit/validate
 

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Any
 
-from gptmini.core.startup import collector_paused, freeze_imported
+from gptmini.core.startup import collector_paused, freeze_if_program
 
 with collector_paused():  # Lightning's import: ~1 s less CPU per process (gptmini.core.startup)
     from jsonargparse import set_loader
@@ -169,11 +169,9 @@ def main(args: list[str] | None = None) -> int:
     """``python -m gptmini.cli ...``: the same commands as the ``gptmini`` script (gptmini.commands):
     a plain command (``generate ...``, gptmini.entry.COMMANDS) or fit/validate."""
     argv = sys.argv[1:] if args is None else list(args)
-    own_process = args is None  # started as a program, not called from Python
     launcher.follow_launcher()  # a torchrun worker ends with its launcher (docs/clusters.md)
-    if not run_command(argv, own_process):
-        if own_process:
-            freeze_imported()
+    if not run_command(argv):
+        freeze_if_program()  # what the parser and the fit import next: the imports so far frozen
         make_cli(args)  # None: LightningCLI reads sys.argv itself (no args-and-argv warning)
     return 0
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from gptmini.core.atomic import DiskFullError
 from gptmini.core.config import ConfigError
-from gptmini.core.startup import collector_paused, freeze_imported
+from gptmini.core.startup import collector_paused, freeze_if_program
 
 T = TypeVar("T")
 
@@ -44,16 +44,15 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(getattr(e, "exit_status", 2)) from None
 
 
-def run_command(argv: list[str], own_process: bool = False) -> bool:
+def run_command(argv: list[str]) -> bool:
     """Run ``argv`` when it names a plain command (``generate ...``); False when it does not (fit,
-    validate). ``own_process``: started as a program, so its imports are frozen (gptmini.core.startup)."""
+    validate). In a gptmini program its imports are frozen first (gptmini.core.startup)."""
     if not argv or argv[0] not in COMMANDS:
         return False
     with user_errors():
         with collector_paused():
             command = importlib.import_module(COMMANDS[argv[0]])
-        if own_process:
-            freeze_imported()
+        freeze_if_program()
         command.main(argv[1:])
     return True
 

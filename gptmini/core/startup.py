@@ -25,11 +25,17 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            if started_as_program():
-                # Re-enabled as is, the collector's first young scan walks every object the block
-                # created (~0.1-0.2 s per block): a program freezes them now.
-                freeze_imported()
+            # Re-enabled as is, the collector's first young scan walks every object the block
+            # created (~0.1-0.2 s per block): a program freezes them now.
+            freeze_if_program()
             gc.enable()
+
+
+def freeze_if_program() -> None:
+    """:func:`freeze_imported` in a process started as a gptmini program (:func:`started_as_program`);
+    nothing when gptmini is used from Python."""
+    if started_as_program():
+        freeze_imported()
 
 
 def started_as_program() -> bool:
