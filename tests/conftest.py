@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import gzip
 import os
 from pathlib import Path
@@ -21,14 +20,14 @@ def pytest_configure(config):
     # Not the xdist controller: it runs no test, and its import (~3 s) came before any worker started.
     if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
         return
-    from gptmini.core.startup import collector_paused
+    from gptmini.core.startup import collector_paused, freeze_imported
 
     with collector_paused():
         import lightning.pytorch  # noqa: F401
 
         import gptmini.cli  # noqa: F401
         import gptmini.tools.curves  # noqa: F401
-    gc.freeze()
+    freeze_imported()
 
 
 # Small enough that tokenizer training + encoding take about a second.
