@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import TINY_BLOCK, TINY_VOCAB, cli_env, scalars_by_step
+from conftest import TINY_LR, TINY_SHAPE, cli_env, scalars_by_step
 
 import gptmini
 
@@ -40,8 +40,8 @@ def shipped_args(
     fault: dict | None = None,
 ) -> list[str]:
     """``fit`` with configs/<config> as shipped, its callbacks and fault_guard untouched: only
-    sizes, steps and the output folder are set (and ``fault``, an InjectFault, appended to the
-    callbacks, never replacing them)."""
+    sizes (conftest's TINY_SHAPE, with the lr that suits them), steps and the output folder are set
+    (and ``fault``, an InjectFault, appended to the callbacks, never replacing them)."""
     args = [
         "fit",
         "--config",
@@ -51,14 +51,11 @@ def shipped_args(
         "--trainer.limit_val_batches=2",
         "--trainer.log_every_n_steps=1",  # a point per step: the curves are compared step by step
         f"--trainer.logger.init_args.save_dir={root / 'runs'}",
-        "--model.arch.n_layer=2",
-        "--model.arch.n_head=2",
-        "--model.arch.n_embd=32",
+        *TINY_SHAPE,
+        f"--model.optim.lr={TINY_LR}",
         "--model.schedule.warmup_steps=3",
         f"--data.data={corpus_file}",
         f"--data.cache_dir={data_cache}",
-        f"--data.vocab_size={TINY_VOCAB}",
-        f"--data.block_size={TINY_BLOCK}",
         f"--data.batch_size={batch_size}",
     ]
     if fault:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_LR
 
 from gptmini.cli import main, make_cli
 from gptmini.tools.curves import read_scalars
@@ -22,7 +23,7 @@ def test_fit_end_to_end(cli_args, tmp_path, capsys):
     for tag in ("train/loss", "val/loss", "val/ppl", "val/bpb", "train/grad_norm", "lr/decay", "lr/no_decay"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     assert len(tags["lr/decay"]) == 40  # one lr per optimizer step
-    assert max(tags["lr/decay"]) == pytest.approx(2e-3)  # tiny.yaml's peak, reached after warmup
+    assert max(tags["lr/decay"]) == pytest.approx(TINY_LR)  # the test shape's peak, reached after warmup
     loss = tags["train/loss"]
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 0.5
     assert tags["val/loss"][-1] < tags["val/loss"][0]

@@ -432,7 +432,9 @@ def test_eager_twin_in_lightning_matches_todays_path_and_resumes(cli_args, tmp_p
     Lightning closure vs the captured path's eager twin: losses, grad norms, lrs, global_step,
     scheduler and weights to 1e-6; a resume from the twin's step-6 checkpoint lands on the same
     weights; either path resumes the other's checkpoint."""
-    args = cli_args(max_steps=12) + ["--model.optim.fused=true", "--fault_guard.max_skipped_steps=1"]
+    # tiny.yaml's lr (lr=None): at the test shape's 5x larger steps, 12 steps amplify the two paths'
+    # float rounding past 1e-6; the overfit check these steps would shorten is skipped here anyway.
+    args = cli_args(max_steps=12, lr=None) + ["--model.optim.fused=true", "--fault_guard.max_skipped_steps=1"]
     # Not this test's subject (its deepcopy of a module with a runner: tests/callbacks/test_progress.py's spy).
     monkeypatch.setattr(OverfitCheck, "run", lambda self, *a: CheckItem(self.key, self.title, "skip", "test"))
     with pytest.warns(UserWarning, match=f"at step {LIGHTNING_NAN_AT}.*update skipped"):

@@ -206,7 +206,7 @@ def test_ckpt_path_last_skips_a_damaged_newest_file(
 
 def fixture_args(tmp_path: Path, corpus_file: Path, data_cache: Path, sub: str, max_steps: int) -> list[str]:
     """The model of tests/fixtures/pre_arch_rename.ckpt (1 layer, width 16), today's keys."""
-    args = tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps)
+    args = tiny_cli_args(tmp_path, corpus_file, data_cache, max_steps, lr=None)  # the lr it was trained at
     args = [a for a in args if not a.startswith(("--model.arch.", "--model.schedule."))]
     return [
         sub,

@@ -11,9 +11,7 @@ import yaml
 
 from gptmini.tools import exercises as exe
 from gptmini.tools.curves import read_scalars
-from tests.conftest import tiny_cli_args
-
-TINY_LR = 2e-3  # configs/tiny.yaml's peak lr
+from tests.conftest import TINY_LR, tiny_cli_args
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ BASE_LR = 0.002  # tiny.yaml's
 
 
 def args(root: Path, corpus_file: Path, data_cache: Path, max_steps: int = BASE_STEPS) -> list[str]:
-    return tiny_cli_args(root, corpus_file, data_cache, max_steps) + [
+    # lr=None: tiny.yaml's, not given (these tests tell the values a user gives from the config's).
+    return tiny_cli_args(root, corpus_file, data_cache, max_steps, lr=None) + [
         "--trainer.limit_val_batches=1",
         "--trainer.num_sanity_val_steps=0",
         "--trainer.callbacks=[]",
