@@ -115,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated callback class or module names dropped from the Lightning path; default: "
         "the pre-training checks, which only work before step 0 (a 100-step overfit each round); '' keeps all",
     )
+    p.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=0.5,
+        help="seconds each matmul-ceiling measurement runs, once before and once after the timed runs",
+    )
     p.add_argument("--no-mem", action="store_true", help="CPU: skip the peak-RSS probe processes")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="write the results here (default: a temp file, path printed)")
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     def measure_ceilings() -> None:
         for dtype in set(dtypes.values()):
-            best = measure_matmul_flops(benches[0].device, dtype)
+            best = measure_matmul_flops(benches[0].device, dtype, seconds=args.ceiling_seconds)
             ceilings[dtype] = max(ceilings.get(dtype, 0.0), best)
 
     measure_ceilings()

@@ -152,7 +152,7 @@ def _smoke_plan() -> Plan:
             "data.batch_size=4",
             "data.num_workers=0",
         ],
-        bench=["--rounds=1", "--warmup=2", "--steps=4", "--window=2", "--no-mem", "--threads=1"],
+        bench=["--rounds=1", "--warmup=2", "--steps=4", "--window=2", "--no-mem", "--threads=1", "--ceiling-seconds=0.05"],
         fit_steps=12,
         fit=[
             "trainer.log_every_n_steps=3",

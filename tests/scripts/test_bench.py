@@ -28,6 +28,7 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path, monkeypatch
             "--steps=2",
             "--window=1",
             "--no-mem",
+            "--ceiling-seconds=0.05",
             f"--json={out}",
             "--set=model.arch.n_layer=1",
             "--set=model.arch.n_embd=32",
