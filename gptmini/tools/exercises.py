@@ -28,31 +28,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
-
 from gptmini.tools.curves import Series, read_scalars, style_axis
 from gptmini.tools.exercise_table import EXERCISES, Exercise, scalar_tag
-from gptmini.train.compat import attribute_docstrings_off
+
+# torch and Lightning are imported by the first run (run_variant), not here: --help takes ~0.2 s, not ~3.
 
 # Shipped inside the package (configs/ at the repo root links here), so an installed copy finds them.
 CONFIG_DIR = Path(str(resources.files("gptmini") / "configs"))
 DEFAULT_CONFIGS = [CONFIG_DIR / "tiny.yaml", CONFIG_DIR / "exercises_cpu.yaml"]
-
-
-def param_norm(model: torch.nn.Module) -> float:
-    """The chapter's parameter norm: ``sum(p.norm() for p in model.parameters())``."""
-    with torch.no_grad():
-        return float(sum(p.norm() for p in model.parameters()))
-
-
-class ParamNorm(Callback):
-    """Logs ``train/param_norm`` (see :func:`param_norm`) every ``log_every_n_steps``."""
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.global_step == trainer.max_steps:
-            pl_module.log("train/param_norm", param_norm(pl_module.model))
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -93,7 +76,7 @@ def _overrides(ex: Exercise, value, steps: int, warmup: int, save_dir: Path, lab
         }
     ]
     if ex.param_norm:
-        callbacks.append({"class_path": "gptmini.tools.exercises.ParamNorm"})
+        callbacks.append({"class_path": "gptmini.callbacks.param_norm.ParamNorm"})
     logger = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": str(save_dir), "name": "", "version": label, "default_hp_metric": False},
@@ -130,7 +113,9 @@ def run_variant(
     warmup: int,
     save_dir: Path,
 ) -> RunResult:
+    from gptmini.callbacks.param_norm import param_norm
     from gptmini.cli import make_cli
+    from gptmini.train.compat import attribute_docstrings_off
 
     label = ex.label(value)
     args = [a for c in configs for a in ("--config", str(c))]

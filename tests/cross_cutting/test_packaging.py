@@ -59,7 +59,8 @@ def test_installed_copy_finds_its_configs_and_corpus(wheel, tmp_path):
         "assert all(p.is_file() for p in exercises.DEFAULT_CONFIGS), exercises.DEFAULT_CONFIGS\n"
         "assert exercises._config_file('configs/10m.yaml').is_file()\n"
         "assert default_corpus().is_file()\n"
-        "import runpy, sys\n"  # the documented command, in the same process (one start, not two)
+        "import atexit, runpy, sys\n"  # the documented command, in the same process (one start, not two)
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
         "sys.argv = ['exercises', '--help']\n"
         "runpy.run_module('gptmini.tools.exercises', run_name='__main__')\n"
     )
@@ -70,6 +71,7 @@ def test_installed_copy_finds_its_configs_and_corpus(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.splitlines()[0]) == site  # the unpacked copy, not the checkout
     assert "python -m gptmini.tools.exercises" in proc.stdout  # argparse's --help, then exit 0
+    assert proc.stdout.splitlines()[-1] == "torch imported: False"  # --help starts no torch, no Lightning
 
 
 def test_the_package_version_has_one_value():
