@@ -31,7 +31,7 @@ from pathlib import Path
 from gptmini.tools.curves import Series, read_scalars, style_axis
 from gptmini.tools.exercise_table import EXERCISES, Exercise, scalar_tag
 
-# torch and Lightning are imported by the first run (run_variant), not here: --help takes ~0.2 s, not ~3.
+# torch and Lightning are imported by the first run (run_variant), not here: --help takes 0.05 s, not 3.7.
 
 # Shipped inside the package (configs/ at the repo root links here), so an installed copy finds them.
 CONFIG_DIR = Path(str(resources.files("gptmini") / "configs"))
