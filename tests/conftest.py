@@ -34,12 +34,13 @@ def pytest_configure(config):
 CORPUS_CHARS = 120_000
 TINY_VOCAB = 384
 TINY_BLOCK = 32
-# The tests' model on the command line (tiny_model_cfg is the same in Python): 2 layers x 32 wide on
-# 384 tokens x 32 positions, and the peak lr that suits that width. tiny.yaml's 2e-3 is chosen for
-# 128 wide; a 4x narrower model takes ~4x the step (lr ~ 1/width, as the smoke shapes do). At 2e-3
-# the one-batch overfit check every test fit runs at step 0 takes ~120 of its 276-step budget,
-# at 1e-2 ~35: about 0.3 s less CPU per fit, over a hundred fits in the suite.
+# TINY_LR: the peak lr that suits the tests' width (tiny_cli_args and shipped_args give it). tiny.yaml's
+# 2e-3 is chosen for 128 wide; a 4x narrower model takes ~4x the step (lr ~ 1/width, as the CPU smoke's
+# shape does). At 2e-3 the one-batch overfit check every test fit runs at step 0 takes ~120 of its
+# 276-step budget, at 1e-2 ~35: about 0.3 s less CPU per fit, over a hundred fits in the suite.
 TINY_LR = 1e-2
+# The tests' model on the command line (tiny_model_cfg is the same in Python): 2 layers x 32 wide on
+# 384 tokens x 32 positions.
 TINY_SHAPE = [
     "--model.arch.n_layer=2",
     "--model.arch.n_head=2",
