@@ -18,6 +18,8 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path, monkeypatch
 
     # As when run as a script: its own options on the command line, the CLI's given as make_cli(args).
     monkeypatch.setattr(sys, "argv", ["scripts/bench.py", "--rounds=2"])
+    ceilings, measure = [], bench.measure_matmul_flops  # --ceiling-seconds reaches each measurement
+    monkeypatch.setattr(bench, "measure_matmul_flops", lambda *a, **k: ceilings.append(k["seconds"]) or measure(*a, **k))
     out = tmp_path / "bench.json"
     summary = bench.main(
         [
@@ -53,5 +55,6 @@ def test_bench_script_writes_json(corpus_file, data_cache, tmp_path, monkeypatch
         saved["paths"]["plain"]["last_loss"], rel=1e-4
     )
     assert summary["base"]["shape"]["n_layer"] == 1
+    assert ceilings == [0.05, 0.05]  # before and after the timed runs
     # Lightning's "both args and command line arguments" warning: make_cli(args) is the whole command line.
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
